@@ -81,6 +81,10 @@ class PrunableBlock(nn.Module):
     def out_channel_slices(self, idxs: Sequence[int]) -> list[Slice]:
         raise NotImplementedError
 
+    def cost(self, in_kept: int, out_kept: int, internal_kept: int, input_shape) -> tuple[int, int]:
+        """Exact ``(params, macs)`` with the given kept widths, for one forward on ``input_shape``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement cost() to be budgeted")
+
     def internal_structures(self) -> list[list[Slice]]:
         return []
 
@@ -124,6 +128,15 @@ class GraphConv(PrunableBlock):
         n, _, t, v = x.shape
         y = self.conv(x).view(n, self.num_subsets, self.out_channels, t, v)
         return torch.einsum("nkctv,kvw->nctw", y, self.graph())
+
+    def cost(self, in_kept, out_kept, internal_kept, input_shape):
+        """params = K·C_out·C_in + K·C_out (+ K·V² edge weights);
+        MACs = N·T·V·C_in·K·C_out (1×1 conv) + N·K·C_out·T·V² (aggregation)."""
+        n, _, t, v = input_shape
+        k = self.num_subsets
+        params = k * out_kept * in_kept + k * out_kept + (self.edge_importance.numel() if self.edge_importance is not None else 0)
+        macs = n * t * v * in_kept * k * out_kept + n * k * out_kept * t * v * v
+        return params, macs
 
     def out_channel_slices(self, idxs):
         rows = _block_rows(self.num_subsets, self.out_channels, idxs)
@@ -182,6 +195,16 @@ class MultiHeadGraphAttention(PrunableBlock):
         n, _, t, v = x.shape
         values = self.value(x).view(n, self.num_heads, self.out_channels, t, v)
         return torch.einsum("nhctv,nhvw->nctw", values, self.attention(x))
+
+    def cost(self, in_kept, out_kept, internal_kept, input_shape):
+        """With H kept heads, d = key_dim: params = 2(H·d·C_in + H·d) + H·C_out·C_in + H·C_out + H·V²;
+        MACs = 2·N·V·C_in·H·d (queries, keys) + N·T·V·C_in·H·C_out (values)
+        + N·H·d·V² (logits) + N·H·C_out·T·V² (aggregation)."""
+        n, _, t, v = input_shape
+        h, d = internal_kept, self.key_dim
+        params = 2 * (h * d * in_kept + h * d) + h * out_kept * in_kept + h * out_kept + h * v * v
+        macs = 2 * n * v * in_kept * h * d + n * t * v * in_kept * h * out_kept + n * h * d * v * v + n * h * out_kept * t * v * v
+        return params, macs
 
     def out_channel_slices(self, idxs):
         rows = _block_rows(self.num_heads, self.out_channels, idxs)
