@@ -37,7 +37,7 @@ __all__ = ["apply_masks", "materialize", "structures_for_plan"]
 def structures_for_plan(model: nn.Module, plan: PruningPlan, structures: Structures | None = None) -> Structures:
     """The model's structures, checked against the plan's signature (clear error on mismatch)."""
     if structures is None:
-        structures = find_structures(model, inputs_from_spec(plan.input_spec))
+        structures = find_structures(model, inputs_from_spec(plan.input_spec, model))
     plan.check_matches(structures)
     return structures
 
@@ -92,7 +92,7 @@ def materialize(model: nn.Module, plan: PruningPlan, structures: Structures | No
     modules = dict(small.named_modules())
     channel_groups = [g for g in structures.groups if g.kind == "channel" and by_group.get(g.id)]
     if channel_groups:
-        graph = build_dependency_graph(small, inputs_from_spec(plan.input_spec))
+        graph = build_dependency_graph(small, inputs_from_spec(plan.input_spec, small))
         for group in channel_groups:
             root = modules[group.root]
             pruner = graph.get_pruner_of_module(root)

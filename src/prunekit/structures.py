@@ -63,13 +63,20 @@ def input_spec_of(example_inputs) -> list[dict]:
     return [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in tensors]
 
 
-def inputs_from_spec(spec: Sequence[dict]):
-    """Deterministic example inputs rebuilt from :func:`input_spec_of` (structure tracing needs shapes only)."""
+def inputs_from_spec(spec: Sequence[dict], model: nn.Module | None = None):
+    """Deterministic example inputs rebuilt from :func:`input_spec_of` (structure tracing needs shapes only).
+
+    Floating inputs take the dtype and device of ``model``'s parameters when it is given.
+    """
     generator = torch.Generator().manual_seed(0)
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None) if model is not None else None
     tensors = []
     for item in spec:
         dtype = getattr(torch, item["dtype"])
         if dtype.is_floating_point:
+            if reference is not None:
+                tensors.append(torch.randn(item["shape"], generator=generator, dtype=reference.dtype).to(reference.device))
+                continue
             tensors.append(torch.randn(item["shape"], generator=generator, dtype=dtype))
         else:
             tensors.append(torch.zeros(item["shape"], dtype=dtype))
@@ -116,9 +123,10 @@ def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGra
     was_training = model.training
     model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, customized_pruners={t: _BLOCK_PRUNER for t in block_types}
-        )
+        with torch.enable_grad():  # the tracer follows autograd; callers may be under no_grad
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, customized_pruners={t: _BLOCK_PRUNER for t in block_types}
+            )
     except Exception as error:  # Torch-Pruning raises bare errors from deep inside tracing
         raise UnsupportedModelError(
             f"Torch-Pruning could not trace {type(model).__name__}: {type(error).__name__}: {error}. "
