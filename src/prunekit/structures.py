@@ -386,7 +386,7 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> 
     groups: list[GroupInfo] = []
     seen_out: set = set()
     for root_module in list(graph.module2node.keys()):
-        if not isinstance(root_module, root_types) or root_module in seen_out:
+        if not isinstance(root_module, root_types) or root_module in seen_out or root_module in ignored:
             continue
         if root_module in graph.IGNORED_LAYERS_IN_TRACING:
             continue
@@ -394,6 +394,7 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> 
         if pruner is None or pruner.get_out_channels(root_module) is None:
             continue
         width = pruner.get_out_channels(root_module)
+        _probe_one_channel(graph, root_module, pruner, names)
         group = graph.get_pruning_group(root_module, pruner.prune_out_channels, list(range(width)))
         per_channel_touch = [defaultdict(list) for _ in range(width)]
         prunable = True
@@ -421,6 +422,7 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> 
                 per_channel_touch[root_idx][(target, role)].append(int(idx))
         if not prunable:
             continue
+        _check_channel_mapping(per_channel_touch, names, root_module)
         root_name = names.get(root_module, "")
         kind = "unit" if isinstance(root_module, PrunableBlock) else ("neuron" if isinstance(root_module, nn.Linear) else "channel")
         info = GroupInfo(id=len(groups), kind="channel", root=root_name, size=width)
@@ -463,6 +465,57 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> 
     constant = (counted["params"] - modelled_params, max(counted["macs"] - modelled_macs, 0))
     return Structures(items, groups, layer_costs, touches, constant, input_spec_of(example_inputs),
                       type(model).__name__)
+
+
+def _width(module, role: str):
+    if isinstance(module, nn.Parameter):
+        return module.shape[0]
+    if isinstance(module, PrunableBlock):
+        return module.out_channels if role == "out" else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if role == "out" else module.in_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels if role == "out" else module.in_channels
+    weight = getattr(module, "weight", None)
+    return weight.shape[0] if weight is not None and weight.dim() >= 1 else None
+
+
+def _mapping_error(root_name: str, where: str, role: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"cannot map the output channels of {root_name!r} onto {where!r} ({role}put side): a view/reshape "
+        f"between them splits or merges the channel dimension (e.g. a graph convolution viewing K·C channels "
+        f"as K adjacency subsets). " + ESCAPE_HATCHES)
+
+
+def _probe_one_channel(graph, root_module, pruner, names) -> None:
+    """Trace channel 0 alone first: cheap, and it exposes garbled mappings before the full group blows up."""
+    probe = graph.get_pruning_group(root_module, pruner.prune_out_channels, [0])
+    for item in probe.items:
+        target = item.dep.target.module
+        if not isinstance(target, (nn.Module, nn.Parameter)):
+            continue
+        role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+        width = _width(target, role)
+        too_many = role == "out" and len(item.idxs) > 1 and not isinstance(target, nn.Parameter)
+        if too_many or (width is not None and any(not 0 <= int(i) < width for i in item.idxs)):
+            raise _mapping_error(names.get(root_module, "?"), names.get(target, type(target).__name__), role)
+
+
+def _check_channel_mapping(per_channel_touch, names, root_module) -> None:
+    """Each channel of a group must map to its own, in-range indices of every layer it touches.
+
+    Torch-Pruning silently builds garbled groups through views that split a channel
+    dimension (an ST-GCN graph convolution written as plain modules); refuse them.
+    """
+    claimed: dict = defaultdict(set)
+    for channel, touches in enumerate(per_channel_touch):
+        for (target, role), idxs in touches.items():
+            width = _width(target, role)
+            key = (id(target), role)
+            bad_range = width is not None and any(not 0 <= i < width for i in idxs)
+            if bad_range or claimed[key].intersection(idxs) or len(set(idxs)) != len(idxs):
+                raise _mapping_error(names.get(root_module, "?"), names.get(target, type(target).__name__), role)
+            claimed[key].update(idxs)
 
 
 def _merge_depthwise(touch, layer_costs):
