@@ -1,0 +1,141 @@
+"""TrainConfig / load_config: the example configs load, and every error names file, line and key."""
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from prunekit.config import ConfigError, TrainConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name,model,graph", [("sbu_attention_gcn.yaml", "attention_gcn", "sbu"),
+                                              ("fpha_stgcn.yaml", "stgcn", "fpha")])
+def test_example_configs_load(name, model, graph):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.model == model and cfg.model_kwargs == {"graph": graph}
+    assert cfg.data["format"] == graph
+    assert cfg.optimizer == "sgd" and isinstance(cfg.lr, float) and cfg.epochs > 0
+
+
+def test_every_example_config_is_valid():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 2
+    for f in files:
+        load_config(f)
+
+
+def test_defaults_and_int_for_float(tmp_path):
+    cfg = load_config(_write(tmp_path, "model: stgcn\nlr: 1\n"))
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.schedule == "cosine" and cfg.milestones == [] and cfg.out_dir is None
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    p = _write(tmp_path, "model: stgcn\nepochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{p}:3: unknown key 'learning_rate'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"exp\.yaml:2: unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        load_config(_write(tmp_path, "model: stgcn\nepoch: 3\n"))
+
+
+@pytest.mark.parametrize("line,key,msg", [
+    ("epochs: ten", "epochs", "must be an integer, got str 'ten'"),
+    ("epochs: true", "epochs", "must be an integer, got bool True"),
+    ("lr: fast", "lr", "must be a number"),
+    ("model_kwargs: [sbu]", "model_kwargs", "must be a mapping"),
+    ("data: sbu", "data", "must be a mapping"),
+    ("milestones: [10, x]", "milestones", "must be a list of integers"),
+    ("out_dir: 3", "out_dir", "must be a string or null"),
+    ("optimizer: rmsprop", "optimizer", "must be one of sgd, adam, adamw, got 'rmsprop'"),
+    ("schedule: linear", "schedule", "must be one of cosine, step, constant"),
+    ("lr: -0.1", "lr", "must be > 0"),
+    ("batch_size: 0", "batch_size", "must be >= 1"),
+    ("warmup_epochs: 20", "warmup_epochs", "must be smaller than epochs"),
+    ("milestones: [30, 10]", "milestones", "must be increasing"),
+    ("device: gpu", "device", "must be 'cpu'"),
+])
+def test_bad_values_name_the_key_and_line(tmp_path, line, key, msg):
+    p = _write(tmp_path, f"model: stgcn\nseed: 1\n{line}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    text = str(e.value)
+    assert text.startswith(f"{p}:3: key '{key}' "), text
+    assert msg in text, text
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp\.yaml: missing required key 'model'"):
+        load_config(_write(tmp_path, "epochs: 3\n"))
+
+
+def test_duplicate_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp\.yaml:3: duplicate key 'lr' \(first on line 2\)"):
+        load_config(_write(tmp_path, "model: stgcn\nlr: 0.1\nlr: 0.2\n"))
+
+
+def test_invalid_yaml_and_wrong_top_level(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp\.yaml:2: invalid YAML"):
+        load_config(_write(tmp_path, "model: stgcn\nlr: : 0.1\nseed: 1\n"))
+    with pytest.raises(ConfigError, match=r"exp\.yaml: the top level must be a mapping"):
+        load_config(_write(tmp_path, "- model\n- stgcn\n"))
+    with pytest.raises(ConfigError, match=r"exp\.yaml: the file is empty"):
+        load_config(_write(tmp_path, "# nothing\n"))
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ConfigError, match=r"TrainConfig: key 'optimizer' must be one of"):
+        TrainConfig(model="stgcn", optimizer="lbfgs")
+    with pytest.raises(ConfigError, match=r"TrainConfig: key 'epochs' must be an integer"):
+        TrainConfig(model="stgcn", epochs=2.5)
+
+
+def test_fit_kwargs_match_fit_signature():
+    from prunekit.train import fit
+
+    kwargs = TrainConfig(model="stgcn", schedule="step", milestones=[2]).fit_kwargs()
+    inspect.signature(fit).bind(object(), object(), None, **kwargs)  # raises on an unknown name
+
+
+def test_build_model_uses_the_registry_lazily(monkeypatch):
+    import prunekit.models
+
+    seen = {}
+
+    def create(name, **kwargs):
+        seen.update(name=name, kwargs=kwargs)
+        return "model"
+
+    monkeypatch.setattr(prunekit.models, "create", create, raising=False)
+    cfg = load_config(CONFIGS / "fpha_stgcn.yaml")
+    assert cfg.build_model() == "model"
+    assert seen == {"name": "stgcn", "kwargs": {"graph": "fpha"}}
+
+
+def test_config_train_checkpoint_do_not_import_models_at_module_level():
+    import prunekit.checkpoint
+    import prunekit.config
+    import prunekit.train
+
+    for mod in (prunekit.config, prunekit.train, prunekit.checkpoint):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        for node in tree.body:  # module-level statements only; imports inside functions are fine
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("models" in n.split(".") for n in names), (mod.__name__, names)
