@@ -1,0 +1,29 @@
+"""prunekit: structured, second-order (SOSP) and learned (CTF) pruning for PyTorch, with measured gains.
+
+Example:
+    >>> import torch, prunekit
+    >>> model = prunekit.models.create("resnet20").eval()
+    >>> x = torch.randn(1, 3, 32, 32)
+    >>> structures = prunekit.find_structures(model, x)
+    >>> plan = prunekit.select(structures, prunekit.saliency(model, structures, None, method="l1"),
+    ...                        prunekit.Budget(macs=0.5))
+    >>> small = prunekit.materialize(model, plan)
+    >>> prunekit.count(small, x)["macs"] <= 0.5 * prunekit.count(model, x)["macs"]
+    True
+"""
+from . import data, models
+from .criteria import saliency
+from .io import load, save
+from .materialize import apply_masks, materialize
+from .measure import count, measure_latency
+from .plan import Budget, BudgetError, PruningPlan, select
+from .structures import Structure, Structures, UnsupportedModelError, find_structures
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "find_structures", "Structures", "Structure", "UnsupportedModelError",
+    "Budget", "BudgetError", "PruningPlan", "select",
+    "apply_masks", "materialize", "count", "measure_latency", "saliency", "save", "load",
+    "models", "data", "__version__",
+]

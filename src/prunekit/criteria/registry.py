@@ -1,0 +1,148 @@
+"""The criterion registry and :func:`saliency`, the one entry point every method shares.
+
+A criterion is a function
+``fn(model, structures, data, *, loss_fn=None, num_samples=None, **options) -> Tensor``
+returning one score per structure (lower = less important). Register a new one with
+:func:`register_criterion`; :func:`saliency` dispatches by name.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from prunekit.structure_types import Structure
+    >>> @register_criterion("zeros-demo", needs_data=False, summary="always zero")
+    ... def _zeros(model, structures, data=None, *, loss_fn=None, num_samples=None):
+    ...     return torch.zeros(len(structures), dtype=torch.float64)
+    >>> lin = nn.Linear(3, 2)
+    >>> saliency(lin, [Structure(0, "lin", "unit", [("weight", 0, [0])])], None, "zeros-demo")
+    tensor([0.], dtype=torch.float64)
+    >>> _ = CRITERIA.pop("zeros-demo")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from prunekit.structure_types import Structure
+
+__all__ = ["Criterion", "CRITERIA", "register_criterion", "available_methods", "saliency"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A registered saliency method."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    needs_data: bool
+    summary: str = ""
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwrite: bool = False):
+    """Decorator registering ``fn`` as saliency method ``name``.
+
+    Args:
+        name: the name :func:`saliency` accepts (case-insensitive).
+        needs_data: whether the method needs ``data`` (``saliency`` then rejects ``None``).
+        summary: one line for :func:`available_methods`.
+        overwrite: allow replacing an existing method of the same name.
+
+    The function must have the signature
+    ``fn(model, structures, data, *, loss_fn=None, num_samples=None, **options) -> Tensor[|S|]``.
+
+    Example:
+        >>> import torch
+        >>> @register_criterion("count-slices-demo", needs_data=False, summary="number of slices")
+        ... def _count(model, structures, data=None, *, loss_fn=None, num_samples=None):
+        ...     return torch.tensor([float(len(s.slices)) for s in structures])
+        >>> "count-slices-demo" in available_methods()
+        True
+        >>> _ = CRITERIA.pop("count-slices-demo")
+    """
+    key = name.lower()
+
+    def decorate(fn):
+        if key in CRITERIA and not overwrite:
+            raise ValueError(f"saliency method {name!r} is already registered")
+        CRITERIA[key] = Criterion(key, fn, needs_data, summary)
+        return fn
+
+    return decorate
+
+
+def available_methods() -> dict[str, str]:
+    """``{name: summary}`` of every registered saliency method.
+
+    Example:
+        >>> sorted(available_methods())[:4]
+        ['l1', 'l2', 'obd', 'random']
+        >>> available_methods()["sosp-h"]
+        '|−θ_sᵀ g + ½ θ_sᵀ G θ_P| (SOSP-H, Hessian-vector products)'
+    """
+    return {k: c.summary for k, c in sorted(CRITERIA.items())}
+
+
+def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[Iterable], method: str,
+             loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None, **options) -> torch.Tensor:
+    """One saliency score per structure; a lower score means less important.
+
+    Args:
+        model: any ``nn.Module`` returning logits ``[batch, classes]``. It is run in
+            eval mode (BatchNorm statistics frozen); every module's training flag is
+            restored afterwards; its parameters, buffers and ``.grad`` are not touched.
+        structures: the prunable structures (:class:`prunekit.structure_types.Structure`);
+            slices name parameters of ``model.named_parameters()``.
+        data: iterable of ``(inputs, targets)`` batches, or one such tuple; ``None`` is
+            allowed for data-free methods (``"l1"``, ``"l2"``, ``"random"``).
+        method: one of :func:`available_methods` (``"random"``, ``"l1"``, ``"l2"``,
+            ``"taylor"``, ``"obd"``, ``"sosp-h"``, ``"sosp-i"``, ...).
+        loss_fn: ``loss_fn(logits, targets) -> scalar`` averaged over the batch;
+            default mean cross-entropy.
+        num_samples: use at most this many samples (the last batch is truncated).
+        **options: method-specific options (``seed``, ``curvature``, ``first_order``,
+            ``max_memory_bytes``, ``chunk_size``); see each method.
+
+    Returns:
+        float64 CPU tensor of shape ``[len(structures)]``.
+
+    Equations (θ_s: θ restricted to s; g = ∇L; G: Gauss-Newton matrix; F: empirical Fisher):
+
+    * ``l1``: ``Σ_{i∈s} |θ_i|``;  ``l2``: ``‖θ_s‖₂``;  ``random``: ``U[0, 1)``
+    * ``taylor``: ``|θ_sᵀ g|``;  ``obd``: ``½ Σ_{i∈s} θ_i² F_ii``
+    * ``sosp-h``: ``|−θ_sᵀ g + ½ θ_sᵀ G θ_P|``, ``θ_P = Σ_s θ_s``
+    * ``sosp-i``: ``|θ_sᵀ g| + ½ Σ_{s'} |θ_sᵀ G θ_{s'}|``
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunekit.structure_types import Structure
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(6)]
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+        >>> saliency(model, units, data, "sosp-h").shape
+        torch.Size([6])
+        >>> saliency(model, units, None, "l2").dtype
+        torch.float64
+    """
+    if not isinstance(method, str) or method.lower() not in CRITERIA:
+        raise ValueError(f"unknown saliency method {method!r}; known methods: {', '.join(sorted(CRITERIA))}")
+    criterion = CRITERIA[method.lower()]
+    structures = list(structures)
+    if criterion.needs_data and data is None:
+        raise ValueError(f"saliency method {criterion.name!r} needs data: an iterable of (inputs, targets) batches")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0):
+        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    if not structures:
+        return torch.zeros(0, dtype=torch.float64)
+    scores = criterion.fn(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, **options)
+    scores = scores.detach().to(device="cpu", dtype=torch.float64)
+    if scores.shape != (len(structures),):
+        raise RuntimeError(f"saliency method {criterion.name!r} returned shape {tuple(scores.shape)}, "
+                           f"expected ({len(structures)},)")
+    return scores
