@@ -166,14 +166,22 @@ class PruningPlan:
 
 
 def _admissible_order(structures: Structures, scores: torch.Tensor) -> list[int]:
-    """Ascending-score order, skipping whichever structure would empty its group (stable on ties)."""
+    """Ascending-score order, skipping whichever structure would empty its group or any layer (stable on ties).
+
+    A group rooted after a concatenation spans the channels of several layers, so the
+    guard counts both the members left in each group and the outputs left in each layer.
+    """
     order = sorted(range(len(structures)), key=lambda i: (float(scores[i]), i))
-    left = {g.id: len(g.members) for g in structures.groups}
+    group_left = {g.id: len(g.members) for g in structures.groups}
+    layer_left = structures.output_widths()
     admissible = []
     for sid in order:
         group = structures[sid].group
-        if left[group] > 1:
-            left[group] -= 1
+        outputs = structures.outputs_removed(sid)
+        if group_left[group] > 1 and all(layer_left[layer] - n >= 1 for layer, n in outputs):
+            group_left[group] -= 1
+            for layer, n in outputs:
+                layer_left[layer] -= n
             admissible.append(sid)
     return admissible
 

@@ -307,6 +307,14 @@ class Structures(Sequence[Structure]):
             macs += m
         return {"params": int(params), "macs": int(macs)}
 
+    def output_widths(self) -> dict[str, int]:
+        """Output width of every costed layer (the collapse guard keeps each one ≥ 1)."""
+        return {name: lc.out_total for name, lc in self._layer_costs.items() if lc.out_total}
+
+    def outputs_removed(self, sid: int) -> list[tuple[str, int]]:
+        """``(layer, number of its outputs)`` that removing structure ``sid`` takes away."""
+        return [(layer, len(idxs)) for layer, role, idxs in self._touches[sid] if role == "out"]
+
     def signature(self) -> str:
         """A hash of every structure's (layer, kind, index): plans check it before replaying."""
         text = json.dumps([[s.layer, s.kind, s.meta.get("index")] for s in self._items])
