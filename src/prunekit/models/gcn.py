@@ -191,3 +191,29 @@ def attention_gcn(in_channels: int = 3, num_classes: int = 8, graph: str = "sbu"
     strides = default_strides(channels) if strides is None else strides  # from the unscaled widths
     return SkeletonGCN(in_channels, num_classes, graph, [scaled(c, width) for c in channels], strides,
                        spatial="attention", num_heads=num_heads, key_dim=key_dim, temporal_kernel=temporal_kernel)
+
+
+def widen_skeleton_gcn(kwargs: dict, block_factors: dict[int, float]) -> dict:
+    """Arguments of the same skeleton GCN with block ``i``'s width multiplied by ``block_factors[i]``.
+
+    Used by bottleneck expansion: the architecture, not the method, knows which
+    argument sets a block's width. Blocks whose width changes get a 1×1 residual.
+
+    Example:
+        >>> widen_skeleton_gcn({"channels": [32, 32, 64]}, {1: 2.0})["channels"]
+        [32, 64, 64]
+    """
+    widened = dict(kwargs)
+    channels = list(kwargs.get("channels", (32, 32, 64, 64)))
+    width = float(kwargs.get("width", 1.0))
+    widened["channels"] = [max(1, round(c * width * block_factors.get(i, 1.0))) for i, c in enumerate(channels)]
+    widened["width"] = 1.0
+    if kwargs.get("strides") is None:
+        widened["strides"] = list(default_strides(channels))  # keep the original temporal strides
+    return widened
+
+
+def skeleton_gcn_block_of(layer: str) -> int | None:
+    """Index of the block a layer name belongs to (``"blocks.2.gcn"`` → 2), else None."""
+    parts = layer.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None

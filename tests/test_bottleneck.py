@@ -1,0 +1,42 @@
+"""Bottleneck detection and widening (expand-pruning)."""
+import pytest
+import torch
+
+import prunekit
+from prunekit.bottleneck import find_bottlenecks, layer_ratios, widen_bottlenecks, widen_uniform
+from prunekit.plan import PruningPlan
+
+ARCH = {"name": "attention_gcn", "kwargs": {"graph": "sbu", "num_classes": 8, "channels": [8, 8, 16, 16]}}
+
+
+@pytest.fixture(scope="module")
+def structures():
+    model = prunekit.models.create(ARCH["name"], **ARCH["kwargs"]).eval()
+    return prunekit.find_structures(model, prunekit.models.example_inputs(model, batch=1))
+
+
+def test_layer_ratios_and_bottlenecks(structures):
+    units = {g.root: g for g in structures.groups if structures[g.members[0]].kind == "unit"}
+    # remove 3/4 of every block's units except block 2, which loses none
+    removed = [m for root, g in units.items() if root != "blocks.2.gcn" for m in g.members[: 3 * len(g.members) // 4]]
+    plan = PruningPlan.from_removed(structures, removed)
+    ratios = layer_ratios(structures, plan)
+    assert ratios["blocks.0.gcn:unit"] == 0.75 and ratios["blocks.2.gcn:unit"] == 0.0
+    assert ratios["blocks.0.gcn:head"] == 0.0
+    bottlenecks = find_bottlenecks(structures, plan, cutoff=0.5)
+    overall = len(removed) / len(structures)
+    assert bottlenecks == [n for n, r in ratios.items() if not n.endswith(":head") and r < 0.5 * overall]
+    assert "blocks.2.gcn:unit" in bottlenecks and "blocks.0.gcn:unit" not in bottlenecks
+    assert all(not n.endswith(":head") for n in bottlenecks)
+
+
+def test_widening_rules_build_working_models():
+    wide = widen_bottlenecks(ARCH, ["blocks.2.gcn:unit"], factor=2.0)
+    assert wide["kwargs"]["channels"] == [8, 8, 32, 16]
+    uniform = widen_uniform(ARCH, 1.1)
+    assert uniform["kwargs"]["channels"] == [9, 9, 18, 18]
+    for arch in (wide, uniform):
+        model = prunekit.models.create(arch["name"], **arch["kwargs"])
+        assert model(prunekit.models.example_inputs(model, batch=2)).shape == (2, 8)
+    with pytest.raises(ValueError, match="no widening rule"):
+        widen_uniform({"name": "resnet20", "kwargs": {}})
