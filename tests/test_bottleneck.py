@@ -1,6 +1,5 @@
 """Bottleneck detection and widening (expand-pruning)."""
 import pytest
-import torch
 
 import prunekit
 from prunekit.bottleneck import find_bottlenecks, layer_ratios, widen_bottlenecks, widen_uniform

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
+
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.checkpoint import latest_checkpoint
-from prunekit.train import Callback, epoch_generator, evaluate, fit, make_scheduler
+from prunekit.train import Callback, epoch_generator, evaluate, fit
 
 
 def _mlp(seed: int, dropout: float = 0.2) -> nn.Module:

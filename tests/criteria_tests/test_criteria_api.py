@@ -1,6 +1,4 @@
 """The saliency() entry point: registry, errors, side effects, dtypes, docstring examples."""
-import doctest
-import importlib
 
 import pytest
 import torch
@@ -122,11 +120,3 @@ def test_non_logit_output_is_a_clear_error():
     s = [Structure(0, "0", "channel", [("0.weight", 0, [0])])]
     with pytest.raises(ValueError, match="logits"):
         saliency(model, s, (torch.randn(2, 2, 3, 3), torch.zeros(2, dtype=torch.long)), "sosp-h")
-
-
-@pytest.mark.parametrize("module", ["prunekit.criteria", "prunekit.criteria.scaling", "prunekit.criteria.registry",
-                                    "prunekit.criteria.magnitude", "prunekit.criteria.taylor_obd",
-                                    "prunekit.criteria.sosp"])
-def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
