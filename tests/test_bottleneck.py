@@ -39,3 +39,25 @@ def test_widening_rules_build_working_models():
         assert model(prunekit.models.example_inputs(model, batch=2)).shape == (2, 8)
     with pytest.raises(ValueError, match="no widening rule"):
         widen_uniform({"name": "resnet20", "kwargs": {}})
+
+
+def test_expand_pruning_end_to_end_on_a_tiny_run(tmp_path):
+    from prunekit.bottleneck import expand_pruning
+    arch = {"name": "attention_gcn", "kwargs": {"graph": "sbu", "num_classes": 8, "channels": [4, 4, 8],
+                                                "num_heads": 2, "key_dim": 2}}
+    out = expand_pruning(arch, {"format": "synthetic-sbu", "seed": 0, "fold": 1, "length": 8}, seeds=[0], epochs=1,
+                         finetune=0, method="l1", out_dir=tmp_path, cache=tmp_path / "data")
+    run = out["runs"][0]
+    # every network is pruned back to (at most) the original pruned parameter count
+    assert run["expand_x2"]["params"] <= run["original"]["params"]
+    assert run["uniform_x1.1"]["params"] <= run["original"]["params"]
+    assert run["uniform_x1.1"]["arch"] == [4, 4, 9]
+    assert (tmp_path / "layer_ratios.png").exists() and (tmp_path / "accuracy_vs_params.png").exists()
+
+
+def test_bottleneck_cli_rejects_unknown_keys(tmp_path, capsys):
+    from prunekit.cli import main
+    config = tmp_path / "c.yaml"
+    config.write_text("arch: {name: attention_gcn, kwargs: {}}\ndata: {format: synthetic-sbu}\nepoch: 3\n")
+    assert main(["bottleneck", str(config)]) == 2
+    assert "c.yaml: unknown key(s) ['epoch']" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from .models.gcn import skeleton_gcn_block_of, widen_skeleton_gcn
 from .plan import PruningPlan
 from .structures import Structures
 
-__all__ = ["layer_ratios", "find_bottlenecks", "widen_bottlenecks", "widen_uniform", "WIDENERS"]
+__all__ = ["layer_ratios", "find_bottlenecks", "widen_bottlenecks", "widen_uniform", "WIDENERS", "expand_pruning"]
 
 # architecture name -> (block of a layer name, widen(kwargs, {block: factor}))
 WIDENERS = {
@@ -73,3 +73,81 @@ def widen_uniform(arch: dict, factor: float = 1.1) -> dict:
     _, widen = WIDENERS[arch["name"]]
     n = len(arch["kwargs"].get("channels", (32, 32, 64, 64)))
     return {"name": arch["name"], "kwargs": widen(arch["kwargs"], {b: factor for b in range(n)})}
+
+
+def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int = 20, finetune: int = 6,
+                   prune_fraction: float = 0.5, cutoff: float = 0.5, factor: float = 2.0, uniform: float = 1.1,
+                   method: str = "sosp-h", out_dir=None, cache="runs/data") -> dict:
+    """The full expand-pruning experiment, per seed:
+
+    train ``arch`` → prune ``prune_fraction`` of its parameters with ``method`` → layer ratios
+    → widen bottlenecks ×``factor`` and, as the baseline, every block ×``uniform`` → train
+    both → prune each back to the original pruned parameter count → fine-tune every pruned
+    network ``finetune`` epochs → accuracy at equal parameters (mean ± std over seeds).
+    Writes ``results.json`` and plots under ``out_dir`` when given.
+    """
+    import json
+    import statistics
+    from pathlib import Path
+
+    import torch
+
+    from . import models
+    from .experiment import load_data, prune_and_finetune
+    from .measure import count
+    from .plan import Budget
+    from .structures import find_structures
+    from .train import fit
+
+    train_data, test_data, _ = load_data(data_spec, cache=cache)
+    example = train_data[0][:1]
+
+    def train(a, seed):
+        torch.manual_seed(seed)
+        model = models.create(a["name"], **a["kwargs"])
+        fit(model, train_data, test_data, epochs=epochs, lr=0.05, batch_size=32, seed=seed, progress=False,
+            weight_decay=5e-4)
+        return model.eval()
+
+    def prune_to(model, params_target, seed):
+        structures = find_structures(model, example)
+        budget = Budget(params=1 - params_target / structures.total_params)
+        row = prune_and_finetune(model, structures, train_data, test_data, method, budget,
+                                 finetune_epochs=finetune, lr=0.01, seed=seed)
+        return row, structures
+
+    runs = []
+    for seed in seeds:
+        dense = train(arch, seed)
+        dense_params = count(dense, example)["params"]
+        original, structures = prune_to(dense, dense_params * (1 - prune_fraction), seed)
+        ratios = layer_ratios(structures, original["plan"])
+        bottlenecks = find_bottlenecks(structures, original["plan"], cutoff=cutoff)
+        result = {"seed": seed, "dense_params": dense_params, "ratios": ratios, "bottlenecks": bottlenecks,
+                  "original": {"arch": arch["kwargs"].get("channels"), "accuracy": original["accuracy"],
+                               "params": original["params"]}}
+        for label, wide_arch in ((f"expand_x{factor:g}", widen_bottlenecks(arch, bottlenecks, factor)),
+                                 (f"uniform_x{uniform:g}", widen_uniform(arch, uniform))):
+            wide = train(wide_arch, seed)
+            row, _ = prune_to(wide, original["params"], seed)
+            result[label] = {"arch": wide_arch["kwargs"].get("channels"), "accuracy": row["accuracy"],
+                             "params": row["params"], "wide_params": count(wide, example)["params"]}
+        runs.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "ratios"}), flush=True)
+    labels = [k for k in runs[0] if isinstance(runs[0][k], dict) and "accuracy" in runs[0][k]]
+    summary = {}
+    for label in labels:
+        accs = [r[label]["accuracy"] for r in runs]
+        summary[label] = {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                          "params_mean": statistics.mean(r[label]["params"] for r in runs)}
+    out = {"arch": arch, "data": data_spec, "epochs": epochs, "finetune": finetune, "cutoff": cutoff,
+           "method": method, "runs": runs, "summary": summary}
+    if out_dir is not None:
+        from .report import plot_layer_ratios, plot_points_with_error
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(out, indent=1, default=str))
+        plot_layer_ratios(runs[0]["ratios"], out_dir / "layer_ratios.png",
+                          f"{method} layer-wise pruning ratios ({prune_fraction:.0%} params), seed {seeds[0]}")
+        plot_points_with_error(summary, out_dir / "accuracy_vs_params.png")
+    return out

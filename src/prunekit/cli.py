@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: ``demo | run | train | prune | inspect | data synth``.
+"""The ``prunekit`` command line: ``demo | train | prune | bottleneck | inspect | data synth``.
 
 Example:
     $ prunekit inspect resnet20 --input 1,3,32,32
@@ -80,6 +80,32 @@ def cmd_prune(args) -> int:
     return 0
 
 
+BOTTLENECK_KEYS = {"arch", "data", "seeds", "epochs", "finetune", "prune_fraction", "cutoff", "factor", "uniform",
+                   "method", "out_dir"}
+
+
+def cmd_bottleneck(args) -> int:
+    import yaml
+
+    from .bottleneck import expand_pruning
+
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{args.config}: expected a mapping of settings")
+    unknown = sorted(set(config) - BOTTLENECK_KEYS)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown key(s) {unknown}; known: {sorted(BOTTLENECK_KEYS)}")
+    for key in ("arch", "data"):
+        if key not in config:
+            raise ValueError(f"{args.config}: missing key {key!r}")
+    options = {k: v for k, v in config.items() if k not in ("arch", "data")}
+    options.setdefault("out_dir", f"runs/{args.config.rsplit('/', 1)[-1].rsplit('.', 1)[0]}")
+    result = expand_pruning(config["arch"], config["data"], **options)
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Structured, second-order and learned pruning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--num-samples", type=int, default=512)
     prune.add_argument("--out", required=True)
     prune.set_defaults(func=cmd_prune)
+
+    bottleneck = sub.add_parser("bottleneck", help="expand-pruning: find bottlenecks with SOSP, widen, re-prune, compare")
+    bottleneck.add_argument("config", help="YAML with arch, data, seeds, epochs, finetune, cutoff, ...")
+    bottleneck.set_defaults(func=cmd_bottleneck)
 
     data = sub.add_parser("data", help="data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["markdown_table", "plot_accuracy_vs_rate", "plot_layer_ratios", "write_report"]
+__all__ = ["markdown_table", "plot_accuracy_vs_rate", "plot_layer_ratios", "plot_points_with_error", "write_report"]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -66,6 +66,21 @@ def plot_layer_ratios(ratios: dict[str, float], path: str | Path, title: str = "
     ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("fraction pruned")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_points_with_error(summary: dict[str, dict], path: str | Path) -> Path:
+    """One point per entry: ``params_mean`` against ``mean`` accuracy with ``std`` error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, item in summary.items():
+        ax.errorbar([item["params_mean"]], [item["mean"]], yerr=[item["std"]], marker="o", capsize=4, label=label)
+    ax.set_xlabel("parameters after pruning")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
