@@ -48,3 +48,22 @@ def test_quick_demo_end_to_end(tmp_path):
     for row in rows[1:]:
         assert row["achieved"]["macs"] >= 0.5 and row["macs"] <= 0.5 * dense["macs"]
         assert row["latency_ms"] > 0
+
+
+def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: attention_gcn\n"
+        "model_kwargs: {graph: sbu, channels: [4, 8], num_heads: 2, key_dim: 2}\n"
+        f"data: {{format: synthetic-sbu, seed: 0, fold: 2, length: 8, root: {tmp_path / 'sbu'}}}\n"
+        "epochs: 1\nbatch_size: 64\nlr: 0.05\ndevice: cpu\n"
+        f"out_dir: {tmp_path / 'run'}\n")
+    assert main(["train", str(config)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", str(config), "--resume"]) == 0  # nothing left to do: resumes at the end
+    assert main(["prune", str(tmp_path / "run" / "model"), "--method", "sosp-h", "--budget-params", "0.3",
+                 "--config", str(config), "--num-samples", "64", "--out", str(tmp_path / "pruned")]) == 0
+    out = capsys.readouterr().out
+    assert '"accuracy"' in out
+    pruned = prunekit.load(tmp_path / "pruned")
+    assert pruned.prunekit_plan.achieved["params"] >= 0.3

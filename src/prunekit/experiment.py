@@ -85,8 +85,8 @@ def train_from_config(path: str | Path, resume: bool = False) -> dict:
     (xtr, ytr), (xte, yte), info = load_data(config.data)
     model = config.build_model()
     out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")
-    history = fit(model, (xtr, ytr), (xte, yte), out_dir=out_dir / "checkpoints", resume=resume,
-                  **config.fit_kwargs())
+    options = {**config.fit_kwargs(), "out_dir": out_dir / "checkpoints"}
+    history = fit(model, (xtr, ytr), (xte, yte), resume=resume, **options)
     save(model, out_dir / "model", extra={"data": info, "config": str(path)})
     result = evaluate(model, (xte, yte))
     print(f"{config.model}: test accuracy {result['accuracy']:.4f} ({info.get('format')}); saved {out_dir / 'model'}")
