@@ -33,7 +33,7 @@ import torch
 
 from .structures import Structures
 
-__all__ = ["Budget", "PruningPlan", "select", "BudgetError"]
+__all__ = ["Budget", "PruningPlan", "select", "BudgetError", "collapse_guard"]
 
 
 class BudgetError(ValueError):
@@ -166,16 +166,28 @@ class PruningPlan:
 
 
 def _admissible_order(structures: Structures, scores: torch.Tensor) -> list[int]:
-    """Ascending-score order, skipping whichever structure would empty its group or any layer (stable on ties).
+    """Ascending-score order (stable on ties), filtered by :func:`collapse_guard`."""
+    return collapse_guard(structures, sorted(range(len(structures)), key=lambda i: (float(scores[i]), i)))
+
+
+def collapse_guard(structures: Structures, order) -> list[int]:
+    """The structures of ``order``, in order, skipping any whose removal would empty its group or a layer.
 
     A group rooted after a concatenation spans the channels of several layers, so the
     guard counts both the members left in each group and the outputs left in each layer.
+
+    Example:
+        >>> import torch, prunekit
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> s = prunekit.find_structures(m, torch.randn(1, 3))
+        >>> collapse_guard(s, [0, 1, 2, 3])
+        [0, 1, 2]
     """
-    order = sorted(range(len(structures)), key=lambda i: (float(scores[i]), i))
     group_left = {g.id: len(g.members) for g in structures.groups}
     layer_left = structures.output_widths()
     admissible = []
     for sid in order:
+        sid = int(sid)
         group = structures[sid].group
         outputs = structures.outputs_removed(sid)
         if group_left[group] > 1 and all(layer_left[layer] - n >= 1 for layer, n in outputs):
