@@ -6,7 +6,7 @@ train, prune back to the original pruned parameter count, fine-tune, compare.
 
 Usage:
     python benchmarks/bench_bottleneck.py [--seeds 0,1,2] [--epochs 20] [--finetune 6]
-    (same as: prunekit bottleneck configs/bottleneck_sbu.yaml)
+    (same as: prunekit bottleneck configs/bottleneck/synthetic_sbu.yaml)
 """
 from __future__ import annotations
 

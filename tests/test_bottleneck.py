@@ -1,4 +1,6 @@
 """Bottleneck detection and widening (expand-pruning)."""
+from pathlib import Path
+
 import pytest
 
 import prunekit
@@ -61,3 +63,28 @@ def test_bottleneck_cli_rejects_unknown_keys(tmp_path, capsys):
     config.write_text("arch: {name: attention_gcn, kwargs: {}}\ndata: {format: synthetic-sbu}\nepoch: 3\n")
     assert main(["bottleneck", str(config)]) == 2
     assert "c.yaml: unknown key(s) ['epoch']" in capsys.readouterr().err
+
+
+def test_every_bottleneck_config_loads():
+    from prunekit.bottleneck import load_bottleneck_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "bottleneck").glob("*.yaml"))
+    assert files
+    for f in files:
+        config = load_bottleneck_config(f)
+        assert config["arch"]["name"] == "attention_gcn" and config["method"] == "sosp-h"
+
+
+def test_bottleneck_config_errors_name_file_and_key(tmp_path):
+    from prunekit.bottleneck import load_bottleneck_config
+
+    p = tmp_path / "b.yaml"
+    p.write_text("arch: {name: attention_gcn}\ndata: {format: synthetic-sbu}\nseed: 3\n")
+    with pytest.raises(ValueError, match=r"b\.yaml: unknown key\(s\) \['seed'\]"):
+        load_bottleneck_config(p)
+    p.write_text("arch: {name: nonet}\ndata: {}\n")
+    with pytest.raises(ValueError, match="b.yaml: unknown architecture 'nonet'"):
+        load_bottleneck_config(p)
+    p.write_text("data: {}\n")
+    with pytest.raises(ValueError, match="b.yaml: missing key 'arch'"):
+        load_bottleneck_config(p)

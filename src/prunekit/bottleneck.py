@@ -75,6 +75,40 @@ def widen_uniform(arch: dict, factor: float = 1.1) -> dict:
     return {"name": arch["name"], "kwargs": widen(arch["kwargs"], {b: factor for b in range(n)})}
 
 
+BOTTLENECK_KEYS = ("arch", "data", "seeds", "epochs", "finetune", "prune_fraction", "cutoff", "factor", "uniform",
+                   "method", "out_dir")
+
+
+def load_bottleneck_config(path) -> dict:
+    """Read an expand-pruning YAML config (keys: ``BOTTLENECK_KEYS``; ``arch`` and ``data`` required).
+
+    Errors name the file and the offending key.
+
+    Example:
+        >>> load_bottleneck_config("configs/bottleneck/synthetic_sbu.yaml")["method"]  # doctest: +SKIP
+        'sosp-h'
+    """
+    import yaml
+
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(BOTTLENECK_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {list(BOTTLENECK_KEYS)}")
+    for key in ("arch", "data"):
+        if key not in config:
+            raise ValueError(f"{path}: missing key {key!r}")
+    if not isinstance(config["arch"], dict) or "name" not in config["arch"]:
+        raise ValueError(f"{path}: 'arch' must be a mapping with 'name' and 'kwargs'")
+    from . import models
+    if config["arch"]["name"] not in models.names():
+        raise ValueError(f"{path}: unknown architecture {config['arch']['name']!r}; known: {models.names()}")
+    config["arch"].setdefault("kwargs", {})
+    return config
+
+
 def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int = 20, finetune: int = 6,
                    prune_fraction: float = 0.5, cutoff: float = 0.5, factor: float = 2.0, uniform: float = 1.1,
                    method: str = "sosp-h", out_dir=None, cache="runs/data") -> dict:

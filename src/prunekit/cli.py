@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -80,27 +81,12 @@ def cmd_prune(args) -> int:
     return 0
 
 
-BOTTLENECK_KEYS = {"arch", "data", "seeds", "epochs", "finetune", "prune_fraction", "cutoff", "factor", "uniform",
-                   "method", "out_dir"}
-
-
 def cmd_bottleneck(args) -> int:
-    import yaml
+    from .bottleneck import expand_pruning, load_bottleneck_config
 
-    from .bottleneck import expand_pruning
-
-    with open(args.config) as handle:
-        config = yaml.safe_load(handle) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{args.config}: expected a mapping of settings")
-    unknown = sorted(set(config) - BOTTLENECK_KEYS)
-    if unknown:
-        raise ValueError(f"{args.config}: unknown key(s) {unknown}; known: {sorted(BOTTLENECK_KEYS)}")
-    for key in ("arch", "data"):
-        if key not in config:
-            raise ValueError(f"{args.config}: missing key {key!r}")
+    config = load_bottleneck_config(args.config)
     options = {k: v for k, v in config.items() if k not in ("arch", "data")}
-    options.setdefault("out_dir", f"runs/{args.config.rsplit('/', 1)[-1].rsplit('.', 1)[0]}")
+    options.setdefault("out_dir", f"runs/{Path(args.config).stem}")
     result = expand_pruning(config["arch"], config["data"], **options)
     print(json.dumps(result["summary"], indent=1))
     return 0
