@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,9 +46,14 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "accuracy_vs_rate.png").stat().st_size > 1000
     rows = json.loads((tmp_path / "demo" / "results.json").read_text())["rows"]
     dense = rows[0]
-    for row in rows[1:]:
+    structured = [row for row in rows[1:] if row["method"] != "ctf"]
+    assert {row["method"] for row in structured} == {"random", "l1", "taylor", "sosp-h"}
+    for row in structured:
         assert row["achieved"]["macs"] >= 0.5 and row["macs"] <= 0.5 * dense["macs"]
         assert row["latency_ms"] > 0
+    (ctf,) = [row for row in rows if row["method"] == "ctf"]
+    assert ctf["achieved"]["weights"] == pytest.approx(0.9, abs=1e-3) and ctf["nonzero_params"] < 0.5 * dense["params"]
+    assert "ctf (90% weights)" in report
 
 
 def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
@@ -67,3 +73,41 @@ def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
     assert '"accuracy"' in out
     pruned = prunekit.load(tmp_path / "pruned")
     assert pruned.prunekit_plan.achieved["params"] >= 0.3
+
+
+def _tiny_config(tmp_path) -> Path:
+    config = tmp_path / "tiny_ctf.yaml"
+    config.write_text(
+        "model: attention_gcn\n"
+        "model_kwargs: {graph: sbu, channels: [4, 8], num_heads: 2, key_dim: 2}\n"
+        f"data: {{format: synthetic-sbu, seed: 0, fold: 2, length: 8, root: {tmp_path / 'sbu'}}}\n"
+        "epochs: 2\nbatch_size: 64\nlr: 0.05\ndevice: cpu\n")
+    return config
+
+
+def test_prune_with_ctf_from_a_config_hits_the_rate_and_saves(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    out = tmp_path / "ctf"
+    assert main(["prune", "--method", "ctf", "--rate", "0.9", "--finetune", "1", str(config), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.rfind("\n{") + 1:])
+    assert summary["method"] == "ctf" and summary["rate"] == pytest.approx(0.9, abs=1e-3)
+    pruned = prunekit.load(out)
+    assert pruned.prunekit_plan.method == "ctf"
+    # 90 % of the prunable weights (dim >= 2, not the classifier, not the graph biases) are gone:
+    # zero in the saved model or removed physically with their structures
+    dense = prunekit.models.create("attention_gcn", graph="sbu", channels=[4, 8], num_heads=2, key_dim=2)
+    names = [n for n, p in dense.named_parameters() if p.dim() >= 2 and n.endswith(".weight") and n != "fc.weight"]
+    params = dict(pruned.named_parameters())
+    total = sum(dense.get_parameter(n).numel() for n in names)
+    kept = sum(int(torch.count_nonzero(params[n])) for n in names)
+    assert 1 - kept / total >= 0.9 - 1 / total
+    assert summary["nonzero_params"] < summary["params"]
+
+
+def test_prune_with_ctf_needs_a_rate_and_criteria_refuse_a_config(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    assert main(["prune", "--method", "ctf", str(config)]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert main(["prune", "--method", "l1", "--budget-macs", "0.5", str(config)]) == 2
+    assert "--method ctf" in capsys.readouterr().err

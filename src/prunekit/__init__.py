@@ -13,6 +13,7 @@ Example:
 """
 from . import data, models
 from .criteria import saliency
+from .ctf import CTF
 from .io import load, save
 from .materialize import apply_masks, materialize
 from .measure import count, measure_latency
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
     "Budget", "BudgetError", "PruningPlan", "select",
-    "apply_masks", "materialize", "count", "measure_latency", "saliency", "save", "load",
+    "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "save", "load",
     "models", "data", "__version__",
 ]

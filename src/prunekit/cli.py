@@ -77,7 +77,8 @@ def cmd_prune(args) -> int:
     prune_checkpoint(args.checkpoint, method=args.method, out=args.out,
                      budget={k: v for k, v in (("structures", args.budget_structures), ("params", args.budget_params),
                                                ("macs", args.budget_macs)) if v is not None},
-                     data_config=args.config, num_samples=args.num_samples)
+                     data_config=args.config, num_samples=args.num_samples, rate=args.rate, epochs=args.epochs,
+                     finetune_epochs=args.finetune, cost=args.cost)
     return 0
 
 
@@ -113,16 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.set_defaults(func=cmd_train)
 
-    prune = sub.add_parser("prune", help="prune a saved model with a criterion and a budget")
-    prune.add_argument("checkpoint", help="a folder written by prunekit.save / prunekit train")
+    prune = sub.add_parser("prune", help="prune a saved model with a criterion and a budget, or learn CTF masks",
+                           description="prunekit prune runs/m/model --method sosp-h --budget-macs 0.5 --config C.yaml;"
+                                       " prunekit prune --method ctf --rate 0.95 C.yaml")
+    prune.add_argument("checkpoint", help="a folder written by prunekit.save / prunekit train "
+                                          "(or, with --method ctf, a YAML training config)")
     prune.add_argument("--method", default="sosp-h",
-                       choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random"])
+                       choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random", "ctf"])
     prune.add_argument("--budget-macs", type=float)
     prune.add_argument("--budget-params", type=float)
     prune.add_argument("--budget-structures", type=float)
+    prune.add_argument("--rate", type=float, help="ctf: fraction of the prunable weights to remove")
+    prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
+    prune.add_argument("--epochs", type=int, help="ctf: epochs with masks (default: the config's, or 10)")
+    prune.add_argument("--finetune", type=int, default=2, help="ctf: fine-tuning epochs after finalize")
     prune.add_argument("--config", help="YAML config naming the data for data-driven criteria")
     prune.add_argument("--num-samples", type=int, default=512)
-    prune.add_argument("--out", required=True)
+    prune.add_argument("--out", help="output folder (default runs/<source>_<method>)")
     prune.set_defaults(func=cmd_prune)
 
     bottleneck = sub.add_parser("bottleneck", help="expand-pruning: find bottlenecks with SOSP, widen, re-prune, compare")

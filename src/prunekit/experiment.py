@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from .plan import Budget, select
 from .structures import find_structures
 from .train import evaluate, fit
 
-__all__ = ["load_data", "train_from_config", "prune_checkpoint", "prune_and_finetune", "run_demo", "DEMO_METHODS"]
+__all__ = ["load_data", "train_from_config", "prune_checkpoint", "prune_and_finetune", "ctf_and_finetune", "run_demo",
+           "DEMO_METHODS"]
 
 DEMO_METHODS = ("random", "l1", "l2", "taylor", "obd", "sosp-h", "sosp-i")
 
@@ -116,6 +118,50 @@ def prune_and_finetune(model, structures, train, test, method: str, budget: Budg
             "plan": plan, "model": pruned}
 
 
+def nonzero_params(model) -> int:
+    """Parameters that are not exactly zero (what a sparse layout would store)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def ctf_and_finetune(model, train, test, rate: float, *, epochs: int, finetune_epochs: int, lr: float,
+                     cost: str = "params", batch_size: int = 32, seed: int = 0, **ctf_options) -> dict:
+    """One CTF row: learn the masks on a copy of ``model`` for ``epochs`` epochs, finalize at exactly
+    ``rate``, materialize the structured part, fine-tune ``finetune_epochs`` epochs with the
+    remaining zeros frozen, evaluate and count. ``model`` is not modified.
+
+    Example:
+        >>> import torch, prunekit
+        >>> m = prunekit.models.create("attention_gcn", channels=(8, 8))
+        >>> X, y = torch.randn(8, 3, 16, 30), torch.randint(0, 8, (8,))
+        >>> row = ctf_and_finetune(m, (X, y), (X, y), 0.9, epochs=1, finetune_epochs=1, lr=0.05)
+        >>> round(row["achieved"]["weights"], 3), row["nonzero_params"] < row["params"]
+        (0.9, True)
+    """
+    from .ctf import CTF, FrozenZeros
+
+    xtr, _ = train
+    start = time.perf_counter()
+    learner = copy.deepcopy(model).train()
+    ctf = CTF(learner, rate, example_inputs=xtr[:2], cost=cost, **ctf_options)
+    fit(learner, train, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=False,
+        weight_decay=5e-4, callbacks=[ctf])
+    plan = ctf.finalize()
+    report = ctf.report()
+    pruned = materialize(learner.eval(), plan)
+    prune_s = time.perf_counter() - start
+    before = evaluate(pruned, test)["accuracy"]
+    if finetune_epochs:
+        frozen = FrozenZeros(pruned)
+        fit(pruned, train, None, epochs=finetune_epochs, lr=lr * 0.2, batch_size=batch_size, seed=seed,
+            progress=False, weight_decay=5e-4)
+        frozen.remove()
+    counted = count(pruned.eval(), xtr[:1])
+    return {"method": "ctf", "budget": {"weights": rate}, "accuracy_before_finetune": before,
+            "achieved": {**plan.achieved, "weights": report["rate"]}, "accuracy": evaluate(pruned, test)["accuracy"],
+            "params": counted["params"], "macs": counted["macs"], "nonzero_params": nonzero_params(pruned),
+            "zeroed_by": report["zeroed_by"], "prune_seconds": prune_s, "plan": plan, "model": pruned}
+
+
 def time_together(named_models: dict, example, rounds: int = 3, repeats: int = 10) -> dict:
     """Median latency (ms) of each model at batch 1, best of ``rounds`` rounds taken in turn.
 
@@ -130,26 +176,60 @@ def time_together(named_models: dict, example, rounds: int = 3, repeats: int = 1
     return best
 
 
-def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path, budget: dict,
-                     data_config: str | None = None, num_samples: int = 512) -> dict:
-    """``prunekit prune``: load a saved model, score with ``method``, select under ``budget``, save the result."""
-    model = load(checkpoint).eval()
+def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None, budget: dict,
+                     data_config: str | None = None, num_samples: int = 512, *, rate: float | None = None,
+                     epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
+                     cost: str = "params") -> dict:
+    """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
+
+    * Criteria (``l1 … sosp-i``): load ``checkpoint``, score, :func:`select` under ``budget``,
+      materialize, save.
+    * ``method="ctf"``: ``checkpoint`` is a saved model (masks learned from its weights for
+      ``epochs``, default 10) or a YAML training config (model built from it and trained with
+      the masks from scratch for the config's ``epochs``); CTF removes ``rate`` of the
+      prunable weights, then the result is fine-tuned ``finetune_epochs`` with its zeros frozen.
+    """
+    from .config import load_config
+
+    source = Path(checkpoint)
+    is_config = source.suffix in (".yaml", ".yml")
+    if is_config and method != "ctf":
+        raise ValueError(f"{source}: a YAML config can be pruned only with --method ctf (which trains); "
+                         "for a criterion, pass the folder of a trained model")
+    config = load_config(data_config or source) if (data_config or is_config) else None
     train = test = None
-    if data_config is not None:
-        from .config import load_config
-        (xtr, ytr), (xte, yte), _ = load_data(load_config(data_config).data)
+    if config is not None:
+        (xtr, ytr), (xte, yte), _ = load_data(config.data)
         train, test = (xtr, ytr), (xte, yte)
     elif method not in ("l1", "l2", "random"):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
-    example = train[0][:1] if train else models.example_inputs(model, batch=1)
-    structures = find_structures(model, example)
-    data = _batches(train[0][:num_samples], train[1][:num_samples], 32) if train else None
-    plan = select(structures, saliency(model, structures, data, method), Budget(**budget), method=method)
-    pruned = materialize(model, plan, structures)
+    out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
+    if method == "ctf":
+        if rate is None:
+            raise ValueError("--method ctf needs --rate (fraction of the prunable weights to remove)")
+        model = config.build_model() if is_config else load(source)
+        if is_config and epochs is None:
+            epochs = config.epochs
+        row = ctf_and_finetune(model, train, test, rate, epochs=epochs or 10, finetune_epochs=finetune_epochs,
+                               lr=lr or config.lr, cost=cost, batch_size=config.batch_size, seed=config.seed)
+        plan, pruned = row.pop("plan"), row.pop("model")
+        summary = {"method": "ctf", "rate": row["achieved"]["weights"], "achieved": plan.achieved,
+                   "remaining": plan.remaining, "accuracy": row["accuracy"], "params": row["params"],
+                   "nonzero_params": row["nonzero_params"], "zeroed_by": row["zeroed_by"]}
+    else:
+        if budget == {}:
+            raise ValueError("give a budget: --budget-macs, --budget-params or --budget-structures")
+        model = load(source).eval()
+        example = train[0][:1] if train else models.example_inputs(model, batch=1)
+        structures = find_structures(model, example)
+        data = _batches(train[0][:num_samples], train[1][:num_samples], 32) if train else None
+        plan = select(structures, saliency(model, structures, data, method), Budget(**budget), method=method)
+        pruned = materialize(model, plan, structures)
+        summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining}
+        if test is not None:
+            summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     save(pruned, out, plan=plan)
-    summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining}
-    if test is not None:
-        summary["accuracy"] = evaluate(pruned, test)["accuracy"]
+    summary["saved"] = str(out)
     print(json.dumps(summary, indent=1))
     return summary
 
@@ -194,6 +274,16 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
             rows.append(row)
             print(f"  {method:7s} -{fraction:.0%} MACs: accuracy {row['accuracy']:.3f} "
                   f"(before fine-tune {row['accuracy_before_finetune']:.3f})", flush=True)
+    ctf_epochs = (2, 1) if quick else (8, 2)
+    for rate in (0.9,):
+        row = ctf_and_finetune(model, (xtr, ytr), (xte, yte), rate, epochs=ctf_epochs[0], finetune_epochs=ctf_epochs[1],
+                               lr=0.05, seed=seed)
+        pruned_models[len(rows)] = row.pop("model")
+        row["plan"] = row["plan"].to_dict()["removed"]
+        rows.append(row)
+        print(f"  ctf     -{rate:.0%} weights: accuracy {row['accuracy']:.3f} "
+              f"(before fine-tune {row['accuracy_before_finetune']:.3f}), {row['nonzero_params']} nonzero params",
+              flush=True)
     for index, ms in time_together(pruned_models, xtr[:1]).items():
         rows[index]["latency_ms"] = ms
     meta = {"data": info, "epochs": epochs, "finetune_epochs": finetune_epochs, "seed": seed, "quick": quick,

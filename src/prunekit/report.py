@@ -4,7 +4,7 @@ Example:
     >>> rows = [{"method": "dense", "achieved": {"macs": 0.0}, "accuracy": 0.9, "params": 10, "macs": 100,
     ...          "latency_ms": 1.0}]
     >>> print(markdown_table(rows).splitlines()[0])
-    | method | MACs removed | accuracy | params | MACs | latency (ms, batch 1) |
+    | method | MACs removed | accuracy | params | nonzero params | MACs | latency (ms, batch 1) |
 """
 from __future__ import annotations
 
@@ -16,13 +16,20 @@ __all__ = ["markdown_table", "plot_accuracy_vs_rate", "plot_layer_ratios", "plot
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per row: method, MACs removed, accuracy, params, MACs, measured latency."""
-    lines = ["| method | MACs removed | accuracy | params | MACs | latency (ms, batch 1) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """One line per row: method, MACs removed, accuracy, params (stored and nonzero), MACs, measured latency.
+
+    Entry-wise methods (CTF) leave zeros in kept weights: ``nonzero params`` shows them, while
+    ``params`` and ``MACs`` count what a dense layout stores and computes.
+    """
+    lines = ["| method | MACs removed | accuracy | params | nonzero params | MACs | latency (ms, batch 1) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         removed = row.get("achieved", {}).get("macs", 0.0)
-        lines.append(f"| {row['method']} | {removed:.1%} | {row['accuracy']:.3f} | {row['params']:,} | "
-                     f"{row['macs']:,} | {row['latency_ms']:.2f} |")
+        method = row["method"]
+        if "weights" in row.get("budget", {}):
+            method += f" ({row['budget']['weights']:.0%} weights)"
+        lines.append(f"| {method} | {removed:.1%} | {row['accuracy']:.3f} | {row['params']:,} | "
+                     f"{row.get('nonzero_params', row['params']):,} | {row['macs']:,} | {row['latency_ms']:.2f} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,279 @@
+"""CTF mask parametrizations: the band-stop gate and the four-factor coarse-to-fine mask.
+
+Each prunable weight keeps its latent values ``Ŵ`` and is used as
+
+.. math::  W = \\hat W \\odot \\psi(\\hat W), \\qquad
+           \\psi = \\mathrm{Ch} \\odot \\mathrm{Col} \\odot \\mathrm{Row} \\odot E
+
+with every factor a band-stop gate of a magnitude,
+
+.. math::  b_a(u) = \\sigma\\big((u - a)/\\tau\\big) + \\sigma\\big((-u - a)/\\tau\\big),
+
+≈ 0 for ``|u| < a`` and ≈ 1 above (``b_0 ≡ 1`` exactly, since ``σ(x) + σ(−x) = 1``).
+
+prunekit's formulation (**[ours]** where METHODS.md leaves room):
+
+* **Layout.** A weight of shape ``[K·Cc, R, *kernel]`` is viewed as
+  ``[K blocks, Cc columns (output units), R rows (input units), kernel]``: block ``k``
+  owns rows ``k·Cc … (k+1)·Cc − 1`` of dim 0, column ``j`` owns rows ``{k·Cc + j}``.
+  ``K`` is the number of adjacency subsets of a :class:`~prunekit.models.layers.GraphConv`
+  and the number of heads of a :class:`~prunekit.models.layers.MultiHeadGraphAttention`
+  (query, key and value weights); ``K = 1`` for a plain convolution or linear layer.
+* **Factors.** ``E_e = b(|Ŵ_e| / s)``, ``Col_j = b(rms(Ŵ[:, j]) / s)``,
+  ``Row_i = b(rms(Ŵ[:, :, i]) / s)``, ``Ch_k = b(rms(Ŵ[k]) / s)``, the rms taken over every
+  entry of the slice (kernel included).
+* **Scale.** ``s`` is the tensor's rms at attach time (a fixed buffer), so thresholds
+  ``a`` and the temperature ``τ`` are in units of each layer's own weight scale and one
+  schedule fits every layer.
+* **No channel factor when K = 1.** For a plain layer the "channel" would be the whole
+  tensor, and a gate on it could switch a layer off (layer collapse); the factor is
+  absent (≡ 1) there. Columns and rows still prune such layers structurally.
+* **Tied head gates.** The block factor of an attention layer is shared by its query,
+  key and value weights, computed from the rms of all three head-``h`` slices
+  (each divided by its own ``s``): a head is then gated as one unit, which is what
+  lets a closed gate become a removable head structure.
+* **Thresholds.** One threshold per factor and tensor (one per tied head gate),
+  ``a = softplus(ρ)``; the buffer ``a_<granularity>`` holds ``ρ`` and requires grad when
+  learnable (trained by :class:`~prunekit.ctf.CTF`'s own Adam, not the model optimizer). ``softplus`` keeps ``a > 0`` (a
+  negative ``a`` would make ``b > 1``, an amplifier) without a kink: ``a = |ρ|`` lets a
+  budget push through 0 and come back with the opposite sign, a runaway we measured.
+
+Example:
+    >>> import torch
+    >>> mask = CTFMask((6, 4), blocks=2, scale=1.0, a_init={"entry": 0.5, "column": 0.0, "row": 0.0, "channel": 0.0})
+    >>> mask.temperature.value = 1e-3
+    >>> w = torch.tensor([[0.1, 2.0, 0.3, 4.0]] * 6)
+    >>> mask.mask(w)[0].round().tolist()       # only the entries above a = 0.5 pass
+    [0.0, 1.0, 0.0, 1.0]
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["band_stop", "threshold_value", "CTFMask", "HeadTie", "Temperature", "GRANULARITIES"]
+
+GRANULARITIES = ("channel", "column", "row", "entry")  # coarse to fine
+_EPS = 1e-12
+
+
+def band_stop(u: torch.Tensor, a: torch.Tensor | float, tau: float) -> torch.Tensor:
+    """The symmetrised shifted sigmoid ``b(u) = σ((u − a)/τ) + σ((−u − a)/τ)``.
+
+    Example:
+        >>> band_stop(torch.tensor([0.0, 0.2, 2.0]), 1.0, 0.01).round().tolist()
+        [0.0, 0.0, 1.0]
+        >>> float(band_stop(torch.tensor(0.3), 0.0, 0.5))   # a = 0: the identity gate
+        1.0
+    """
+    return torch.sigmoid((u - a) / tau) + torch.sigmoid((-u - a) / tau)
+
+
+class Temperature:
+    """The temperature ``τ`` shared by every mask of one :class:`~prunekit.ctf.CTF`.
+
+    ``generation`` counts penalty evaluations: a mask's forward pass caches ``Σψ``
+    under the current generation so the penalty of the same step reuses it.
+    """
+
+    def __init__(self, value: float = 1.0):
+        self.value = float(value)
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"Temperature({self.value:.4g})"
+
+
+def threshold_value(rho: torch.Tensor) -> torch.Tensor:
+    """The threshold ``a = softplus(ρ) = log(1 + e^ρ) > 0`` stored as ``ρ``."""
+    return torch.nn.functional.softplus(rho)
+
+
+def _inverse_softplus(a: float) -> float:
+    a = max(float(a), 1e-6)
+    return a + math.log(-math.expm1(-a))
+
+
+def _threshold(module: nn.Module, name: str, value: float, learnable: bool) -> None:
+    """Register ``ρ`` (``a = softplus(ρ)``) as a buffer; a learnable one requires grad.
+
+    Thresholds are buffers, not parameters, so a model optimizer never updates them:
+    :class:`~prunekit.ctf.CTF` trains them with its own Adam (see its docstring).
+    """
+    tensor = torch.tensor(_inverse_softplus(value))
+    module.register_buffer(name, tensor.requires_grad_(learnable))
+
+
+def _releaf(module: nn.Module) -> None:
+    """After ``.to()`` / ``.double()``, a grad-requiring buffer is a copy with a graph: make it a leaf again."""
+    for name, buf in module._buffers.items():
+        if name.startswith("a_") and buf is not None and buf.grad_fn is not None:
+            module._buffers[name] = buf.detach().requires_grad_(True)
+
+
+class HeadTie(nn.Module):
+    """One block gate ``Ch_k`` shared by several weights (query, key, value of an attention layer).
+
+    ``Ch_k = b( sqrt( Σ_t ‖Ŵ_t[k] / s_t‖² / Σ_t |Ŵ_t[k]| ) )``: the rms over the block-``k``
+    slices of every member ``t``, each in units of its own scale ``s_t``.
+    """
+
+    def __init__(self, blocks: int, a_init: float, learnable: bool, temperature: Temperature):
+        super().__init__()
+        self.blocks = int(blocks)
+        _threshold(self, "a_channel", a_init, learnable)
+        self.temperature = temperature
+        self._members: list = []  # (module, parameter name, scale); plain list: no module cycle
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        _releaf(self)
+        return result
+
+    def add(self, module: nn.Module, name: str, scale: float) -> int:
+        self._members.append((module, name, float(scale)))
+        return len(self._members) - 1
+
+    def norms(self, index: int | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
+        """Block rms in scale units; member ``index`` uses ``own`` (its latent weight) as given."""
+        squares, count = 0.0, 0
+        for i, (module, name, scale) in enumerate(self._members):
+            w = own if i == index else module.parametrizations[name].original
+            block = (w / scale).reshape(self.blocks, -1)
+            squares = squares + block.pow(2).sum(1)
+            count += block.shape[1]
+        return torch.sqrt(squares / count + _EPS)
+
+    def factor(self, index: int | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
+        return band_stop(self.norms(index, own), threshold_value(self.a_channel), self.temperature.value)
+
+
+class CTFMask(nn.Module):
+    """The parametrization ``Ŵ ↦ Ŵ ⊙ ψ(Ŵ)`` of one weight (see the module docstring).
+
+    Args:
+        shape: the weight's shape ``[K·Cc, R, *kernel]`` (a linear weight ``[Cc, R]``).
+        blocks: ``K``; ``shape[0]`` must be a multiple of it.
+        granularities: the active factors, a subset of ``("channel", "column", "row", "entry")``.
+        scale: ``s``, the magnitude unit of this tensor.
+        a_init: initial threshold per granularity (in units of ``s``).
+        learnable: train the thresholds (parameters) or keep them fixed (buffers).
+        temperature: shared :class:`Temperature`; a fresh one (τ = 1) if ``None``.
+        cost: cost of one entry in the budget (1 for parameters, its MACs for MACs).
+        tie: a :class:`HeadTie` providing the block gate (replaces this tensor's own).
+        tie_owner: register ``tie`` as a submodule (exactly one member does).
+    """
+
+    def __init__(self, shape: Sequence[int], blocks: int = 1, granularities: Sequence[str] = GRANULARITIES,
+                 scale: float = 1.0, a_init: dict | None = None, learnable: bool = True,
+                 temperature: Temperature | None = None, cost: float = 1.0,
+                 tie: HeadTie | None = None, tie_owner: bool = False):
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2:
+            raise ValueError(f"CTFMask: a weight needs at least 2 dimensions, got shape {shape}")
+        if blocks < 1 or shape[0] % blocks:
+            raise ValueError(f"CTFMask: {shape[0]} output rows cannot be split into {blocks} blocks")
+        unknown = set(granularities) - set(GRANULARITIES)
+        if unknown:
+            raise ValueError(f"CTFMask: unknown granularities {sorted(unknown)}; expected a subset of {GRANULARITIES}")
+        self.shape = shape
+        self.blocks, self.columns, self.rows = int(blocks), shape[0] // blocks, shape[1]
+        self.view_shape = (self.blocks, self.columns, self.rows, math.prod(shape[2:]))
+        self.granularities = tuple(g for g in GRANULARITIES if g in granularities)
+        if "channel" in self.granularities and self.blocks == 1 and tie is None:
+            self.granularities = tuple(g for g in self.granularities if g != "channel")
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.temperature = temperature if temperature is not None else Temperature()
+        self.cost = float(cost)
+        a_init = dict(a_init or {})
+        for g in self.granularities:
+            if g == "channel" and tie is not None:
+                continue
+            _threshold(self, f"a_{g}", a_init.get(g, 0.0), learnable)
+        self.tie_index: int | None = None
+        if tie is not None and "channel" in self.granularities:
+            if tie.blocks != self.blocks:
+                raise ValueError(f"CTFMask: tie has {tie.blocks} blocks, this weight {self.blocks}")
+            if tie_owner:
+                self.tie = tie
+            else:
+                self._tie_ref = (tie,)  # a tuple: not registered, so the tie's threshold is stored once
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        _releaf(self)
+        return result
+
+    # ------------------------------------------------------------------ factors
+    @property
+    def head_tie(self) -> HeadTie | None:
+        return self.__dict__["_modules"].get("tie") or (self.__dict__.get("_tie_ref") or (None,))[0]
+
+    def threshold(self, granularity: str) -> torch.Tensor:
+        """The effective threshold ``a = softplus(ρ)`` of a factor (in units of ``s``)."""
+        if granularity == "channel" and self.head_tie is not None:
+            return threshold_value(self.head_tie.a_channel)
+        return threshold_value(getattr(self, f"a_{granularity}"))
+
+    def factors(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each active factor, shaped to broadcast over the view ``[K, Cc, R, kernel]``."""
+        tau = self.temperature.value
+        v = w.reshape(self.view_shape) / self.scale
+        out: dict[str, torch.Tensor] = {}
+        if "channel" in self.granularities:
+            tie = self.head_tie
+            if tie is not None:
+                ch = tie.factor(self.tie_index, w)
+            else:
+                ch = band_stop(torch.sqrt(v.pow(2).mean(dim=(1, 2, 3)) + _EPS), self.threshold("channel"), tau)
+            out["channel"] = ch.view(-1, 1, 1, 1)
+        if "column" in self.granularities:
+            col = torch.sqrt(v.pow(2).mean(dim=(0, 2, 3)) + _EPS)
+            out["column"] = band_stop(col, self.threshold("column"), tau).view(1, -1, 1, 1)
+        if "row" in self.granularities:
+            row = torch.sqrt(v.pow(2).mean(dim=(0, 1, 3)) + _EPS)
+            out["row"] = band_stop(row, self.threshold("row"), tau).view(1, 1, -1, 1)
+        if "entry" in self.granularities:
+            out["entry"] = band_stop(v.abs(), self.threshold("entry"), tau)
+        return out
+
+    def mask(self, w: torch.Tensor) -> torch.Tensor:
+        """``ψ(Ŵ)``, the product of the active factors, in the weight's shape."""
+        psi = None
+        for factor in self.factors(w).values():
+            psi = factor if psi is None else psi * factor
+        if psi is None:
+            return torch.ones_like(w)
+        return psi.expand(self.view_shape).reshape(w.shape)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        psi = self.mask(w)
+        if torch.is_grad_enabled() and w.requires_grad:
+            self._cache = (self._cache_key(w), psi.sum())  # reused by this step's penalty
+        return w * psi
+
+    def _cache_key(self, w: torch.Tensor) -> tuple:
+        return (self.temperature.generation, self.temperature.value, w._version, id(w))
+
+    def cached_sum(self, w: torch.Tensor) -> torch.Tensor | None:
+        """``Σψ(w)`` from a forward pass since the last penalty, at the same ``τ`` and weights, or ``None``."""
+        if self._cache is not None and self._cache[0] == self._cache_key(w):
+            return self._cache[1]
+        return None
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None  # a non-leaf tensor with a graph: never copied or pickled
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"blocks={self.blocks}, columns={self.columns}, rows={self.rows}, "
+                f"granularities={self.granularities}")
