@@ -1,7 +1,8 @@
 """Dense accuracy of the skeleton GCNs on SYNTHETIC SBU (5-fold mean) and SYNTHETIC FPHA (1:1 split).
 
 Usage:
-    python benchmarks/bench_dense_skeleton.py [--epochs 30] [--out benchmarks/results/dense_skeleton.json]
+    python benchmarks/bench_dense_skeleton.py [--epochs 30] [--models attention_gcn,stgcn] [--threads 1]
+        [--out benchmarks/results/dense_skeleton.json]
 
 The data are prunekit's synthetic generator in the real on-disk formats (seed 0),
 read back by the real loaders with their official protocols.
@@ -29,16 +30,20 @@ def train_once(model_name: str, spec: dict, cache: str, epochs: int, seed: int =
     start = time.perf_counter()
     fit(model, (xtr, ytr), (xte, yte), epochs=epochs, lr=0.05, batch_size=32, seed=seed, progress=False,
         weight_decay=5e-4)
-    return {"accuracy": evaluate(model, (xte, yte))["accuracy"], "train": len(xtr), "test": len(xte),
-            "seconds": time.perf_counter() - start, "params": prunekit.count(model, xtr[:1])["params"]}
+    row = {"accuracy": evaluate(model, (xte, yte))["accuracy"], "train": len(xtr), "test": len(xte),
+           "seconds": time.perf_counter() - start, "params": prunekit.count(model, xtr[:1])["params"]}
+    print(f"  {model_name} {spec}: accuracy {row['accuracy']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--models", default="attention_gcn,stgcn")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/dense_skeleton.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     cache = tempfile.mkdtemp(prefix="prunekit-bench-")
     results = {"benchmark": "dense_skeleton", "data": "SYNTHETIC (prunekit generator, seed 0)", "epochs": args.epochs,
                "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}

@@ -18,6 +18,7 @@ from .io import load, save
 from .materialize import apply_masks, materialize
 from .measure import count, measure_latency
 from .plan import Budget, BudgetError, PruningPlan, select
+from .sparse import sparsify
 from .structures import Structure, Structures, UnsupportedModelError, find_structures
 
 __version__ = "0.1.0"
@@ -25,6 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
     "Budget", "BudgetError", "PruningPlan", "select",
-    "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "save", "load",
+    "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
     "models", "data", "__version__",
 ]

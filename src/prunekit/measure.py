@@ -188,7 +188,13 @@ class _MacCounter(TorchDispatchMode):
         return out
 
 
-def _call(model: nn.Module, inputs):
+def call_model(model: nn.Module, inputs):
+    """``model(inputs)``, ``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a mapping.
+
+    Example:
+        >>> call_model(lambda a, b: a + b, (1, 2))
+        3
+    """
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -319,7 +325,7 @@ def count(model: nn.Module, example_inputs, formulas: Mapping[Any, Callable[...,
             handles.append(mod.register_forward_hook(post, always_call=True))
     try:
         with _EvalNoGrad(model, counting=True), counter:
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -500,13 +506,13 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
             for b in sizes:
                 x = with_batch(inputs, b)
                 for _ in range(warmup):
-                    _call(model, x)
+                    call_model(model, x)
                 _sync(dev)
                 times = []
                 for _ in range(repeats):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    _call(model, x)
+                    call_model(model, x)
                     _sync(dev)
                     times.append(time.perf_counter() - t0)
                 result["batches"][b] = _summary(times, b)
@@ -597,7 +603,7 @@ def peak_memory(model: nn.Module, example_inputs, device: str | torch.device | N
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
-            out = _call(model, inputs)
+            out = call_model(model, inputs)
             torch.cuda.synchronize(dev)
             peak = torch.cuda.max_memory_allocated(dev)
             del out
@@ -609,7 +615,7 @@ def peak_memory(model: nn.Module, example_inputs, device: str | torch.device | N
         rss0 = _rss_bytes()
         tracker = _LiveBytes(held)
         with tracker:
-            out = _call(model, inputs)
+            out = call_model(model, inputs)
         del out
         rss_delta = _rss_bytes() - rss0
     return {"device": str(dev), "method": "live aten storages (dispatch mode)", "baseline_bytes": base,

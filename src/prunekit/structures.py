@@ -37,6 +37,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .measure import call_model
 from .models.layers import PrunableBlock
 from .structure_types import SliceSpec, Structure
 
@@ -81,14 +82,6 @@ def inputs_from_spec(spec: Sequence[dict], model: nn.Module | None = None):
         else:
             tensors.append(torch.zeros(item["shape"], dtype=dtype))
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-def _forward(model: nn.Module, example_inputs):
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 # ---------------------------------------------------------------- Torch-Pruning rules
@@ -228,7 +221,7 @@ def _record_shapes(model: nn.Module, example_inputs) -> dict:
     model.eval()
     try:
         with torch.no_grad():
-            _forward(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -372,7 +365,7 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> 
         >>> len(s), s[0].slices
         (8, [('0.weight', 0, [0]), ('0.bias', 0, [0])])
     """
-    from .measure import count  # late import: measure has no dependency on structures
+    from .measure import count
 
     ignored = _resolve_ignored(model, ignore)
     graph = build_dependency_graph(model, example_inputs)
