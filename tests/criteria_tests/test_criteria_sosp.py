@@ -72,6 +72,17 @@ def test_batching_does_not_change_result(method, options):
         torch.testing.assert_close(r, results[0], rtol=1e-10, atol=1e-14)
 
 
+def test_sosp_i_memory_budget_chunks_samples_without_changing_the_result():
+    from prunekit.criteria.sosp import auto_chunk_size
+    model, structures, x, y, _ = cached("residual")
+    q_bytes = len(structures) ** 2 * 8
+    params = sum(p.numel() for p in model.parameters())
+    assert auto_chunk_size(3, params, 0) == 1 and auto_chunk_size(3, params, 2 * 3 * params * 4 * 5) == 5
+    whole = saliency(model, structures, (x, y), "sosp-i")
+    tight = saliency(model, structures, (x, y), "sosp-i", max_memory_bytes=q_bytes + 1)  # one sample at a time
+    torch.testing.assert_close(tight, whole, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize("method", ["sosp-h", "sosp-i"])
 def test_num_samples_truncates(method):
     model, structures, x, y = build("mlp")

@@ -210,7 +210,8 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
 
     Per batch, the per-sample Jacobians ``Φ_n = ∂f_n/∂α ∈ R^{C×|S|}`` come from
     ``vmap`` (over samples) of ``jacrev`` (C vector-Jacobian products, one per class),
-    ``chunk_size`` samples at a time (default: the whole batch); then
+    ``chunk_size`` samples at a time (default: :func:`auto_chunk_size`, as many as fit in
+    what ``max_memory_bytes`` leaves beside ``Q``); then
     ``Q += Σ_n Φ_nᵀ Λ_n Φ_n`` and ``Σ_n n_b Φ_nᵀ ∂L_b/∂f_n`` gives ``θ_sᵀ g`` with no extra
     model pass. Streams over batches; only ``Q`` (float64, updated in place) grows
     with ``|S|²``; the per-chunk Jacobians take ``chunk × C × |S|`` entries (plus the
@@ -251,9 +252,14 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
 
     jacobian = vmap(jacrev(logits_one, argnums=0, has_aux=True), in_dims=(None, 0))
     batches = Batches(data, num_samples, scaling.device)
+    num_params = sum(p.numel() for p in model.parameters())
     with evaluation_mode(model):
         for inputs, targets, n in batches:
-            step = chunk_size or n
+            if chunk_size is None:  # C × (parameters) per sample inside jacrev: keep a chunk within the budget
+                with torch.no_grad():
+                    classes = check_logits(model(inputs[:1])).shape[-1]
+                chunk_size = auto_chunk_size(classes, num_params, max_memory_bytes - needed)
+            step = min(chunk_size, n)
             phis, logits = [], []
             for start in range(0, n, step):
                 phi, out = jacobian(ones, inputs[start:start + step])  # [b, C, |S|], [b, C]
@@ -268,6 +274,21 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
                 grad_sum += n * torch.einsum("ncs,nc->s", phi, d).double()
     Q /= batches.total
     return SOSPIPairwise(Q=Q, gradient=grad_sum / batches.total, num_samples=batches.total)
+
+
+def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_bytes: int = 4) -> int:
+    """Samples per ``vmap(jacrev)`` call: ``jacrev`` back-propagates ``classes`` cotangents per
+    sample and forms a gradient for every parameter, ``classes × num_params`` floats per sample
+    (twice: the scaled parameters' gradients and their sum into ``α``). At least 1.
+
+    Example:
+        >>> auto_chunk_size(10, 14_700_000, 2 * 2**30)   # VGG-16: one sample at a time
+        1
+        >>> auto_chunk_size(10, 270_000, 2 * 2**30)      # ResNet-20: 99 samples
+        99
+    """
+    per_sample = 2 * classes * num_params * element_bytes
+    return max(1, int(budget_bytes // per_sample))
 
 
 @register_criterion("sosp-i", needs_data=True, summary="|θ_sᵀ g| + ½ Σ_s' |θ_sᵀ G θ_s'| (SOSP-I, pairwise)")
