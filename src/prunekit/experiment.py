@@ -32,13 +32,33 @@ __all__ = ["load_data", "train_from_config", "prune_checkpoint", "prune_and_fine
 DEMO_METHODS = ("random", "l1", "l2", "taylor", "obd", "sosp-h", "sosp-i")
 
 
+def _generate_atomically(root: Path, write) -> None:
+    """Generate into a fresh sibling folder, then rename it to ``root``: a concurrent reader
+    never sees a half-written tree, and of two concurrent generators the first rename wins."""
+    import shutil
+    import tempfile
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        write(staging)
+        staging.rename(root)
+    except OSError:
+        if not root.exists():
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def load_data(spec: dict, cache: str | Path = "runs/data"):
     """``((X_train, y_train), (X_test, y_test), info)`` from a data spec.
 
     Formats: ``synthetic-sbu`` / ``synthetic-fpha`` (generated under ``cache`` if missing,
     labelled synthetic), ``sbu`` (``root``, ``fold``), ``fpha`` (``root``), ``digits``,
     ``idx`` (``root``: Fashion-MNIST/MNIST IDX files), ``cifar10`` (``root``).
-    Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool).
+    Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool); synthetic
+    ones ``seed`` and ``difficulty`` (default :data:`prunekit.data.DEFAULT_DIFFICULTY`).
     """
     from . import data
 
@@ -47,10 +67,13 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
         raise ValueError(f"data spec {spec}: missing 'format'")
     if kind in ("synthetic-sbu", "synthetic-fpha", "sbu", "fpha"):
         layout = kind.replace("synthetic-", "")
-        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}")
+        difficulty = float(spec.get("difficulty", data.DEFAULT_DIFFICULTY))
+        suffix = "" if difficulty == data.DEFAULT_DIFFICULTY else f"-difficulty{difficulty:g}"
+        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}{suffix}")
         if kind.startswith("synthetic") and not root.exists():
             writer = data.write_sbu if layout == "sbu" else data.write_fpha
-            writer(root, seed=int(spec.get("seed", 0)))
+            _generate_atomically(root, lambda folder: writer(folder, seed=int(spec.get("seed", 0)),
+                                                             difficulty=difficulty))
         if layout == "sbu":
             train, test = data.load_sbu(root, fold=int(spec.get("fold", 1)))
         else:
