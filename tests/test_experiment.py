@@ -33,7 +33,7 @@ def test_concurrent_generation_never_exposes_a_half_written_tree(tmp_path):
     for t in threads:
         t.join()
     assert errors == [] and len(results) == 2 and results[0] == results[1]
-    assert [p.name for p in tmp_path.iterdir()] == ["synthetic-sbu-seed0"]
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic-sbu-seed0-difficulty0.65"]
 
 
 def test_unknown_or_missing_format_is_named():

@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 def cmd_data_synth(args) -> int:
     from .data.synth import synth_main
 
-    synth_main(args.format, args.out, seed=args.seed)
+    print(synth_main(args.format, args.out, seed=args.seed, difficulty=args.difficulty))
     return 0
 
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=["sbu", "fpha"], required=True)
     synth.add_argument("--out", required=True)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--difficulty", type=float, help="noise / overlap level (default: tuned per format)")
     synth.set_defaults(func=cmd_data_synth)
     return parser
 

@@ -58,7 +58,7 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
     labelled synthetic), ``sbu`` (``root``, ``fold``), ``fpha`` (``root``), ``digits``,
     ``idx`` (``root``: Fashion-MNIST/MNIST IDX files), ``cifar10`` (``root``).
     Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool); synthetic
-    ones ``seed`` and ``difficulty`` (default :data:`prunekit.data.DEFAULT_DIFFICULTY`).
+    ones ``seed`` and ``difficulty`` (default :func:`prunekit.data.default_difficulty`).
     """
     from . import data
 
@@ -67,9 +67,8 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
         raise ValueError(f"data spec {spec}: missing 'format'")
     if kind in ("synthetic-sbu", "synthetic-fpha", "sbu", "fpha"):
         layout = kind.replace("synthetic-", "")
-        difficulty = float(spec.get("difficulty", data.DEFAULT_DIFFICULTY))
-        suffix = "" if difficulty == data.DEFAULT_DIFFICULTY else f"-difficulty{difficulty:g}"
-        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}{suffix}")
+        difficulty = float(spec.get("difficulty", data.default_difficulty(layout)))
+        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}-difficulty{difficulty:g}")
         if kind.startswith("synthetic") and not root.exists():
             writer = data.write_sbu if layout == "sbu" else data.write_fpha
             _generate_atomically(root, lambda folder: writer(folder, seed=int(spec.get("seed", 0)),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prunekit.data import (
-    DEFAULT_DIFFICULTY, SBUToMillimetres, default_transform, get_graph, load_fpha, load_sbu, synth_main, to_tensors,
-    write_fpha, write_sbu,
+    DEFAULT_DIFFICULTY, FPHA_DEFAULT_DIFFICULTY, SBUToMillimetres, default_transform, get_graph, load_fpha, load_sbu,
+    synth_main, to_tensors, write_fpha, write_sbu,
 )
 from prunekit.data.synth import _count
 
@@ -46,7 +46,7 @@ def test_marker_and_synthetic_flag(tmp_path):
     write_fpha(tmp_path, seed=0, subjects=1, sequences_per_subject_action=1)
     text = (tmp_path / "SYNTHETIC_DATA.txt").read_text()
     assert text.startswith("# SYNTHETIC DATA") and "NOT the real FPHA" in text
-    assert "seed: 0" in text and f"difficulty: {DEFAULT_DIFFICULTY}" in text and "sequences: 45" in text
+    assert "seed: 0" in text and f"difficulty: {FPHA_DEFAULT_DIFFICULTY}" in text and "sequences: 45" in text
     train, test = load_fpha(tmp_path)
     assert train.synthetic and test.synthetic and "[SYNTHETIC]" in train.summary()
 

@@ -16,7 +16,7 @@ from .graphs import FPHA_JOINTS, SBU_JOINTS, Graph, get_graph, graph_names
 from .images import load_cifar10, load_digits, load_idx, read_idx
 from .records import SYNTHETIC_MARKER, DataFormatError, SkeletonDataset, SkeletonSequence
 from .sbu import SBU_CLASSES, SBU_FOLDS, SBU_SETS, load_sbu, read_sbu_file
-from .synth import DEFAULT_DIFFICULTY, synth_main, write_fpha, write_sbu
+from .synth import DEFAULT_DIFFICULTY, FPHA_DEFAULT_DIFFICULTY, default_difficulty, synth_main, write_fpha, write_sbu
 from .transforms import (
     CenterOn, Compose, MergePersons, NormalizeScale, Resample, SBUToMillimetres, ToTensor, default_transform,
     to_tensors,
@@ -27,7 +27,8 @@ __all__ = [
     "DataFormatError", "SkeletonSequence", "SkeletonDataset", "SYNTHETIC_MARKER",
     "load_sbu", "read_sbu_file", "SBU_CLASSES", "SBU_SETS", "SBU_FOLDS",
     "load_fpha", "read_fpha_file", "read_fpha_split", "FPHA_CLASSES", "FPHA_KNOWN_BAD",
-    "write_sbu", "write_fpha", "synth_main", "DEFAULT_DIFFICULTY",
+    "write_sbu", "write_fpha", "synth_main", "DEFAULT_DIFFICULTY", "FPHA_DEFAULT_DIFFICULTY",
+    "default_difficulty",
     "Compose", "CenterOn", "NormalizeScale", "Resample", "MergePersons", "SBUToMillimetres", "ToTensor",
     "to_tensors", "default_transform",
     "load_idx", "read_idx", "load_cifar10", "load_digits",
