@@ -1,27 +1,46 @@
-"""CTF against its baselines on synthetic SBU: a small version of the paper's table.
+"""CTF against its baselines on synthetic SBU / FPHA: the paper's table, mean ± std over seeds.
 
-Protocol (one seed; the SBU test fold holds ~67 sequences, so one sequence = 1.5 points):
+Protocol:
 
-1. Synthetic SBU (``prunekit.data.write_sbu``, seed 0), fold 1, default transform.
-2. ``attention_gcn`` with channels (16, 32, 32), trained dense for ``--pretrain`` epochs.
-3. From that checkpoint, with the same budget of ``--epochs`` + ``--finetune`` epochs each:
+1. Data: synthetic SBU (``prunekit.data.write_sbu``, data seed 0), one or more folds
+   (``--folds``, the official 5-fold protocol), or synthetic FPHA
+   (``prunekit.data.write_fpha``, data seed 0, the 1:1 split); default transform.
+2. Model: ``attention_gcn`` with channels (16, 32, 32); for every seed and fold a dense
+   model is trained ``--pretrain`` epochs (initialisation and shuffling seeded by the seed).
+3. From that checkpoint every method gets the same budget of ``--epochs + --finetune``
+   training epochs (SGD momentum 0.9, cosine, batch 32, ``--lr``):
 
-   * **ctf** – CTF masks (all four granularities, learnable thresholds) trained for
-     ``--epochs`` epochs, finalized, materialized, then fine-tuned ``--finetune`` epochs
-     with the remaining zeros frozen;
-   * **ctf-fixed** – the same with fixed thresholds (rate 0.9 only);
-   * **column-only**, **channel-only** – the structured-only variants, same machinery;
+   * **ctf** – CTF masks (all four granularities, the defaults of :class:`prunekit.ctf.CTF`:
+     learnable thresholds, last quarter of the epochs with the masks frozen) trained for
+     ``--epochs`` epochs (default 12), finalized, materialized, then fine-tuned
+     ``--finetune`` epochs (default 8) at ``--ft-lr`` (default 0.05, the lr of every other
+     fine-tuning) with the zeros frozen;
+   * **column-only**, **row-only** (and **channel-only**) – the structured-only variants
+     (:func:`prunekit.ctf.structured_ctf`), same schedule;
+   * **ctf-fixed** – CTF with fixed thresholds, same schedule;
+   * **group-lasso** – :class:`prunekit.ctf.GroupLasso` (column groups, ``--lasso-strength``)
+     for ``--epochs`` epochs, thresholded to the rate, fine-tuned ``--finetune`` epochs;
+     **l1** – the same with ``granularity="entry"``;
    * **magnitude** – global unstructured magnitude pruning right away, then
-     ``--epochs + --finetune`` epochs of fine-tuning with the zeros frozen.
+     ``--epochs + --finetune`` epochs of fine-tuning at ``--lr`` with the zeros frozen;
+   * **random** – :func:`prunekit.ctf.random_prune` (entries, seeded), then the same.
 
-   Rates 0.5 / 0.9 / 0.95 of the prunable weights (every weight but the classifier's).
-4. Each row: test accuracy before and after fine-tuning, the removed fraction reached,
-   parameters (physical and nonzero), MACs of the materialized model, the part removed
-   structurally, median latency (batch 16, 1 thread), what each granularity removed.
-5. Training overhead: seconds per epoch with CTF masks / dense (goal ≤ 1.3).
+   Rates are fractions of the prunable weights (every weight of dimension ≥ 2 but the
+   classifier's).
+4. Each row: test accuracy after pruning and after fine-tuning, the removed fraction
+   reached, parameters of the materialized model (physical and nonzero), its MACs per
+   sample (entry zeros still counted: they are not removed physically), the part removed
+   structurally, median latency (batch 16, 1 thread, 10 repeats).
+5. Summary: per method and rate, mean ± std (sample std) over seeds × folds; a markdown
+   table next to the JSON (same name, ``.md``); the goal check (CTF ≥ every baseline at
+   every rate ≥ 0.9, within 1 point of dense at 0.9).
+6. Training overhead: seconds per epoch with CTF masks / dense (goal ≤ 1.3), medians of
+   alternated rounds.
 
 Usage:
-    python benchmarks/bench_ctf.py [--rates 0.5 0.9 0.95] [--out benchmarks/results/ctf_quick.json]
+    python benchmarks/bench_ctf.py --dataset sbu --folds 1 --seeds 0 1 2 --rates 0.9 0.95 0.99 \\
+        --out benchmarks/results/ctf_sbu.json
+    python benchmarks/bench_ctf.py --resummarize benchmarks/results/ctf_sbu.json   # summary + table again
 """
 from __future__ import annotations
 
@@ -37,27 +56,49 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.ctf import CTF, FrozenZeros, magnitude_prune, structured_ctf
-from prunekit.data import default_transform, load_sbu, to_tensors, write_sbu
+from prunekit.ctf import CTF, FrozenZeros, GroupLasso, magnitude_prune, random_prune, structured_ctf
+from prunekit.data import default_transform, load_fpha, load_sbu, to_tensors, write_fpha, write_sbu
 from prunekit.train import evaluate, fit
 
-MODEL = {"name": "attention_gcn", "graph": "sbu", "channels": (16, 32, 32), "num_classes": 8}
+CHANNELS = (16, 32, 32)
+NUM_CLASSES = {"sbu": 8, "fpha": 45}
+CTF_LIKE = {"ctf": {}, "ctf-fixed": {"thresholds": "fixed"}, "column-only": {"granularity": "column"},
+            "row-only": {"granularity": "row"}, "channel-only": {"granularity": "channel"}}
+ONE_SHOT = ("magnitude", "random")
+LASSO = {"group-lasso": "column", "l1": "entry"}
+METHODS = ("ctf", "magnitude", "random", "column-only", "row-only", "group-lasso")
+BATCH = 32
 
 
-def load_data(seed: int = 0):
-    root = tempfile.mkdtemp(prefix="sbu_synth_")
-    write_sbu(root, seed=seed)
-    train, test = load_sbu(root, fold=1)
-    transform = default_transform("sbu")
-    Xtr, ytr = to_tensors(train, transform)
-    Xte, yte = to_tensors(test, transform)
-    return Xtr, ytr, Xte, yte
+def log(message: str) -> None:
+    print(message, flush=True)
 
 
-def new_model(state=None):
-    torch.manual_seed(0)
-    args = dict(MODEL)
-    model = prunekit.models.create(args.pop("name"), **args)
+_DATA: dict = {}
+
+
+def load_data(dataset: str, fold: int):
+    """``(Xtr, ytr, Xte, yte)`` of the synthetic data set (data seed 0), written once per process."""
+    key = (dataset, fold if dataset == "sbu" else None)
+    if key not in _DATA:
+        root = tempfile.mkdtemp(prefix=f"{dataset}_synth_")
+        if dataset == "sbu":
+            write_sbu(root, seed=0)
+            train, test = load_sbu(root, fold=fold)
+        else:
+            write_fpha(root, seed=0)
+            train, test = load_fpha(root, skip_known_bad=True)
+        transform = default_transform(dataset)
+        Xtr, ytr = to_tensors(train, transform)
+        Xte, yte = to_tensors(test, transform)
+        _DATA[key] = (Xtr, ytr, Xte, yte)
+    return _DATA[key]
+
+
+def new_model(dataset: str, seed: int, state=None):
+    torch.manual_seed(seed)
+    model = prunekit.models.create("attention_gcn", graph=dataset, channels=CHANNELS,
+                                   num_classes=NUM_CLASSES[dataset])
     if state is not None:
         model.load_state_dict(state)
     return model
@@ -67,135 +108,322 @@ def nonzero_params(model) -> int:
     return sum(int((p != 0).sum()) for p in model.parameters())
 
 
-def describe(small, plan, data, x_latency, acc_pruned, acc_final, seconds, extra) -> dict:
+def latency_ms(model, x) -> float:
+    result = prunekit.measure_latency(model, x, repeats=10, threads=1)
+    return next(iter(result["batches"].values()))["median_ms"]
+
+
+def describe(small, plan, rate, x_latency, acc_pruned, acc_final, seconds, extra) -> dict:
     counted = prunekit.count(small, x_latency[:1])
-    latency = prunekit.measure_latency(small, x_latency, repeats=10, threads=1)
-    ms = next(iter(latency["batches"].values()))["median_ms"]
-    return {"accuracy_pruned": acc_pruned, "accuracy": acc_final,
-            "rate": plan.meta.get("rate", plan.meta.get("ctf", {}).get("rate")),
+    return {"accuracy_pruned": acc_pruned, "accuracy": acc_final, "rate": rate,
             "params": counted["params"], "nonzero_params": nonzero_params(small), "macs": counted["macs"],
             "structures_removed": len(plan.removed), "structured_params_removed": plan.achieved["params"],
-            "structured_macs_removed": plan.achieved["macs"], "latency_ms_b16": ms, "seconds": seconds, **extra}
+            "structured_macs_removed": plan.achieved["macs"], "latency_ms_b16": latency_ms(small, x_latency),
+            "seconds": seconds, **extra}
 
 
-def finetune(small, data, epochs, lr, seed=0):
+def finetune(small, data, epochs, lr, seed):
+    if epochs <= 0:
+        return evaluate(small, data[2:])["accuracy"]
     Xtr, ytr, Xte, yte = data
     frozen = FrozenZeros(small)
-    history = fit(small, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=lr, batch_size=32, progress=False, seed=seed)
+    history = fit(small, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=lr, batch_size=BATCH, progress=False, seed=seed)
     frozen.remove()
     return history["eval_accuracy"][-1]
 
 
-def run_ctf(state, data, rate, epochs, ft_epochs, lr, x_latency, **ctf_kwargs):
+def run_ctf(method, state, data, rate, args, seed, x_latency) -> dict:
     Xtr, ytr, Xte, yte = data
-    model = new_model(state)
+    model = new_model(args.dataset, seed, state)
     start = time.perf_counter()
-    granularity = ctf_kwargs.pop("granularity", None)
+    kwargs = dict(CTF_LIKE[method])
+    granularity = kwargs.pop("granularity", None)
     if granularity:
-        ctf = structured_ctf(model, rate, granularity, example_inputs=Xtr[:2], **ctf_kwargs)
+        ctf = structured_ctf(model, rate, granularity, example_inputs=Xtr[:2], **kwargs)
     else:
-        ctf = CTF(model, rate, example_inputs=Xtr[:2], **ctf_kwargs)
-    fit(model, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=lr, batch_size=32, progress=False, callbacks=[ctf])
+        ctf = CTF(model, rate, example_inputs=Xtr[:2], **kwargs)
+    fit(model, (Xtr, ytr), (Xte, yte), epochs=args.epochs, lr=args.lr, batch_size=BATCH, progress=False,
+        callbacks=[ctf], seed=seed)
     model.eval()
-    acc_soft = evaluate(model, (Xte, yte))["accuracy"]
+    acc_masks = evaluate(model, (Xte, yte))["accuracy"]
+    kept_masks = ctf.kept_fraction()["binary"]
     plan = ctf.finalize()
     acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
     small = prunekit.materialize(model, plan)
-    acc_final = finetune(small, data, ft_epochs, lr * 0.4)
+    acc_final = finetune(small, data, args.finetune, args.ft_lr, seed)
     report = ctf.report()
-    extra = {"accuracy_soft_masks": acc_soft, "zeroed_by": report["zeroed_by"], "attributed": report["attributed"],
-             "rank_fix": report["rank_fix"], "kept_per_epoch": [round(r["binary"], 4) for r in ctf.history],
+    extra = {"accuracy_masks": acc_masks, "kept_masks": kept_masks, "attributed": report["attributed"],
+             "rank_fix": report["rank_fix"], "hard_phase": report.get("hard_phase"),
+             "kept_per_epoch": [round(r["binary"], 4) for r in ctf.history],
              "target_per_epoch": [round(r["target"], 4) for r in ctf.history]}
-    plan.meta["rate"] = report["rate"]
-    return describe(small, plan, data, x_latency, acc_pruned, acc_final, time.perf_counter() - start, extra)
+    return describe(small, plan, report["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start, extra)
 
 
-def run_magnitude(state, data, rate, epochs, lr, x_latency):
+def run_one_shot(method, state, data, rate, args, seed, x_latency) -> dict:
     Xtr, ytr, Xte, yte = data
-    model = new_model(state).eval()
+    model = new_model(args.dataset, seed, state).eval()
     start = time.perf_counter()
-    plan = magnitude_prune(model, rate, example_inputs=Xtr[:2])
+    if method == "magnitude":
+        plan = magnitude_prune(model, rate, example_inputs=Xtr[:2])
+    else:
+        plan = random_prune(model, rate, seed=seed, example_inputs=Xtr[:2])
     acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
     small = prunekit.materialize(model, plan)
-    acc_final = finetune(small, data, epochs, lr)
-    return describe(small, plan, data, x_latency, acc_pruned, acc_final, time.perf_counter() - start, {})
+    acc_final = finetune(small, data, args.epochs + args.finetune, args.lr, seed)
+    return describe(small, plan, plan.meta["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start, {})
 
 
-def overhead(state, data, epochs=4, rounds=2):
+def run_lasso(method, state, data, rate, args, seed, x_latency) -> dict:
+    Xtr, ytr, Xte, yte = data
+    model = new_model(args.dataset, seed, state)
+    start = time.perf_counter()
+    lasso = GroupLasso(model, rate, strength=args.lasso_strength, granularity=LASSO[method], example_inputs=Xtr[:2])
+    fit(model, (Xtr, ytr), (Xte, yte), epochs=args.epochs, lr=args.lr, batch_size=BATCH, progress=False,
+        callbacks=[lasso], seed=seed)
+    model.eval()
+    acc_dense = evaluate(model, (Xte, yte))["accuracy"]
+    plan = lasso.finalize()
+    acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
+    small = prunekit.materialize(model, plan)
+    acc_final = finetune(small, data, args.finetune, args.ft_lr, seed)
+    return describe(small, plan, plan.meta["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start,
+                    {"accuracy_regularised": acc_dense, "strength": args.lasso_strength})
+
+
+def run_method(method, *args) -> dict:
+    if method in CTF_LIKE:
+        return run_ctf(method, *args)
+    if method in ONE_SHOT:
+        return run_one_shot(method, *args)
+    if method in LASSO:
+        return run_lasso(method, *args)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def overhead(dataset, state, data, epochs=4, rounds=2):
     """Median seconds per training epoch (no evaluation) with CTF masks / dense, rounds alternated."""
     Xtr, ytr, _, _ = data
     times = {"dense": [], "ctf": []}
     for _ in range(rounds):
         for kind in ("dense", "ctf"):
-            model = new_model(state)
-            callbacks = [CTF(model, 0.9, example_inputs=Xtr[:2])] if kind == "ctf" else []
-            history = fit(model, (Xtr, ytr), epochs=epochs, lr=0.05, batch_size=32, progress=False,
+            model = new_model(dataset, 0, state)
+            callbacks = [CTF(model, 0.9, example_inputs=Xtr[:2], hard=0.0)] if kind == "ctf" else []
+            history = fit(model, (Xtr, ytr), epochs=epochs, lr=0.05, batch_size=BATCH, progress=False,
                           callbacks=callbacks)
             times[kind].extend(history["seconds"][1:])
     dense, ctf = statistics.median(times["dense"]), statistics.median(times["ctf"])
-    return {"dense_s_per_epoch": dense, "ctf_s_per_epoch": ctf, "ratio": ctf / dense, "epochs_timed": len(times["ctf"])}
+    return {"dense_s_per_epoch": dense, "ctf_s_per_epoch": ctf, "ratio": ctf / dense, "epochs_timed": len(times["ctf"]),
+            "note": "soft masks throughout (hard=0): the costlier phase"}
+
+
+# ----------------------------------------------------------------------------- summary
+
+def _stats(values):
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarize(rows, dense_rows, methods, rates) -> dict:
+    keys = ("accuracy", "accuracy_pruned", "rate", "params", "nonzero_params", "macs", "latency_ms_b16",
+            "structured_params_removed", "seconds")
+    table = []
+    for rate in rates:
+        for method in methods:
+            group = [r for r in rows if r["method"] == method and r["target_rate"] == rate]
+            if group:
+                stats = {k: _stats([r[k] for r in group]) for k in keys}
+                table.append({"method": method, "target_rate": rate, **stats})
+    dense = {k: _stats([d[k] for d in dense_rows]) for k in ("accuracy", "params", "macs", "latency_ms_b16")}
+    goal = {}
+    if "ctf" in methods:
+        for rate in rates:
+            cell = {r["method"]: r["accuracy"]["mean"] for r in table if r["target_rate"] == rate}
+            reached = {r["method"]: r["rate"]["mean"] for r in table if r["target_rate"] == rate}
+            if "ctf" not in cell:
+                continue
+            # a baseline that stopped short of the rate (structured-only: one group per weight stays)
+            # is not a comparison at that rate
+            others = {m: a for m, a in cell.items() if m != "ctf" and reached[m] >= rate - 0.005}
+            short = {m: reached[m] for m in cell if m != "ctf" and m not in others}
+            best = max(others, key=others.get) if others else None
+            entry = {"ctf": cell["ctf"], "best_baseline": best, "best_baseline_accuracy": others.get(best),
+                     "ctf_beats_every_baseline": all(cell["ctf"] >= a for a in others.values()),
+                     "short_of_the_rate": short}
+            if abs(rate - 0.9) < 1e-9:
+                entry["within_1pt_of_dense"] = cell["ctf"] >= dense["accuracy"]["mean"] - 0.01
+            goal[str(rate)] = entry
+    return {"table": table, "dense": dense, "goal": goal}
+
+
+def _pm(stat, scale=1.0, digits=1):
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def markdown(result) -> str:
+    s, p = result["summary"], result["protocol"]
+    methods = p["methods"]
+    lines = [f"# CTF vs baselines: {result['data']['dataset']}", "",
+             f"attention_gcn {tuple(result['model']['channels'])}; seeds {p['seeds']}, "
+             f"folds {result['data']['folds']}; "
+             f"dense {p['pretrain_epochs']} epochs, then {p['epochs']} + {p['finetune']} epochs per method "
+             f"(magnitude / random: {p['epochs'] + p['finetune']} of fine-tuning). Mean ± std over "
+             f"{s['dense']['accuracy']['n']} runs. Accuracy in %.", "",
+             f"Dense: accuracy {_pm(s['dense']['accuracy'], 100)}, {s['dense']['params']['mean']:.0f} params, "
+             f"{s['dense']['macs']['mean'] / 1e6:.2f} M MACs, {s['dense']['latency_ms_b16']['mean']:.1f} ms "
+             "(batch 16, 1 thread).", "",
+             "## Accuracy after fine-tuning", "",
+             "| rate | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    rates = p["rates"]
+    cells = {(r["method"], r["target_rate"]): r for r in s["table"]}
+    short = False
+    for rate in rates:
+        reached = {m: cells[(m, rate)]["rate"]["mean"] >= rate - 0.005 for m in methods if (m, rate) in cells}
+        accs = {m: cells[(m, rate)]["accuracy"]["mean"] for m in reached if reached[m]}
+        best = max(accs.values()) if accs else None
+        row = []
+        for m in methods:
+            if (m, rate) not in cells:
+                row.append("–")
+                continue
+            text = _pm(cells[(m, rate)]["accuracy"], 100)
+            if not reached[m]:
+                text += f" † ({cells[(m, rate)]['rate']['mean']:.3f})"
+                short = True
+            row.append(f"**{text}**" if m in accs and accs[m] == best else text)
+        lines.append(f"| {rate:g} | " + " | ".join(row) + " |")
+    if short:
+        lines += ["", "† the rate was not reached (the removed fraction in brackets): a structured-only "
+                      "method keeps one group of every weight."]
+    lines += ["", "## Cost of the pruned models", "",
+              "| rate | method | acc. % | acc. before FT % | rate reached | nonzero params | params | MACs (M) "
+              "| structured params removed | latency ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for rate in rates:
+        for m in methods:
+            if (m, rate) not in cells:
+                continue
+            c = cells[(m, rate)]
+            lines.append(f"| {rate:g} | {m} | {_pm(c['accuracy'], 100)} | {_pm(c['accuracy_pruned'], 100)} | "
+                         f"{c['rate']['mean']:.4f} | {c['nonzero_params']['mean']:.0f} | {c['params']['mean']:.0f} | "
+                         f"{c['macs']['mean'] / 1e6:.2f} | {c['structured_params_removed']['mean']:.3f} | "
+                         f"{_pm(c['latency_ms_b16'], 1, 1)} |")
+    if s["goal"]:
+        lines += ["", "## Goal: CTF ≥ every baseline at rates ≥ 0.9, within 1 point of dense at 0.9", ""]
+        for rate, g in s["goal"].items():
+            if float(rate) < 0.9 or g["best_baseline"] is None:
+                continue
+            verdict = "met" if g["ctf_beats_every_baseline"] and g.get("within_1pt_of_dense", True) else "NOT met"
+            text = (f"- rate {float(rate):g}: CTF {100 * g['ctf']:.1f} %, best baseline {g['best_baseline']} "
+                    f"{100 * g['best_baseline_accuracy']:.1f} %")
+            if "within_1pt_of_dense" in g:
+                text += f", dense {100 * s['dense']['accuracy']['mean']:.1f} %"
+            if g.get("short_of_the_rate"):
+                text += " (not compared, rate not reached: " + ", ".join(
+                    f"{m} {r:.3f}" for m, r in g["short_of_the_rate"].items()) + ")"
+            lines.append(text + f": **{verdict}**")
+    if result.get("training_overhead"):
+        o = result["training_overhead"]
+        lines += ["", f"Training overhead (s/epoch with CTF masks / dense): {o['ratio']:.2f} "
+                      f"({o['ctf_s_per_epoch']:.2f} / {o['dense_s_per_epoch']:.2f} s; goal ≤ 1.3)."]
+    lines += ["", f"Machine: {result['machine']['platform']}, torch {result['machine']['torch']}, 1 thread, "
+                  f"{result['machine']['note']}; {result['seconds'] / 60:.0f} min in all.", ""]
+    return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9, 0.95])
+    parser.add_argument("--dataset", choices=("sbu", "fpha"), default="sbu")
+    parser.add_argument("--folds", type=int, nargs="+", default=[1], help="SBU folds (FPHA: the 1:1 split)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        choices=list(CTF_LIKE) + list(ONE_SHOT) + list(LASSO))
     parser.add_argument("--pretrain", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--finetune", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=12, help="epochs with masks / regulariser")
+    parser.add_argument("--finetune", type=int, default=8, help="fine-tuning epochs after finalize")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--methods", nargs="+",
-                        default=["ctf", "magnitude", "column-only", "channel-only", "ctf-fixed"])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ctf_quick.json"))
+    parser.add_argument("--ft-lr", type=float, default=0.05, help="fine-tuning lr after masks / regulariser")
+    parser.add_argument("--lasso-strength", type=float, default=1e-3)
+    parser.add_argument("--no-overhead", action="store_true", help="skip the training-overhead timing")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/ctf_<dataset>.json")
+    parser.add_argument("--resummarize", metavar="JSON", help="recompute the summary and markdown of a result file")
     args = parser.parse_args()
+    if args.resummarize:
+        path = Path(args.resummarize)
+        result = json.loads(path.read_text())
+        p = result["protocol"]
+        result["summary"] = summarize(result["rows"], result["dense"], p["methods"], p["rates"])
+        path.write_text(json.dumps(result, indent=1))
+        path.with_suffix(".md").write_text(markdown(result))
+        log(path.with_suffix(".md").read_text())
+        return
     torch.set_num_threads(1)
+    folds = args.folds if args.dataset == "sbu" else [None]
+    out = Path(args.out or Path(__file__).parent / "results" / f"ctf_{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = load_data()
-    Xtr, ytr, Xte, yte = data
-    x_latency = Xte[:16]
-    model = new_model()
-    fit(model, (Xtr, ytr), (Xte, yte), epochs=args.pretrain, lr=args.lr, batch_size=32, progress=False)
-    state = copy.deepcopy(model.state_dict())
-    dense_acc = evaluate(model.eval(), (Xte, yte))["accuracy"]
-    dense_count = prunekit.count(model, x_latency[:1])
-    dense_latency = next(iter(prunekit.measure_latency(model, x_latency, repeats=10, threads=1)["batches"].values()))
-    print(f"dense: acc {dense_acc:.3f}, {dense_count['params']} params, {dense_count['macs']} MACs", flush=True)
-    rows = []
-    for rate in args.rates:
-        for method in args.methods:
-            if method == "ctf-fixed" and rate != 0.9:
-                continue
-            if method == "magnitude":
-                row = run_magnitude(state, data, rate, args.epochs + args.finetune, args.lr, x_latency)
-            else:
-                kwargs = {"ctf": {}, "ctf-fixed": {"thresholds": "fixed"}, "column-only": {"granularity": "column"},
-                          "channel-only": {"granularity": "channel"}}[method]
-                row = run_ctf(state, data, rate, args.epochs, args.finetune, args.lr, x_latency, **kwargs)
-            row = {"method": method, "target_rate": rate, **row}
-            rows.append(row)
-            print(f"{method:13s} r={rate:.2f}: acc {row['accuracy_pruned']:.3f} -> {row['accuracy']:.3f}, "
-                  f"rate {row['rate']:.4f}, nonzero {row['nonzero_params']}, params {row['params']}, "
-                  f"MACs {row['macs']}, {row['structures_removed']} structures, "
-                  f"{row['latency_ms_b16']:.2f} ms ({row['seconds']:.0f}s)", flush=True)
-    cost = overhead(state, data)
-    print(f"training overhead: {cost['ratio']:.3f} ({cost['ctf_s_per_epoch']:.2f} / {cost['dense_s_per_epoch']:.2f} s)")
+    rows, dense_rows, states = [], [], {}
     result = {
-        "benchmark": "ctf_quick", "model": {**MODEL, "channels": list(MODEL["channels"])},
-        "data": {"dataset": "synthetic SBU (prunekit.data.write_sbu seed 0)", "fold": 1, "train": len(ytr),
-                 "test": len(yte)},
-        "protocol": {"pretrain_epochs": args.pretrain, "ctf_epochs": args.epochs, "finetune_epochs": args.finetune,
-                     "lr": args.lr, "batch_size": 32, "optimizer": "sgd momentum 0.9, cosine", "seed": 0,
-                     "magnitude_finetune_epochs": args.epochs + args.finetune},
-        "dense": {"accuracy": dense_acc, "params": dense_count["params"], "macs": dense_count["macs"],
-                  "latency_ms_b16": dense_latency["median_ms"]},
-        "rows": rows, "training_overhead": cost,
+        "benchmark": f"ctf_{args.dataset}",
+        "model": {"name": "attention_gcn", "graph": args.dataset, "channels": list(CHANNELS),
+                  "num_classes": NUM_CLASSES[args.dataset]},
+        "data": {"dataset": f"synthetic {args.dataset.upper()} (prunekit.data.write_{args.dataset} seed 0)",
+                 "folds": folds if args.dataset == "sbu" else "1:1 split"},
+        "protocol": {"pretrain_epochs": args.pretrain, "epochs": args.epochs, "finetune": args.finetune,
+                     "lr": args.lr, "ft_lr": args.ft_lr, "batch_size": BATCH, "optimizer": "sgd momentum 0.9, cosine",
+                     "seeds": args.seeds, "rates": args.rates, "methods": args.methods,
+                     "lasso_strength": args.lasso_strength,
+                     "one_shot_finetune_epochs": args.epochs + args.finetune},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1,
                     "note": "2-core CPU shared with other jobs"},
-        "seconds": time.perf_counter() - t0,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out} in {result['seconds']:.0f}s")
+
+    def save():
+        result.update(dense=dense_rows, rows=rows, seconds=time.perf_counter() - t0,
+                      summary=summarize(rows, dense_rows, args.methods, args.rates))
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result))
+
+    total = len(folds) * len(args.seeds) * len(args.rates) * len(args.methods)
+    for fold in folds:
+        data = load_data(args.dataset, fold)
+        Xtr, ytr, Xte, yte = data
+        result["data"].setdefault("sizes", {})[str(fold)] = {"train": len(ytr), "test": len(yte)}
+        x_latency = Xte[:16]
+        for seed in args.seeds:
+            model = new_model(args.dataset, seed)
+            fit(model, (Xtr, ytr), (Xte, yte), epochs=args.pretrain, lr=args.lr, batch_size=BATCH, progress=False,
+                seed=seed)
+            state = copy.deepcopy(model.state_dict())
+            states[(fold, seed)] = state
+            model.eval()
+            counted = prunekit.count(model, x_latency[:1])
+            dense = {"fold": fold, "seed": seed, "accuracy": evaluate(model, (Xte, yte))["accuracy"],
+                     "params": counted["params"], "macs": counted["macs"],
+                     "latency_ms_b16": latency_ms(model, x_latency)}
+            dense_rows.append(dense)
+            log(f"[fold {fold} seed {seed}] dense: acc {dense['accuracy']:.3f}, {dense['params']} params, "
+                f"{dense['macs']} MACs, {dense['latency_ms_b16']:.1f} ms ({time.perf_counter() - t0:.0f}s)")
+            for rate in args.rates:
+                for method in args.methods:
+                    row = run_method(method, state, data, rate, args, seed, x_latency)
+                    row = {"dataset": args.dataset, "fold": fold, "seed": seed, "method": method, "target_rate": rate,
+                           **row}
+                    rows.append(row)
+                    save()
+                    log(f"[{len(rows)}/{total}] fold {fold} seed {seed} {method:12s} r={rate:.2f}: "
+                        f"acc {row['accuracy_pruned']:.3f} -> {row['accuracy']:.3f}, rate {row['rate']:.4f}, "
+                        f"nonzero {row['nonzero_params']}, params {row['params']}, MACs {row['macs']}, "
+                        f"{row['structures_removed']} structures, {row['latency_ms_b16']:.1f} ms "
+                        f"({row['seconds']:.0f}s; {time.perf_counter() - t0:.0f}s in all)")
+    if not args.no_overhead:
+        fold, seed = next(iter(states))
+        result["training_overhead"] = overhead(args.dataset, states[(fold, seed)], load_data(args.dataset, fold))
+        o = result["training_overhead"]
+        log(f"training overhead: {o['ratio']:.3f} ({o['ctf_s_per_epoch']:.2f} / {o['dense_s_per_epoch']:.2f} s)")
+    save()
+    log(f"wrote {out} and {out.with_suffix('.md')} in {result['seconds']:.0f}s")
+    log(out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_head_gate_is_shared_by_query_key_and_value():
 
 def test_penalty_is_zero_when_the_mask_sum_equals_the_budget():
     model = _gcn()
-    ctf = CTF(model, 0.4, example_inputs=_x(), lam=7.0)
+    ctf = CTF(model, 0.4, example_inputs=_x(), lam=7.0, relative=False, budget="soft")
     ctf.tau = 0.3
     soft = ctf.kept_fraction()["soft"]
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_mac_cost_weights_each_entry_by_its_macs():
 
 def test_tau_is_annealed_geometrically_to_tau_end():
     model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x(), tau_start=0.8, tau_end=0.01)
+    ctf = CTF(model, 0.5, example_inputs=_x(), tau_start=0.8, tau_end=0.01, hard=0.0)
     taus = []
     for epoch in range(6):
         ctf.on_epoch_start(epoch, 6)
@@ -189,7 +189,7 @@ def test_tau_is_annealed_geometrically_to_tau_end():
 
 def test_budget_ramp_moves_the_target_from_the_initial_masks_to_the_rate():
     model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x(), ramp=0.5)
+    ctf = CTF(model, 0.8, example_inputs=_x(), ramp=0.5, hard=0.0)
     assert ctf.target_keep == pytest.approx(0.2)  # outside fit: the final target
     ctf.on_epoch_start(0, 4)
     k0 = ctf._start_keep
@@ -208,6 +208,165 @@ def test_budget_ramp_moves_the_target_from_the_initial_masks_to_the_rate():
     assert ctf.target_keep == pytest.approx(0.2)
 
 
+def test_relative_penalty_divides_the_error_by_the_budget():
+    model = _gcn()
+    ctf = CTF(model, 0.8, example_inputs=_x(), lam=3.0, relative=True, budget="soft")
+    ctf.tau = 0.3
+    soft = ctf.kept_fraction()["soft"]
+    assert ctf.target_keep == pytest.approx(0.2)
+    assert float(ctf.penalty().detach()) == pytest.approx(3.0 * ((soft - 0.2) / 0.2) ** 2, rel=1e-5)
+    absolute = CTF(_gcn(), 0.8, example_inputs=_x(), lam=3.0, relative=False, budget="soft")
+    absolute.tau = 0.3
+    assert float(absolute.penalty().detach()) == pytest.approx(3.0 * (soft - 0.2) ** 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight_penalty", [False, True])
+def test_weight_penalty_switch_decides_who_gets_the_penalty_gradient(weight_penalty):
+    model = _gcn()
+    ctf = CTF(model, 0.8, example_inputs=_x(), weight_penalty=weight_penalty, a_init={g: 0.5 for g in COARSE_OPEN})
+    ctf.tau = 0.2
+    value = ctf.penalty()
+    value.backward()
+    latent = [ctf._latent(n).grad for n in ctf.names]
+    rho = [p.grad for p in ctf.parameters()]
+    assert all(g is not None for g in rho) and sum(float(g.abs()) for g in rho) > 0  # thresholds: always
+    weight_grad = sum(float(g.abs().sum()) for g in latent if g is not None)
+    if weight_penalty:
+        assert weight_grad > 0
+    else:
+        assert weight_grad == 0.0  # the budget moves the thresholds only (tied head gates included)
+    other = CTF(_gcn(), 0.8, example_inputs=_x(), weight_penalty=not weight_penalty,
+                a_init={g: 0.5 for g in COARSE_OPEN})
+    other.tau = 0.2
+    assert float(other.penalty().detach()) == pytest.approx(float(value.detach()), rel=1e-6)  # same value
+
+
+def test_fixed_thresholds_always_put_the_penalty_on_the_weights():
+    ctf = CTF(_gcn(), 0.8, example_inputs=_x(), thresholds="fixed", weight_penalty=False)
+    assert ctf.weight_penalty
+
+
+def test_binary_budget_counts_what_finalize_keeps_with_the_soft_gradient():
+    model = _gcn()
+    a = {"channel": 0.1, "column": 0.1, "row": 0.1, "entry": 0.8}
+    binary = CTF(model, 0.8, example_inputs=_x(), lam=2.0, relative=False, budget="binary", a_init=a)
+    soft = CTF(_gcn(), 0.8, example_inputs=_x(), lam=2.0, relative=False, budget="soft", a_init=a)
+    for c in (binary, soft):
+        c.tau = 0.3
+    kept = binary.kept_fraction()
+    assert kept["soft"] - kept["binary"] > 0.02  # a real soft / binary gap at this temperature
+    value = binary.penalty()
+    assert float(value.detach()) == pytest.approx(2.0 * (kept["binary"] - 0.2) ** 2, rel=1e-5)
+    assert float(soft.penalty().detach()) == pytest.approx(2.0 * (kept["soft"] - 0.2) ** 2, rel=1e-5)
+    # the gradient is the soft ψ's, scaled by the binary error: ratio of the two = ratio of the errors
+    value.backward()
+    soft_value = soft.penalty()
+    soft_value.backward()
+    g_bin = torch.stack([p.grad for p in binary.parameters()])
+    g_soft = torch.stack([p.grad for p in soft.parameters()])
+    ratio = (kept["binary"] - 0.2) / (kept["soft"] - 0.2)
+    assert torch.allclose(g_bin, g_soft * ratio, rtol=1e-4, atol=1e-12)
+    with pytest.raises(ValueError, match="budget"):
+        CTF(_gcn(), 0.5, example_inputs=_x(), budget="hard")
+
+
+def test_defaults_depend_on_whether_thresholds_learn():
+    learn = CTF(_gcn(), 0.9, example_inputs=_x())
+    assert (learn.lam, learn.relative, learn.weight_penalty, learn.budget, learn.hard) == (50.0, True, False,
+                                                                                          "binary", 0.25)
+    fixed = CTF(_gcn(), 0.9, example_inputs=_x(), thresholds="fixed")
+    assert (fixed.lam, fixed.relative, fixed.weight_penalty) == (200.0, False, True)
+
+
+def test_hard_phase_schedule_freezes_the_masks_at_the_exact_budget():
+    model = _gcn()
+    ctf = CTF(model, 0.5, example_inputs=_x(), tau_start=0.8, tau_end=0.01, hard=0.25)
+    assert ctf.soft_epochs(8) == 6 and ctf.soft_epochs(1) == 1 and ctf.soft_epochs(3) == 3
+    taus, frozen = [], []
+    for epoch in range(8):
+        ctf.on_epoch_start(epoch, 8)
+        taus.append(ctf.tau)
+        frozen.append(ctf.frozen)
+    assert taus[:6] == pytest.approx([0.8 * (0.01 / 0.8) ** (e / 5) for e in range(6)], rel=1e-9)
+    assert taus[6:] == pytest.approx([0.01, 0.01])
+    assert frozen == [False] * 6 + [True] * 2
+    n = sum(ctf._latent(k).numel() for k in ctf.names)
+    kept = ctf.kept_fraction()
+    assert kept["soft"] == kept["binary"] == pytest.approx(round(0.5 * n) / n, abs=1e-12)
+    masks = ctf.masks()
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * n)
+    assert float(ctf.penalty()) == 0.0 and ctf.extra_loss(model) is None
+    for name, mask in ctf.masks_by_name.items():  # the forward uses exactly the frozen 0/1 mask
+        w = ctf._latent(name)
+        assert torch.equal(mask(w), w * masks[name].to(w.dtype))
+
+
+class _Recorder:
+    def __init__(self, ctf):
+        self.ctf, self.rows = ctf, []
+
+    def on_epoch_end(self, epoch, metrics):
+        self.rows.append({"masks": {n: m.clone() for n, m in self.ctf.masks().items()},
+                          "thresholds": self.ctf.thresholds()})
+
+
+@pytest.fixture(scope="module")
+def hard_trained():
+    """attention GCN, CTF at rate 0.8 for 4 epochs, the last 2 with frozen masks; output unit 5 of block 0 small."""
+    torch.manual_seed(0)
+    model = _gcn()
+    X, y = _x(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
+    ctf = CTF(model, 0.8, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, threshold_lr=0.5, hard=0.5)
+    with torch.no_grad():
+        model.blocks[0].gcn.value.parametrizations["weight"].original[5::8] *= 1e-3
+    recorder = _Recorder(ctf)
+    fit(model, (X, y), epochs=4, batch_size=8, lr=0.05, callbacks=[ctf, recorder], progress=False, seed=0)
+    # a second CTF restored from the first one's state reproduces the hard phase (fit's resume path)
+    clone = _gcn()
+    ctf_clone = CTF(clone, 0.8, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, hard=0.5)
+    clone.load_state_dict(model.state_dict())
+    ctf_clone.load_state_dict(ctf.state_dict())
+    model.eval()
+    clone.eval()
+    with torch.no_grad():
+        before = model(X)
+        restored = clone(X)
+    bias_before = model.blocks[0].gcn.value.bias.detach().clone()
+    plan = ctf.finalize()
+    return {"model": model, "ctf": ctf, "plan": plan, "X": X, "before": before, "restored": restored,
+            "recorder": recorder, "ctf_clone": ctf_clone, "bias_before": bias_before}
+
+
+def test_hard_phase_keeps_masks_and_thresholds_fixed(hard_trained):
+    ctf, rows = hard_trained["ctf"], hard_trained["recorder"].rows
+    assert [r["frozen"] for r in ctf.history] == [False, False, True, True]
+    total = ctf.report()["prunable_weights"]
+    for row in ctf.history[2:]:
+        assert row["binary"] == pytest.approx(round(0.2 * total) / total, abs=1e-12)
+    assert all(torch.equal(rows[2]["masks"][n], rows[3]["masks"][n]) for n in ctf.names)
+    assert rows[2]["thresholds"] == rows[3]["thresholds"]
+    assert rows[1]["thresholds"] != rows[0]["thresholds"]  # they did learn before
+    assert ctf.report()["hard_phase"] is True
+
+
+def test_finalize_after_the_hard_phase_returns_the_trained_model(hard_trained):
+    model, plan, X, ctf = hard_trained["model"], hard_trained["plan"], hard_trained["X"], hard_trained["ctf"]
+    total = ctf.report()["prunable_weights"]
+    zeros, _ = _zeros(model, ctf.names)
+    assert zeros == total - round(0.2 * total)  # exact, nothing left for finalize to fix
+    assert ("blocks.0.gcn", "unit", 5) in {tuple(d) for d in plan.removed_desc}
+    assert float(hard_trained["bias_before"][5::8].abs().max()) == 0.0  # held at 0 during the hard phase
+    with torch.no_grad():
+        after = model(X)
+        small = prunekit.materialize(model, plan)(X)
+    assert torch.allclose(after, hard_trained["before"], atol=1e-6)  # finalize changes nothing
+    assert torch.allclose(small, after, atol=1e-5)
+    assert torch.allclose(hard_trained["restored"], hard_trained["before"], atol=1e-6)
+    clone = hard_trained["ctf_clone"]
+    assert clone.frozen and clone.report()["pruned_by_masks"] == pytest.approx(
+        hard_trained["ctf"].report()["pruned_by_masks"])
+
+
 # ----------------------------------------------------------------------------- training, finalize, plans
 
 
@@ -217,7 +376,7 @@ def trained():
     torch.manual_seed(0)
     model = _gcn()
     X, y = _x(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
-    ctf = CTF(model, 0.9, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, threshold_lr=0.5)
+    ctf = CTF(model, 0.9, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, threshold_lr=0.5, hard=0.0)
     gcn = model.blocks[0].gcn
     with torch.no_grad():  # output unit 5 of block 0 and head 1 of block 1: small latent weights
         gcn.value.parametrizations["weight"].original[5::8] *= 1e-3
@@ -405,6 +564,40 @@ def test_structured_only_variant_prunes_whole_columns():
         view = params[n].detach().reshape(m.view_shape)
         col_zero = (view == 0).all(dim=(0, 2, 3))
         assert torch.equal((view == 0).any(dim=(0, 2, 3)), col_zero)
+
+
+def test_channel_only_cannot_go_past_the_heads_and_never_closes_a_whole_weight():
+    model = _gcn()
+    x = _x(batch=2)
+    probe = structured_ctf(model, 0.1, "channel", example_inputs=x)
+    keep = 0
+    for n in probe.names:
+        m = probe.masks_by_name[n]
+        numel = math.prod(m.shape)
+        keep += numel // m.blocks if "channel" in m.granularities else numel  # plain layers have no block gate
+    total = sum(math.prod(probe.masks_by_name[n].shape) for n in probe.names)
+    assert probe.max_rate() == pytest.approx(1 - keep / total, abs=1e-12)
+    assert 0.05 < probe.max_rate() < 0.5
+    assert CTF(_gcn(), 0.99, example_inputs=x).max_rate() == 1.0
+    with pytest.warns(UserWarning, match="at most"):
+        beyond = structured_ctf(_gcn(), 0.9, "channel", example_inputs=x)
+    assert beyond.reachable_rate == pytest.approx(probe.max_rate()) and beyond.rate == 0.9
+    assert beyond.target_keep == pytest.approx(1 - probe.max_rate())
+    beyond.finalize()
+    assert probe.max_rate() - 0.05 < beyond.report()["rate"] <= probe.max_rate() + 1e-9  # as far as it goes
+    for mask in probe.masks_by_name.values():  # every head gate shut
+        if "channel" in mask.granularities:
+            _set_threshold(mask, "channel", 100.0)
+    probe.tau = 0.01
+    probe.finalize()
+    params = dict(model.named_parameters())
+    for n in probe.names:
+        m = probe.masks_by_name[n]
+        if "channel" in m.granularities:
+            blocks = params[n].detach().reshape(m.view_shape).abs().sum(dim=(1, 2, 3))
+            assert int((blocks > 0).sum()) >= 1  # the best block of each weight is back
+    zeros, total_now = _zeros(model, probe.names)
+    assert zeros >= 0.1 * total_now
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -8,47 +8,106 @@ Every prunable weight ``Ŵ`` is reparametrized (``torch.nn.utils.parametrize``) 
 (block / output-unit / input-unit / entry band-stop gates
 ``b(u) = σ((u − a)/τ) + σ((−u − a)/τ)``, see :mod:`prunekit.ctf.masks`), and training minimises
 
-.. math::  \\mathcal L_{CE} + \\lambda \\Big( \\frac{\\sum_\\ell \\sum_e w_e\\, \\psi_e(\\hat W^\\ell)}
-           {\\sum_\\ell \\sum_e w_e} - k_t \\Big)^2
+.. math::  \mathcal L_{CE} + \lambda \Big( \frac{f - k_t}{1 - r} \Big)^2, \qquad
+           f = \frac{\sum_\ell \sum_e w_e\, [\psi_e(\hat W^\ell) > ½]}{\sum_\ell \sum_e w_e}
 
 with ``w_e = 1`` (``cost="params"``) or the MACs of entry ``e`` per sample (``cost="macs"``),
-over every weight of dimension ≥ 2 except the classifier's.
+over every weight of dimension ≥ 2 except the classifier's; the last quarter of the epochs
+then trains the weights under the frozen binary masks.
 
-prunekit's formulation (**[ours]** where METHODS.md §3 leaves room; measured on the
-synthetic-SBU attention GCN of ``benchmarks/bench_ctf.py``):
+prunekit's formulation (**[ours]** where METHODS.md §3 leaves room). Measured on the
+synthetic-SBU attention GCN (16, 32, 32) of ``benchmarks/bench_ctf.py``, fold 1, from the
+same dense checkpoint (test accuracy 94.0 %; the test fold has 67 sequences, one = 1.5
+points, and one seed moves a result by up to ±10 points at 0.95–0.99). Accuracies are
+after fine-tuning, at rates 0.9 / 0.95 / 0.99; "12 + 8" means 12 CTF epochs then 8 of
+fine-tuning at lr 0.05, "16 + 4" 16 then 4 at lr 0.02. Global magnitude pruning with
+the same 20 epochs of fine-tuning: 92.5 / 85.1 / 50.7 % (seed 0), 94.0 / 82.1 / 56.7 %
+(seed 1).
 
-* **Normalised penalty.** Dividing by ``N_w = Σ w_e`` gives the paper's ``λ' (Σψ − c)²``
-  with ``c = (1 − r) N_w`` and ``λ' = λ / N_w²``: one ``λ`` for any model size and both
-  costs. Default ``λ = 200``: at ``λ = 50`` training ended 0.9 % of the weights above the
-  budget and the rank fix removing them cost 24 accuracy points before fine-tuning; at
-  ``λ = 200`` the residual was 0.1 % (45 entries) and cost nothing.
+* **Why the earlier defaults failed** (absolute ``λ = 200`` on the soft ``Σψ``, penalty
+  gradient into the weights, no hard phase; 16 + 4: 73.1 / 28.4 / 26.9 %). (1) The soft
+  network leaned on "pruned" entries: at 0.9, 6.8 % of all entries sat just under their
+  threshold with ``0.01 < ψ ≤ 0.5`` (8 % of the soft mass, pushed there by the penalty's
+  gradient on the weights, which is largest in the gate's transition band); zeroing
+  them alone took test accuracy from 68.7 % to chance (13.4 %), so binarising collapsed
+  the model whatever the rank fix did. (2) A penalty on the absolute fraction is 100×
+  weaker at 0.99 than at 0.9 for the same relative miss: at 0.99 training ended at 2.85 %
+  kept instead of 1 %, and the rank fix dropped two thirds of the survivors. (3) The soft
+  sum counts every pruned entry's leak ``ψ ≈ σ((u − a)/τ)``; at 0.95–0.99 that leak is
+  as large as the budget, so meeting the soft budget put the *binary* count at 1.7 % /
+  0.5 % mid-training (targets 5 % / 1 %).
+* **Hard phase** (``hard=0.25``). From epoch :meth:`CTF.soft_epochs` (the last quarter)
+  the masks are binarised, rank-fixed to the exact budget and frozen (:meth:`CTF.freeze`):
+  only the kept weights train, the penalty is 0, and the biases / BatchNorm of the
+  structures finalize will remove are held at 0, so :meth:`CTF.finalize` returns exactly
+  the trained model (accuracy before = after finalize; without holding those slices at 0
+  it fell from 74.6 % to 50.7 %). ``τ`` and the ramp run over the soft epochs. On the old
+  penalty the hard phase alone did not help (16 + 4: 68.7 / 64.2 / 16.4 %): the masks
+  were already bad.
+* **Penalty on the thresholds only** (``weight_penalty=False``, learnable thresholds). The
+  budget gradient goes to the thresholds (Adam), the weights see cross-entropy only, so
+  nothing drives weights into the transition band. With the gradient into the weights a
+  strong penalty destabilised SGD (relative ``λ`` = 2 at 0.99, 20 at 0.95 and 0.99: masks
+  reopened, 17 000 to 30 000 entries dropped by the rank fix, accuracy 12–15 %).
+* **Relative error** (``relative=True``): the miss is divided by the budget ``1 − r``, so
+  one ``λ`` holds at 0.5 and at 0.99. ``λ`` (penalty on thresholds, soft budget, hard
+  phase, 16 + 4): 5 → 92.5 / 76.1 / 34.3 %, 20 → 86.6 / 83.6 / 53.7 %, 50 → 91.0 / 89.6 /
+  29.9 %, 200 → 94.0 / 92.5 / 26.9 %; default 50.
+* **Binary budget** (``budget="binary"``): ``f`` counts ``ψ > 0.5`` (what finalize keeps),
+  its gradient is the soft ``ψ``'s (straight-through). 12 + 8, ``λ = 50``: soft budget
+  94.0 / 91.0 / 55.2 % (seed 1: 95.5 / 85.1 / 32.8 %), binary 92.5 / 89.6 / 61.2 % (seed 1:
+  95.5 / 83.6 / 65.7 %); the rank fix at the freeze moved 40–430 entries. A
+  straight-through *forward* (the network sees the binary mask) missed the budget: the
+  cross-entropy gradient through the hard gates kept the thresholds low (kept 15 / 13 /
+  12 % at 16 + 4, 35 % at 12 + 8) and the freeze dropped thousands (97.0 / 43.3 / 11.9 %).
 * **Budget ramp.** The target ``k_t`` moves linearly, step by step, from the masks' initial
-  kept fraction to ``1 − r`` over the first ``ramp`` (default ½) of training; ``ramp=0``
-  is the paper's fixed ``c``. A fixed target crushed the kept fraction to 0.22 within the
-  first epoch (test accuracy to chance, 13 %) before recovering.
-* **Temperature.** Geometric, ``τ_e = τ_start (τ_end / τ_start)^{e / (E − 1)}`` for epoch
-  ``e`` of ``E`` (the last epoch trains at ``τ_end``), in units of each layer's rms:
-  0.5 → 0.02 by default.
+  kept fraction to ``1 − r`` over the first ``ramp`` (default ½) of the soft epochs;
+  ``ramp=0`` is the paper's fixed ``c``. A fixed target crushed the kept fraction to 0.22
+  within the first epoch (test accuracy to chance, 13 %) before recovering.
+* **Temperature.** Geometric, ``τ_e = τ_start (τ_end / τ_start)^{e / (S − 1)}`` for epoch
+  ``e`` of the ``S`` soft epochs (the last soft epoch trains at ``τ_end``), in units of
+  each layer's rms: 0.5 → 0.02 by default. ``τ_end = 0.05`` (``λ = 20``, 16 + 4 at lr 0.05):
+  95.5 / 56.7 / 13.4 %.
 * **Thresholds.** ``a = softplus(ρ)`` per factor and weight, initialised at 0.05 (an almost
   dense start). Learnable thresholds are buffers that CTF trains itself with Adam
-  (``threshold_lr``, β = (0.5, 0.999)), applied in a forward pre-hook from the previous
-  step's gradients, so the model optimizer (SGD, weight decay) never touches them. With the
-  model's SGD the coarse thresholds never moved (0.05 after 10 epochs) while the largest
-  layers' entry thresholds ran to 4.8 (2.7 % of their weights left); with ``a = |ρ|`` a
-  large ``λ`` pushed ``ρ`` through 0 into a runaway. ``thresholds="fixed"`` keeps them at
-  ``a_init`` (default 0.5) and lets only the weights move.
-* **Finalize.** ``ψ > 0.5`` is binarised; the kept count is then fixed to
-  ``round((1 − r) N)`` entries (within one entry's MACs for ``cost="macs"``) by ranking on
-  ``ψ · |Ŵ| / s`` (continuous mask × magnitude in the layer's own scale ``s``): kept
-  entries with the lowest score are dropped, or pruned ones with the highest revived.
+  (``threshold_lr`` = 0.2, β = (0.5, 0.999), step annealed with ``τ / τ_start``),
+  applied in a forward pre-hook from the previous step's gradients, so the model
+  optimizer (SGD, weight decay) never touches them. The thresholds must follow the ramp:
+  with 0.1 and 7 soft epochs the masks were still at 54 % kept when the hard phase began;
+  without the annealing (0.02, constant; ``λ = 20``) the freeze still had to drop
+  7 800–10 000 entries (83.6 / 74.6 / 11.9 %). With the model's SGD the coarse thresholds never moved
+  while the largest layers' entry thresholds ran to 4.8; with ``a = |ρ|`` a large ``λ``
+  pushed ``ρ`` through 0 into a runaway. ``thresholds="fixed"`` keeps them at ``a_init``
+  (default 0.5) and lets only the weights move: the penalty then acts on the weights,
+  absolute, ``λ = 200``.
+* **Other measured alternatives** (``λ = 20``, soft budget, 16 + 4 with fine-tuning at lr
+  0.05 unless said): lr 0.02 instead of 0.05 while the masks learn 73.1 / 77.6 / 14.9 %;
+  entry gate only 91.0 / 88.1 / 41.8 % (the entry thresholds alone did not reach the
+  budget: 2 500–4 650 entries dropped at the freeze); 10 + 10 with ``threshold_lr`` 0.1
+  92.5 / 88.1 / 43.3 %; 16 + 4 at lr 0.02 86.6 / 83.6 / 53.7 %, at 0.05 91.0 / 85.1 /
+  50.7 %.
+* **Finalize.** After the hard phase: the frozen masks. Without one (``hard=0``): ``ψ > 0.5``
+  is binarised and the kept count fixed to ``round((1 − r) N)`` entries (within one
+  entry's MACs for ``cost="macs"``) by ranking on ``ψ · |Ŵ| / s`` (continuous mask ×
+  magnitude in the layer's own scale ``s``): kept entries with the lowest score are
+  dropped, or pruned ones with the highest revived (:meth:`CTF.freeze` does the same).
   Structured-only variants (no ``"entry"``) fix with whole groups of their finest
-  granularity and never drop the last group of a weight.
-* **Plan.** Structures (:func:`prunekit.find_structures`) whose weight slices are all zero
-  become the structured part — a closed column is an output channel/unit, a closed tied
-  head gate a head — with the collapse guard (one structure per group and layer stays);
-  their biases and BatchNorm affine are zeroed too (the masks never touched them), so the
-  finalized model *is* ``apply_masks(model, plan)`` and ``materialize`` reproduces it. The
-  remaining zeros are the plan's ``entry_masks``.
+  granularity, never drop the last group of a weight, and give a weight whose groups all
+  closed its best group back.
+* **Reach of the structured-only variants.** Only weights with blocks (attention heads,
+  adjacency subsets) have a channel factor, and one group of every weight stays, so
+  ``channel``-only cannot remove more than :meth:`CTF.max_rate` (23 % of the attention
+  GCN (16, 32, 32): ¾ of the query / key / value weights, which are 31 % of the prunable
+  weights; the temporal and residual convolutions have no block). It used to close every
+  head and stall at 0.31 with the attention layers dead (accuracy 18–31 %); now a rate
+  beyond :meth:`CTF.max_rate` warns and the penalty and rank fix aim at
+  :meth:`CTF.max_rate` (``reachable_rate``) instead (column-only at 0.99 stops at 0.956).
+* **Plan.** Structures (:func:`prunekit.find_structures`, found when the CTF is built)
+  whose weight slices are all zero become the structured part — a closed column is an
+  output channel/unit, a closed tied head gate a head — with the collapse guard (one
+  structure per group and layer stays); their biases and BatchNorm affine are zeroed too,
+  so the finalized model *is* ``apply_masks(model, plan)`` and ``materialize`` reproduces
+  it. The remaining zeros are the plan's ``entry_masks``.
 
 Caveat: ``torch.nn.utils.parametrize`` gives a parametrized module a class shared by its
 deep copies, and removing a parametrization deletes the property from that class; call
@@ -73,6 +132,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -80,8 +140,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..plan import PruningPlan
+from ..structures import find_structures
 from .common import (
-    entry_costs, fix_to_budget, head_ties, plan_from_masks, prunable_weights, resolve_example_inputs, weight_layouts,
+    _removable, _weight_modules, entry_costs, fix_to_budget, head_ties, plan_from_masks, prunable_weights,
+    resolve_example_inputs, weight_layouts,
 )
 from .masks import GRANULARITIES, CTFMask, HeadTie, Temperature
 
@@ -106,7 +168,8 @@ class CTF:
         rate: fraction of the prunable weights (or of their MACs) to remove, in ``[0, 1)``.
         example_inputs: one batch the model accepts (default: the registry's example batch
             for models built by :func:`prunekit.models.create`); used to find the
-            classifier, to count MACs and to find the structures at :meth:`finalize`.
+            classifier, to count MACs and to find the structures (now: the hard phase and
+            :meth:`finalize` use them).
         cost: ``"params"`` (every entry counts 1) or ``"macs"`` (each entry weighted by the
             MACs it costs per sample).
         granularities: active factors, a subset of ``("channel", "column", "row", "entry")``.
@@ -115,7 +178,8 @@ class CTF:
             always left dense.
         params: explicit weight names to mask instead of the default selection (every
             ``weight`` of dimension ≥ 2 but the classifier's).
-        lam: ``λ`` of the normalised budget penalty.
+        lam: ``λ`` of the normalised budget penalty (default 50 with learnable thresholds,
+            200 with fixed ones).
         tau_start, tau_end: temperature schedule (units of each layer's rms).
         thresholds: ``"learnable"`` (trained by CTF's own Adam) or ``"fixed"``.
         a_init: initial thresholds per granularity (units of each layer's rms); defaults in
@@ -123,13 +187,22 @@ class CTF:
             fixed (the weights must shrink below it).
         tie_heads: share the block gate of an attention layer's query, key and value.
         layouts: ``{weight name: K}`` overriding the detected number of blocks.
-        ramp: fraction of training over which the budget target moves from the initial
-            kept fraction to ``1 − rate`` (0: the paper's fixed target).
+        ramp: fraction of the soft epochs over which the budget target moves from the
+            initial kept fraction to ``1 − rate`` (0: the paper's fixed target).
         threshold_lr: Adam step size of the learnable thresholds (on ``ρ``, ``a = softplus(ρ)``).
+        hard: fraction of the epochs, at the end, trained with the masks frozen to their
+            binarised, rank-fixed values (:meth:`freeze`); 0: soft masks to the end.
+        budget: ``"binary"`` (the penalty counts ``ψ > 0.5`` with the soft gradient) or
+            ``"soft"`` (the paper's ``Σψ``).
+        relative: divide the budget miss by ``1 − rate`` (default: with learnable thresholds).
+        weight_penalty: let the penalty's gradient reach the latent weights too (default:
+            only with fixed thresholds; learnable ones alone carry the budget otherwise).
+        anneal_threshold_lr: scale the threshold step by ``τ / τ_start``.
 
     Use it as a :func:`~prunekit.train.fit` callback (``extra_loss`` adds :meth:`penalty`,
-    ``on_epoch_start`` anneals ``τ`` and advances the ramp), or in a custom loop: call
-    :meth:`step` each epoch and add :meth:`penalty` to each batch's loss; then
+    ``on_epoch_start`` anneals ``τ``, advances the ramp and starts the hard phase), or in a
+    custom loop: call :meth:`step` each epoch (it freezes the masks when the hard phase
+    is due) and add :meth:`penalty` to each batch's loss (0 in the hard phase); then
     :meth:`finalize`.
 
     Attributes:
@@ -139,10 +212,12 @@ class CTF:
 
     def __init__(self, model: nn.Module, rate: float, *, example_inputs=None, cost: str = "params",
                  granularities: Sequence[str] = GRANULARITIES, exclude: Sequence | None = None,
-                 params: Sequence[str] | None = None, lam: float = 200.0, tau_start: float = 0.5,
+                 params: Sequence[str] | None = None, lam: float | None = None, tau_start: float = 0.5,
                  tau_end: float = 0.02, thresholds: str = "learnable", a_init: dict | None = None,
                  tie_heads: bool = True, layouts: dict[str, int] | None = None, ramp: float = 0.5,
-                 threshold_lr: float = 0.1):
+                 threshold_lr: float = 0.2, hard: float = 0.25, budget: str = "binary",
+                 relative: bool | None = None, weight_penalty: bool | None = None,
+                 anneal_threshold_lr: bool = True):
         if not (0.0 <= float(rate) < 1.0) or math.isnan(rate):
             raise ValueError(f"CTF: rate must be in [0, 1), got {rate}")
         if thresholds not in ("learnable", "fixed"):
@@ -157,20 +232,31 @@ class CTF:
             raise ValueError(f"CTF: temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
         if not 0.0 <= ramp <= 1.0:
             raise ValueError(f"CTF: ramp must be in [0, 1], got {ramp}")
+        if not 0.0 <= hard < 1.0:
+            raise ValueError(f"CTF: hard must be in [0, 1), got {hard}")
         if any(isinstance(m, CTFMask) for m in model.modules()):
             raise ValueError("CTF: the model already carries CTF masks (finalize the other CTF first)")
         self.model = model
         self.rate = float(rate)
         self.cost = cost
         self.granularities = tuple(g for g in GRANULARITIES if g in granularities)
-        self.lam = float(lam)
+        learnable = thresholds == "learnable"
+        # learnable: the budget moves the thresholds (Adam), so a strong relative penalty is safe;
+        # fixed: only the weights can meet it (SGD), which a strong penalty destabilises
+        self.relative = learnable if relative is None else bool(relative)
+        self.lam = float(lam if lam is not None else (50.0 if learnable else 200.0))
+        self.weight_penalty = (not learnable) or bool(weight_penalty)
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.ramp = float(ramp)
+        self.hard = float(hard)
+        if budget not in ("soft", "binary"):
+            raise ValueError(f"CTF: budget must be 'soft' or 'binary', got {budget!r}")
+        self.budget = budget
+        self._frozen: dict | None = None  # set when the hard phase starts: pre-freeze state and rank fix
         self.threshold_lr = float(threshold_lr)
         self._adam: dict[str, list] = {}
         self._beta1 = 0.5
-        self.anneal_threshold_lr = True
-        self.target_keep = 1.0 - self.rate  # the penalty's current target (moves during the ramp)
+        self.anneal_threshold_lr = bool(anneal_threshold_lr)
         self._epoch, self._epochs = 0, None  # known once fit calls on_epoch_start
         self._epoch_start_generation, self._steps_per_epoch = 0, None
         self._start_keep: float | None = None
@@ -196,6 +282,11 @@ class CTF:
             for key, members in head_ties(self.layouts).items():
                 ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable,
                                     self.temperature)
+        # the structures, found now (the tracer cannot see through the parametrizations): the hard
+        # phase needs them to hold the biases / BatchNorm of closed structures at 0, finalize to plan
+        self._structures = find_structures(model, self.example_inputs)
+        self._held_zero: list = []
+        self._hold_hook = None
         params_now = dict(model.named_parameters())
         for name in self.names:
             module = _module_of(model, name)
@@ -208,11 +299,25 @@ class CTF:
                            cost=self.costs[name], tie=tie, tie_owner=tie is not None and not tie._members)
             if tie is not None and "channel" in mask.granularities:
                 mask.tie_index = tie.add(module, "weight", scale)
+            mask.cache_sum = self.weight_penalty and self.budget == "soft"
             mask.to(weight.device)
             parametrize.register_parametrization(module, "weight", mask)
             self.masks_by_name[name] = mask
         self.total_cost = sum(self.costs[n] * self._latent(n).numel() for n in self.names)
+        # the rate the penalty and the rank fix aim at: ``rate``, or what the granularities can reach
+        self._max_rate = self.max_rate()
+        if self.reachable_rate < self.rate - 1e-9:
+            warnings.warn(f"CTF: granularities {self.granularities} can remove at most {self.reachable_rate:.4f} of "
+                          f"{type(model).__name__}'s prunable weights (one group of every masked weight stays; "
+                          f"weights without a {self.granularities[-1]} factor stay whole), not rate {self.rate}: "
+                          "aiming at that instead", stacklevel=2)
+        self.target_keep = 1.0 - self.reachable_rate  # the penalty's current target (moves during the ramp)
         self._hook = model.register_forward_pre_hook(self._before_forward) if self.learnable else None
+
+    @property
+    def reachable_rate(self) -> float:
+        """The rate the penalty and the rank fix aim at: ``rate``, or :meth:`max_rate` if lower."""
+        return min(self.rate, self._max_rate)
 
     def _before_forward(self, module, args) -> None:
         if module.training and torch.is_grad_enabled():
@@ -279,20 +384,35 @@ class CTF:
 
     # ------------------------------------------------------------------ training
     def penalty(self) -> torch.Tensor:
-        """``λ (Σ w_e ψ_e / N_w − (1 − r))²``; reuses ``Σψ`` from this step's forward pass when there was one."""
+        """``λ ((f − k_t) / (1 − r))²`` (``relative``; else ``λ (f − k_t)²``), 0 in the hard phase.
+
+        ``f = Σ w_e ψ_e / N_w`` (``budget="soft"``) or the same count of ``ψ_e > 0.5``
+        with the soft gradient (``"binary"``); without ``weight_penalty`` only the
+        thresholds get its gradient. A soft budget on the weights reuses ``Σψ`` from this
+        step's forward pass when there was one.
+        """
         self._check_live()
+        if self._frozen is not None:  # hard phase: the masks meet the budget exactly
+            return torch.zeros((), device=self._latent(self.names[0]).device)
         total = None
         for name, mask in self.masks_by_name.items():
             latent = self._latent(name)
-            psi_sum = mask.cached_sum(latent)
+            binary = self.budget == "binary"
+            psi_sum = mask.cached_sum(latent) if self.weight_penalty and not binary else None
             if psi_sum is None:
-                psi_sum = mask.mask(latent).sum()
+                psi = mask.soft_mask(latent, detach=not self.weight_penalty)
+                if binary:  # value: the count ψ > 0.5 will keep; gradient: the soft ψ's
+                    psi = (psi > 0.5).to(psi.dtype) + psi - psi.detach()
+                psi_sum = psi.sum()
             term = mask.cost * psi_sum
             total = term if total is None else total + term
         self._update_target()
         self.temperature.generation += 1
         fraction = total / self.total_cost
-        return self.lam * (fraction - self.target_keep) ** 2
+        error = fraction - self.target_keep
+        if self.relative:
+            error = error / (1.0 - self.reachable_rate)
+        return self.lam * error ** 2
 
     def _update_target(self) -> None:
         """Target kept fraction ``k₀ − (k₀ − (1 − r))·min(1, p)``, ``p`` = training progress / ramp.
@@ -301,7 +421,7 @@ class CTF:
         steps (``(e + (s + 1)/S) / (ramp·E)`` at step ``s`` of ``S`` in epoch ``e``; ``S`` is
         learned from epoch 0, during which the target is already epoch 0's end value).
         """
-        final = 1.0 - self.rate
+        final = 1.0 - self.reachable_rate
         if self.ramp <= 0.0 or self._epochs is None:
             self.target_keep = final
             return
@@ -309,19 +429,34 @@ class CTF:
         if self._steps_per_epoch:
             done = self.temperature.generation - self._epoch_start_generation + 1
             within = min(1.0, done / self._steps_per_epoch)
-        progress = min(1.0, (self._epoch + within) / (self.ramp * self._epochs))
+        progress = min(1.0, (self._epoch + within) / (self.ramp * self.soft_epochs(self._epochs)))
         start = self._start_keep if self._start_keep is not None else 1.0
         self.target_keep = start - (start - final) * progress
 
-    def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor:
-        """:func:`prunekit.train.fit` hook: the budget penalty."""
+    def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor | None:
+        """:func:`prunekit.train.fit` hook: the budget penalty (``None`` in the hard phase)."""
+        if self._frozen is not None:
+            self._check_live()
+            return None
         return self.penalty()
 
+    def soft_epochs(self, epochs: int) -> int:
+        """Epochs with learned (soft) masks out of ``epochs``: all but the last ``⌊hard · epochs⌋``, at least 1."""
+        return max(1, epochs - int(self.hard * epochs + 1e-9))
+
     def step(self, epoch: int, epochs: int) -> float:
-        """Set ``τ`` for epoch ``epoch`` (0-based) of ``epochs``: geometric from ``tau_start`` to ``tau_end``."""
-        t = epoch / (epochs - 1) if epochs > 1 else 1.0
+        """Set ``τ`` for epoch ``epoch`` (0-based) of ``epochs``; start the hard phase when it is due.
+
+        ``τ`` is geometric from ``tau_start`` (epoch 0) to ``tau_end`` (the last soft epoch,
+        :meth:`soft_epochs` − 1) and stays there; from epoch :meth:`soft_epochs` on the
+        masks are frozen (:meth:`freeze`).
+        """
+        soft = self.soft_epochs(epochs)
+        t = epoch / (soft - 1) if soft > 1 else 1.0
         t = min(max(t, 0.0), 1.0)
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** t
+        if epoch >= soft and self._frozen is None and self.hard > 0:
+            self.freeze()
         return self.tau
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -333,18 +468,26 @@ class CTF:
         self._epoch, self._epochs = epoch, epochs
         self.step(epoch, epochs)
         if self._start_keep is None:
-            self._start_keep = max(min(self.kept_fraction()["soft"], 1.0), 1.0 - self.rate)
+            self._start_keep = max(min(self.kept_fraction()["soft"], 1.0), 1.0 - self.reachable_rate)
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        row = {"epoch": epoch, "tau": self.tau, "target": self.target_keep, **self.kept_fraction()}
+        row = {"epoch": epoch, "tau": self.tau, "target": self.target_keep, **self.kept_fraction(),
+               "frozen": self.frozen}
         row["eval_accuracy"] = metrics.get("eval_accuracy")
         self.history.append(row)
 
     def state_dict(self) -> dict:
-        """Temperature, ramp position, threshold-optimizer state and history (stored by ``fit`` checkpoints)."""
+        """Temperature, ramp position, threshold-optimizer state, history and the frozen masks (``fit`` checkpoints)."""
+        frozen = None
+        if self._frozen is not None:
+            frozen = {"rank_fix": dict(self._frozen["rank_fix"]),
+                      "masks": {n: m.frozen.detach().bool().cpu() for n, m in self.masks_by_name.items()},
+                      "state": {n: {"psi": s["psi"].detach().cpu(),
+                                    "factors": {g: f.cpu() for g, f in s["factors"].items()}}
+                                for n, s in self._frozen["state"].items()}}
         return {"tau": self.tau, "history": list(self.history), "generation": self.temperature.generation,
                 "adam": {k: [v[0], v[1].detach().cpu(), v[2].detach().cpu()] for k, v in self._adam.items()},
-                "steps_per_epoch": self._steps_per_epoch, "start_keep": self._start_keep}
+                "steps_per_epoch": self._steps_per_epoch, "start_keep": self._start_keep, "frozen": frozen}
 
     def load_state_dict(self, state: dict) -> None:
         self.tau = state["tau"]
@@ -353,36 +496,57 @@ class CTF:
         self._adam = {k: [int(v[0]), v[1].clone(), v[2].clone()] for k, v in state.get("adam", {}).items()}
         self._steps_per_epoch = state.get("steps_per_epoch")
         self._start_keep = state.get("start_keep")
+        frozen = state.get("frozen")
+        if frozen is not None:
+            for name, mask in self.masks_by_name.items():
+                mask.freeze(frozen["masks"][name])
+            self._hold_closed_structures({n: m.frozen > 0.5 for n, m in self.masks_by_name.items()})
+            device = self._latent(self.names[0]).device
+            self._frozen = {"rank_fix": dict(frozen["rank_fix"]),
+                            "state": {n: {"psi": s["psi"].to(device),
+                                          "factors": {g: f.to(device) for g, f in s["factors"].items()}}
+                                      for n, s in frozen["state"].items()}}
 
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()
     def _state(self) -> dict[str, dict]:
-        """Per weight: continuous ψ, binarised factors, latent weight."""
+        """Per weight: continuous ψ, binarised factors, latent weight (frozen: ψ and factors as frozen)."""
+        if self._frozen is not None:
+            return {name: {**s, "w": self._latent(name), "mask": self.masks_by_name[name]}
+                    for name, s in self._frozen["state"].items()}
         out = {}
         for name, mask in self.masks_by_name.items():
             w = self._latent(name)
             factors = mask.factors(w)
-            psi = mask.mask(w)
+            psi = mask.soft_mask(w)
             binary = {g: (f > 0.5).expand(mask.view_shape).reshape(w.shape) for g, f in factors.items()}
             out[name] = {"psi": psi, "factors": binary, "w": w, "mask": mask}
         return out
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the hard phase has started (masks fixed to the rank-fixed binary ones)."""
+        return self._frozen is not None
+
     @torch.no_grad()
     def masks(self) -> dict[str, torch.Tensor]:
-        """The current binary masks ``ψ > 0.5`` (before the rank fix)."""
+        """The current binary masks: ``ψ > 0.5`` (before the rank fix), or the frozen ones in the hard phase."""
         self._check_live()
+        if self._frozen is not None:
+            return {n: m.frozen > 0.5 for n, m in self.masks_by_name.items()}
         return {n: s["psi"] > 0.5 for n, s in self._state().items()}
 
     @torch.no_grad()
     def kept_fraction(self) -> dict[str, float]:
-        """``soft``: ``Σ w ψ / N_w``; ``binary``: the same with ``ψ > 0.5``."""
+        """``soft``: ``Σ w ψ / N_w``; ``binary``: the same with ``ψ > 0.5`` (the masks the forward pass uses)."""
         if self.finalized:
             return {"soft": 1.0 - self._report["rate"], "binary": 1.0 - self._report["rate"]}
         soft = binary = 0.0
-        for name, s in self._state().items():
+        for name, mask in self.masks_by_name.items():
             c = self.costs[name]
-            soft += c * float(s["psi"].sum())
-            binary += c * float((s["psi"] > 0.5).sum())
+            psi = mask.mask(self._latent(name))
+            soft += c * float(psi.sum())
+            binary += c * float((psi > 0.5).sum())
         return {"soft": soft / self.total_cost, "binary": binary / self.total_cost}
 
     def _summary(self, state: dict, final: dict[str, torch.Tensor] | None = None) -> dict:
@@ -400,7 +564,10 @@ class CTF:
                 zeroed[g] += int(off.sum())
                 attributed[g] += int((off & ~closed).sum())
                 closed |= off
-            pruned_before += int((s["psi"] <= 0.5).sum())
+            pruned = s["psi"] <= 0.5
+            if s["factors"]:  # every factor open but their product ≤ 0.5: credited to the finest
+                attributed[list(s["factors"])[-1]] += int((pruned & ~closed).sum())
+            pruned_before += int(pruned.sum())
             keep = final[name] if final is not None else s["psi"] > 0.5
             layers[name] = {"shape": list(s["w"].shape), "blocks": s["mask"].blocks,
                             "kept": float(keep.float().mean())}
@@ -422,7 +589,8 @@ class CTF:
 
         ``zeroed_by[g]``: entries whose factor ``g`` is closed (< 0.5), overlaps counted in
         each; ``attributed[g]``: the same, each entry credited to the coarsest closed
-        factor only (these sum to ``pruned_by_masks``, the fraction with ``ψ ≤ 0.5``).
+        factor only, and an entry whose factors are all open but whose product ``ψ ≤ 0.5``
+        to the finest (these sum to ``pruned_by_masks``, the fraction with ``ψ ≤ 0.5``).
         After :meth:`finalize` also ``rank_fix`` (entries the rank fix dropped / revived),
         ``rate`` (the final removed fraction, cost-weighted), ``removed_structures``.
         """
@@ -431,26 +599,121 @@ class CTF:
         return self._summary(self._state())
 
     # ------------------------------------------------------------------ finalize
-    def _groups(self, state: dict) -> dict[str, torch.Tensor] | None:
+    def _groups(self) -> dict[str, torch.Tensor] | None:
         """Group ids of the finest structured granularity, for structured-only variants."""
         if "entry" in self.granularities:
             return None
         unit = [g for g in ("channel", "column", "row") if g in self.granularities][-1]
         groups = {}
-        for name, s in state.items():
-            m = s["mask"]
+        for name, m in self.masks_by_name.items():
             if unit not in m.granularities:
                 continue
+            w = self._latent(name)
             k, cc, r, kk = m.view_shape
             index = {"channel": torch.arange(k).view(k, 1, 1, 1), "column": torch.arange(cc).view(1, cc, 1, 1),
                      "row": torch.arange(r).view(1, 1, r, 1)}[unit]
-            groups[name] = index.expand(m.view_shape).reshape(s["w"].shape).to(s["w"].device)
+            groups[name] = index.expand(m.view_shape).reshape(w.shape).to(w.device)
         return groups
+
+    def max_rate(self) -> float:
+        """The largest rate the granularities can reach without switching a masked weight off entirely.
+
+        With ``"entry"`` any rate below 1. A structured-only variant keeps every weight
+        that has no factor of its granularity (``"channel"``: every plain layer, which has
+        no blocks) plus one group of each other weight, so it cannot go further than
+        ``1 −`` (that cost) ``/ N_w``.
+        """
+        groups = self._groups()
+        if groups is None:
+            return 1.0
+        keep = sum(self.costs[n] * self._latent(n).numel() for n in self.names if n not in groups)
+        for n, g in groups.items():
+            keep += self.costs[n] * int(torch.bincount(g.flatten()).min())
+        return 1.0 - keep / self.total_cost
 
     @staticmethod
     def _score(s: dict) -> torch.Tensor:
         """Rank-fix score of every entry: ``ψ · |Ŵ| / s`` (continuous mask × magnitude in layer units)."""
         return s["psi"] * s["w"].abs() / s["mask"].scale
+
+    @torch.no_grad()
+    def _fix(self, state: dict) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Binarise ``ψ > 0.5`` and rank-fix to the exact budget: ``(keep masks, {"dropped", "revived"})``."""
+        binary = {n: s["psi"] > 0.5 for n, s in state.items()}
+        scores = {n: self._score(s) for n, s in state.items()}
+        if self.cost == "params":
+            keep = float(round((1.0 - self.reachable_rate) * self.total_cost))
+        else:
+            keep = (1.0 - self.reachable_rate) * self.total_cost
+        groups = self._groups()
+        if groups is None:
+            fixed = fix_to_budget(binary, scores, self.costs, keep)
+        else:
+            start = {n: binary[n] for n in groups}
+            for n, g in groups.items():  # a weight with every group closed gets its best group back
+                if not bool(start[n].any()):
+                    ng = int(g.max()) + 1
+                    mean = torch.zeros(ng, dtype=torch.float64, device=g.device).index_add_(
+                        0, g.flatten(), scores[n].flatten().double()) / torch.bincount(g.flatten(), minlength=ng)
+                    start[n] = g == int(mean.argmax())
+            frozen = {n: torch.ones_like(binary[n]) for n in binary if n not in groups}
+            frozen_cost = sum(self.costs[n] * m.numel() for n, m in frozen.items())
+            fixed = fix_to_budget(start, {n: scores[n] for n in groups}, self.costs, keep - frozen_cost, groups)
+            fixed.update(frozen)
+            for n in frozen:
+                binary[n] = frozen[n]
+        dropped = sum(int((binary[n] & ~fixed[n]).sum()) for n in binary)
+        revived = sum(int((~binary[n] & fixed[n]).sum()) for n in binary)
+        return fixed, {"dropped": dropped, "revived": revived}
+
+    @torch.no_grad()
+    def freeze(self) -> dict[str, int]:
+        """Start the hard phase: binarise, rank-fix to the exact budget, and fix every mask to that.
+
+        From then on ``W = Ŵ ⊙ M`` with the fixed binary ``M``: only the kept weights
+        train, the penalty is 0, the thresholds stop, and :meth:`finalize` returns exactly
+        the model that was trained (no rank fix left to do). :meth:`step` calls it at the
+        start of epoch :meth:`soft_epochs`; returns the rank fix ``{"dropped", "revived"}``.
+        """
+        self._check_live()
+        if self._frozen is not None:
+            return dict(self._frozen["rank_fix"])
+        state = self._state()
+        fixed, rank_fix = self._fix(state)
+        for name, mask in self.masks_by_name.items():
+            mask.freeze(fixed[name])
+        self._hold_closed_structures(fixed)
+        self._frozen = {"rank_fix": rank_fix,
+                        "state": {n: {"psi": s["psi"].detach().clone(), "factors": s["factors"]}
+                                  for n, s in state.items()}}
+        return dict(rank_fix)
+
+    @torch.no_grad()
+    def _hold_closed_structures(self, fixed: dict[str, torch.Tensor]) -> None:
+        """Zero, and keep at zero while training, the non-weight slices (biases, BatchNorm affine,
+        a head's graph) of the structures :meth:`finalize` will remove, so that the hard phase
+        trains exactly the model that finalize returns."""
+        weights = _weight_modules(self.model)
+        view = {}
+        for n, module in weights.items():
+            view[n] = fixed[n] if n in fixed else module.weight
+        removed = _removable(self._structures, view, set(weights))
+        params = dict(self.model.named_parameters())
+        held = []
+        for sid in removed:
+            for n, dim, idxs in self._structures[sid].slices:
+                if n in weights or n not in params:
+                    continue
+                held.append((params[n], dim, torch.as_tensor(idxs, dtype=torch.long, device=params[n].device)))
+        self._held_zero = held
+        self._zero_held()
+        if held and self._hold_hook is None:
+            self._hold_hook = self.model.register_forward_pre_hook(lambda module, args: self._zero_held())
+
+    @torch.no_grad()
+    def _zero_held(self) -> None:
+        for param, dim, index in self._held_zero:
+            param.index_fill_(dim, index, 0.0)
 
     def finalize(self) -> PruningPlan:
         """Binarise, fix the rate, remove the parametrizations, and return the plan.
@@ -464,38 +727,29 @@ class CTF:
         """
         self._check_live()
         state = self._state()
-        binary = {n: s["psi"] > 0.5 for n, s in state.items()}
-        scores = {n: self._score(s) for n, s in state.items()}
-        if self.cost == "params":
-            keep = float(round((1.0 - self.rate) * self.total_cost))
+        if self._frozen is not None:
+            fixed = {n: m.frozen > 0.5 for n, m in self.masks_by_name.items()}
+            rank_fix = dict(self._frozen["rank_fix"])
         else:
-            keep = (1.0 - self.rate) * self.total_cost
-        groups = self._groups(state)
-        if groups is None:
-            fixed = fix_to_budget(binary, scores, self.costs, keep)
-        else:
-            frozen = {n: torch.ones_like(binary[n]) for n in binary if n not in groups}
-            frozen_cost = sum(self.costs[n] * m.numel() for n, m in frozen.items())
-            fixed = fix_to_budget({n: binary[n] for n in groups}, {n: scores[n] for n in groups}, self.costs,
-                                  keep - frozen_cost, groups)
-            fixed.update(frozen)
-            for n in frozen:
-                binary[n] = frozen[n]
-        dropped = sum(int((binary[n] & ~fixed[n]).sum()) for n in binary)
-        revived = sum(int((~binary[n] & fixed[n]).sum()) for n in binary)
+            fixed, rank_fix = self._fix(state)
         report = self._summary(state, fixed)
         kept_cost = sum(self.costs[n] * float(fixed[n].sum()) for n in fixed)
-        report.update(rank_fix={"dropped": dropped, "revived": revived}, rate=1.0 - kept_cost / self.total_cost,
+        report.update(rank_fix=rank_fix, rate=1.0 - kept_cost / self.total_cost,
                       kept_weights=int(sum(int(m.sum()) for m in fixed.values())), tau=self.tau,
-                      thresholds=self.thresholds())
+                      thresholds=self.thresholds(), hard_phase=self._frozen is not None)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._hold_hook is not None:
+            self._hold_hook.remove()
+            self._hold_hook = None
+        self._held_zero = []
         for name, mask in self.masks_by_name.items():
             mask.clear_cache()
             parametrize.remove_parametrizations(_module_of(self.model, name), "weight", leave_parametrized=False)
         self.finalized = True
         plan = plan_from_masks(self.model, {n: m.detach() for n, m in fixed.items()}, self.example_inputs,
+                               structures=self._structures,
                                method="ctf", budget={"rate": self.rate, "cost": self.cost},
                                meta={"ctf": {k: v for k, v in report.items() if k not in ("layers", "thresholds")}})
         report["removed_structures"] = len(plan.removed)

@@ -37,6 +37,9 @@ prunekit's formulation (**[ours]** where METHODS.md leaves room):
   learnable (trained by :class:`~prunekit.ctf.CTF`'s own Adam, not the model optimizer). ``softplus`` keeps ``a > 0`` (a
   negative ``a`` would make ``b > 1``, an amplifier) without a kink: ``a = |ρ|`` lets a
   budget push through 0 and come back with the opposite sign, a runaway we measured.
+* **Hard phase.** :meth:`CTFMask.freeze` replaces ``ψ`` by a fixed 0/1 mask (a
+  non-persistent buffer): ``W = Ŵ ⊙ M``, no gradient to the thresholds or to the pruned
+  entries; :class:`~prunekit.ctf.CTF` freezes every mask for the last epochs.
 
 Example:
     >>> import torch
@@ -137,18 +140,20 @@ class HeadTie(nn.Module):
         self._members.append((module, name, float(scale)))
         return len(self._members) - 1
 
-    def norms(self, index: int | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
+    def norms(self, index: int | None = None, own: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
         """Block rms in scale units; member ``index`` uses ``own`` (its latent weight) as given."""
         squares, count = 0.0, 0
         for i, (module, name, scale) in enumerate(self._members):
             w = own if i == index else module.parametrizations[name].original
+            if detach:
+                w = w.detach()
             block = (w / scale).reshape(self.blocks, -1)
             squares = squares + block.pow(2).sum(1)
             count += block.shape[1]
         return torch.sqrt(squares / count + _EPS)
 
-    def factor(self, index: int | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
-        return band_stop(self.norms(index, own), threshold_value(self.a_channel), self.temperature.value)
+    def factor(self, index: int | None = None, own: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
+        return band_stop(self.norms(index, own, detach), threshold_value(self.a_channel), self.temperature.value)
 
 
 class CTFMask(nn.Module):
@@ -203,11 +208,31 @@ class CTFMask(nn.Module):
             else:
                 self._tie_ref = (tie,)  # a tuple: not registered, so the tie's threshold is stored once
         self._cache: tuple[int, torch.Tensor] | None = None
+        self.register_buffer("frozen", None, persistent=False)  # the hard phase's fixed 0/1 mask
+        self.cache_sum = True  # keep Σψ of the forward for the penalty (CTF turns it off when unused)
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
         _releaf(self)
         return result
+
+    # ------------------------------------------------------------------ hard phase
+    @property
+    def is_frozen(self) -> bool:
+        return self.frozen is not None
+
+    def freeze(self, keep: torch.Tensor) -> None:
+        """Replace ``ψ`` by the fixed binary mask ``keep`` (weight-shaped): ``W = Ŵ ⊙ keep``.
+
+        The thresholds then get no gradient and the pruned entries of ``Ŵ`` none either.
+        """
+        if tuple(keep.shape) != self.shape:
+            raise ValueError(f"CTFMask.freeze: mask shape {tuple(keep.shape)} != weight shape {self.shape}")
+        self.frozen = keep.detach().to(self.scale.device, torch.get_default_dtype()).clone()
+        self._cache = None
+
+    def unfreeze(self) -> None:
+        self.frozen = None
 
     # ------------------------------------------------------------------ factors
     @property
@@ -220,15 +245,21 @@ class CTFMask(nn.Module):
             return threshold_value(self.head_tie.a_channel)
         return threshold_value(getattr(self, f"a_{granularity}"))
 
-    def factors(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each active factor, shaped to broadcast over the view ``[K, Cc, R, kernel]``."""
+    def factors(self, w: torch.Tensor, detach: bool = False) -> dict[str, torch.Tensor]:
+        """Each active factor, shaped to broadcast over the view ``[K, Cc, R, kernel]``.
+
+        ``detach``: no gradient to any latent weight (a tied head gate's other members
+        included); the thresholds still get theirs.
+        """
         tau = self.temperature.value
+        if detach:
+            w = w.detach()
         v = w.reshape(self.view_shape) / self.scale
         out: dict[str, torch.Tensor] = {}
         if "channel" in self.granularities:
             tie = self.head_tie
             if tie is not None:
-                ch = tie.factor(self.tie_index, w)
+                ch = tie.factor(self.tie_index, w, detach)
             else:
                 ch = band_stop(torch.sqrt(v.pow(2).mean(dim=(1, 2, 3)) + _EPS), self.threshold("channel"), tau)
             out["channel"] = ch.view(-1, 1, 1, 1)
@@ -243,17 +274,25 @@ class CTFMask(nn.Module):
         return out
 
     def mask(self, w: torch.Tensor) -> torch.Tensor:
-        """``ψ(Ŵ)``, the product of the active factors, in the weight's shape."""
+        """``ψ(Ŵ)``, the product of the active factors, in the weight's shape (the fixed mask once frozen)."""
+        if self.frozen is not None:
+            return self.frozen.to(w.dtype)
+        return self.soft_mask(w)
+
+    def soft_mask(self, w: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``ψ(Ŵ)`` from the gates, frozen or not (``detach``: see :meth:`factors`)."""
         psi = None
-        for factor in self.factors(w).values():
+        for factor in self.factors(w, detach).values():
             psi = factor if psi is None else psi * factor
         if psi is None:
             return torch.ones_like(w)
         return psi.expand(self.view_shape).reshape(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.frozen is not None:
+            return w * self.frozen.to(w.dtype)
         psi = self.mask(w)
-        if torch.is_grad_enabled() and w.requires_grad:
+        if self.cache_sum and torch.is_grad_enabled() and w.requires_grad:
             self._cache = (self._cache_key(w), psi.sum())  # reused by this step's penalty
         return w * psi
 
