@@ -8,8 +8,8 @@ Every prunable weight ``Ŵ`` is reparametrized (``torch.nn.utils.parametrize``) 
 (block / output-unit / input-unit / entry band-stop gates
 ``b(u) = σ((u − a)/τ) + σ((−u − a)/τ)``, see :mod:`prunekit.ctf.masks`), and training minimises
 
-.. math::  \mathcal L_{CE} + \lambda \Big( \frac{f - k_t}{1 - r} \Big)^2, \qquad
-           f = \frac{\sum_\ell \sum_e w_e\, [\psi_e(\hat W^\ell) > ½]}{\sum_\ell \sum_e w_e}
+.. math::  \\mathcal L_{CE} + \\lambda \\Big( \\frac{f - k_t}{1 - r} \\Big)^2, \\qquad
+           f = \\frac{\\sum_\\ell \\sum_e w_e\\, [\\psi_e(\\hat W^\\ell) > ½]}{\\sum_\\ell \\sum_e w_e}
 
 with ``w_e = 1`` (``cost="params"``) or the MACs of entry ``e`` per sample (``cost="macs"``),
 over every weight of dimension ≥ 2 except the classifier's; the last quarter of the epochs
