@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--models", default="attention_gcn,stgcn")
     parser.add_argument("--datasets", default="sbu,fpha", help="sbu (5 folds) and/or fpha (1:1 split)")
+    parser.add_argument("--difficulty", type=float, help="synthetic FPHA difficulty (default: the tuned one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/dense_skeleton.json")
     args = parser.parse_args()
@@ -60,8 +61,10 @@ def main():
             print(f"{name}: SBU 5-fold mean {statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f} "
                   f"(folds {[round(a, 3) for a in accs]})", flush=True)
         if "fpha" in datasets:
-            entry["fpha"] = train_once(name, {"format": "synthetic-fpha", "seed": 0}, cache, args.epochs)
-            entry["fpha"]["difficulty"] = prunekit.data.default_difficulty("fpha")
+            difficulty = args.difficulty if args.difficulty is not None else prunekit.data.default_difficulty("fpha")
+            entry["fpha"] = train_once(name, {"format": "synthetic-fpha", "seed": 0, "difficulty": difficulty}, cache,
+                                       args.epochs)
+            entry["fpha"]["difficulty"] = difficulty
             print(f"{name}: FPHA 1:1 {entry['fpha']['accuracy']:.3f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
