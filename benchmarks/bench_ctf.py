@@ -330,6 +330,57 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
+def write_result(path: Path, result: dict) -> None:
+    """Recompute the summary of ``result`` and write it (JSON, atomically) and its markdown next to it."""
+    p = result["protocol"]
+    result["summary"] = summarize(result["rows"], result["dense"], p["methods"], p["rates"])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    path.with_suffix(".md").write_text(markdown(result))
+
+
+def merge_results(results: list) -> dict:
+    """One result from several runs of the same protocol: rows and dense models united (a row
+    present twice, same fold, seed, method and rate, is an error), rates / methods / folds / seeds
+    the union, seconds summed."""
+    merged = copy.deepcopy(results[0])
+    keys = ("pretrain_epochs", "epochs", "finetune", "lr", "ft_lr", "batch_size", "lasso_strength")
+    for other in results[1:]:
+        for k in keys:
+            if other["protocol"].get(k) != merged["protocol"].get(k):
+                raise ValueError(f"cannot merge: protocol {k} differs ({other['protocol'].get(k)} vs "
+                                 f"{merged['protocol'].get(k)})")
+        if other["model"] != merged["model"]:
+            raise ValueError("cannot merge: different models")
+    rows, dense, seen = [], {}, set()
+    for result in results:
+        for row in result["rows"]:
+            key = (row["fold"], row["seed"], row["method"], row["target_rate"])
+            if key in seen:
+                raise ValueError(f"cannot merge: row {key} twice")
+            seen.add(key)
+            rows.append(row)
+        for d in result["dense"]:
+            dense.setdefault((d["fold"], d["seed"]), d)
+    p = merged["protocol"]
+    p["rates"] = sorted({r for res in results for r in res["protocol"]["rates"]})
+    p["seeds"] = sorted({s for res in results for s in res["protocol"]["seeds"]})
+    methods = [m for res in results for m in res["protocol"]["methods"]]
+    p["methods"] = list(dict.fromkeys(methods))
+    folds = [res["data"]["folds"] for res in results]
+    if all(isinstance(f, list) for f in folds):
+        merged["data"]["folds"] = sorted({x for f in folds for x in f})
+    for res in results[1:]:
+        merged["data"].setdefault("sizes", {}).update(res["data"].get("sizes", {}))
+        if res.get("training_overhead") and not merged.get("training_overhead"):
+            merged["training_overhead"] = res["training_overhead"]
+    merged["rows"], merged["dense"] = rows, sorted(dense.values(), key=lambda d: (d["fold"] or 0, d["seed"]))
+    merged["seconds"] = sum(res["seconds"] for res in results)
+    merged["merged_from"] = len(results)
+    return merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=("sbu", "fpha"), default="sbu")
@@ -347,14 +398,22 @@ def main():
     parser.add_argument("--no-overhead", action="store_true", help="skip the training-overhead timing")
     parser.add_argument("--out", default=None, help="default benchmarks/results/ctf_<dataset>.json")
     parser.add_argument("--resummarize", metavar="JSON", help="recompute the summary and markdown of a result file")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --out and run only the missing ones (the dense model of a "
+                             "fold and seed is retrained; training is deterministic on one thread)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="merge these result files (same data set and protocol) into --out")
     args = parser.parse_args()
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        result = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        write_result(Path(args.out), result)
+        log(Path(args.out).with_suffix(".md").read_text())
+        return
     if args.resummarize:
         path = Path(args.resummarize)
-        result = json.loads(path.read_text())
-        p = result["protocol"]
-        result["summary"] = summarize(result["rows"], result["dense"], p["methods"], p["rates"])
-        path.write_text(json.dumps(result, indent=1))
-        path.with_suffix(".md").write_text(markdown(result))
+        write_result(path, json.loads(path.read_text()))
         log(path.with_suffix(".md").read_text())
         return
     torch.set_num_threads(1)
@@ -377,20 +436,39 @@ def main():
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1,
                     "note": "2-core CPU shared with other jobs"},
     }
+    if args.resume and out.exists():
+        previous = json.loads(out.read_text())
+        rows, dense_rows = previous["rows"], previous["dense"]
+        t0 -= previous.get("seconds", 0.0)
+        p = result["protocol"]
+        p["rates"] = sorted(set(p["rates"]) | set(previous["protocol"]["rates"]))
+        p["methods"] = list(dict.fromkeys(previous["protocol"]["methods"] + p["methods"]))
+        p["seeds"] = sorted(set(p["seeds"]) | set(previous["protocol"]["seeds"]))
+        if isinstance(previous["data"]["folds"], list):
+            result["data"]["folds"] = sorted(set(folds) | set(previous["data"]["folds"]))
+        result["data"]["sizes"] = previous["data"].get("sizes", {})
+        if previous.get("training_overhead"):
+            result["training_overhead"] = previous["training_overhead"]
+        log(f"resuming {out}: {len(rows)} rows, {len(dense_rows)} dense models")
+    done = {(r["fold"], r["seed"], r["method"], r["target_rate"]) for r in rows}
 
     def save():
-        result.update(dense=dense_rows, rows=rows, seconds=time.perf_counter() - t0,
-                      summary=summarize(rows, dense_rows, args.methods, args.rates))
-        out.write_text(json.dumps(result, indent=1))
-        out.with_suffix(".md").write_text(markdown(result))
+        result.update(dense=dense_rows, rows=rows, seconds=time.perf_counter() - t0)
+        write_result(out, result)
 
     total = len(folds) * len(args.seeds) * len(args.rates) * len(args.methods)
+    total = total - sum(1 for f, s, m, r in done if f in folds and s in args.seeds and m in args.methods
+                        and r in args.rates) + len(rows)
     for fold in folds:
         data = load_data(args.dataset, fold)
         Xtr, ytr, Xte, yte = data
         result["data"].setdefault("sizes", {})[str(fold)] = {"train": len(ytr), "test": len(yte)}
         x_latency = Xte[:16]
         for seed in args.seeds:
+            todo = [(rate, method) for rate in args.rates for method in args.methods
+                    if (fold, seed, method, rate) not in done]
+            if not todo:
+                continue
             model = new_model(args.dataset, seed)
             fit(model, (Xtr, ytr), (Xte, yte), epochs=args.pretrain, lr=args.lr, batch_size=BATCH, progress=False,
                 seed=seed)
@@ -401,22 +479,27 @@ def main():
             dense = {"fold": fold, "seed": seed, "accuracy": evaluate(model, (Xte, yte))["accuracy"],
                      "params": counted["params"], "macs": counted["macs"],
                      "latency_ms_b16": latency_ms(model, x_latency)}
-            dense_rows.append(dense)
+            stored = [d for d in dense_rows if d["fold"] == fold and d["seed"] == seed]
+            if stored and abs(stored[0]["accuracy"] - dense["accuracy"]) > 1e-9:
+                raise RuntimeError(f"fold {fold} seed {seed}: the retrained dense model reaches "
+                                   f"{dense['accuracy']:.4f}, the stored one {stored[0]['accuracy']:.4f}; "
+                                   "training is not reproducible here, resume is unsafe")
+            if not stored:
+                dense_rows.append(dense)
             log(f"[fold {fold} seed {seed}] dense: acc {dense['accuracy']:.3f}, {dense['params']} params, "
                 f"{dense['macs']} MACs, {dense['latency_ms_b16']:.1f} ms ({time.perf_counter() - t0:.0f}s)")
-            for rate in args.rates:
-                for method in args.methods:
-                    row = run_method(method, state, data, rate, args, seed, x_latency)
-                    row = {"dataset": args.dataset, "fold": fold, "seed": seed, "method": method, "target_rate": rate,
-                           **row}
-                    rows.append(row)
-                    save()
-                    log(f"[{len(rows)}/{total}] fold {fold} seed {seed} {method:12s} r={rate:.2f}: "
-                        f"acc {row['accuracy_pruned']:.3f} -> {row['accuracy']:.3f}, rate {row['rate']:.4f}, "
-                        f"nonzero {row['nonzero_params']}, params {row['params']}, MACs {row['macs']}, "
-                        f"{row['structures_removed']} structures, {row['latency_ms_b16']:.1f} ms "
-                        f"({row['seconds']:.0f}s; {time.perf_counter() - t0:.0f}s in all)")
-    if not args.no_overhead:
+            for rate, method in todo:
+                row = run_method(method, state, data, rate, args, seed, x_latency)
+                row = {"dataset": args.dataset, "fold": fold, "seed": seed, "method": method, "target_rate": rate,
+                       **row}
+                rows.append(row)
+                save()
+                log(f"[{len(rows)}/{total}] fold {fold} seed {seed} {method:12s} r={rate:.2f}: "
+                    f"acc {row['accuracy_pruned']:.3f} -> {row['accuracy']:.3f}, rate {row['rate']:.4f}, "
+                    f"nonzero {row['nonzero_params']}, params {row['params']}, MACs {row['macs']}, "
+                    f"{row['structures_removed']} structures, {row['latency_ms_b16']:.1f} ms "
+                    f"({row['seconds']:.0f}s; {time.perf_counter() - t0:.0f}s in all)")
+    if not args.no_overhead and states:
         fold, seed = next(iter(states))
         result["training_overhead"] = overhead(args.dataset, states[(fold, seed)], load_data(args.dataset, fold))
         o = result["training_overhead"]
