@@ -235,6 +235,9 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
                 stats = {k: _stats([r[k] for r in group]) for k in keys}
                 table.append({"method": method, "target_rate": rate, **stats})
     dense = {k: _stats([d[k] for d in dense_rows]) for k in ("accuracy", "params", "macs", "latency_ms_b16")}
+    continued = [d["accuracy_continued"] for d in dense_rows if "accuracy_continued" in d]
+    if continued:
+        dense["accuracy_continued"] = _stats(continued)
     goal = {}
     if "ctf" in methods:
         for rate in rates:
@@ -252,6 +255,8 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
                      "short_of_the_rate": short}
             if abs(rate - 0.9) < 1e-9:
                 entry["within_1pt_of_dense"] = cell["ctf"] >= dense["accuracy"]["mean"] - 0.01
+                if "accuracy_continued" in dense:
+                    entry["within_1pt_of_dense_continued"] = cell["ctf"] >= dense["accuracy_continued"]["mean"] - 0.01
             goal[str(rate)] = entry
     return {"table": table, "dense": dense, "goal": goal}
 
@@ -271,7 +276,10 @@ def markdown(result) -> str:
              f"{s['dense']['accuracy']['n']} runs. Accuracy in %.", "",
              f"Dense: accuracy {_pm(s['dense']['accuracy'], 100)}, {s['dense']['params']['mean']:.0f} params, "
              f"{s['dense']['macs']['mean'] / 1e6:.2f} M MACs, {s['dense']['latency_ms_b16']['mean']:.1f} ms "
-             "(batch 16, 1 thread).", "",
+             "(batch 16, 1 thread)." + (
+                 f" Dense trained {p['epochs'] + p['finetune']} epochs more (the same total training as a pruned "
+                 f"row): {_pm(s['dense']['accuracy_continued'], 100)} "
+                 f"(n = {s['dense']['accuracy_continued']['n']})." if "accuracy_continued" in s["dense"] else ""), "",
              "## Accuracy after fine-tuning", "",
              "| rate | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     rates = p["rates"]
@@ -317,6 +325,9 @@ def markdown(result) -> str:
                     f"{100 * g['best_baseline_accuracy']:.1f} %")
             if "within_1pt_of_dense" in g:
                 text += f", dense {100 * s['dense']['accuracy']['mean']:.1f} %"
+            if "within_1pt_of_dense_continued" in g:
+                text += (f" (trained as long: {100 * s['dense']['accuracy_continued']['mean']:.1f} %, within 1 point: "
+                         f"{'yes' if g['within_1pt_of_dense_continued'] else 'no'})")
             if g.get("short_of_the_rate"):
                 text += " (not compared, rate not reached: " + ", ".join(
                     f"{m} {r:.3f}" for m, r in g["short_of_the_rate"].items()) + ")"
@@ -362,7 +373,8 @@ def merge_results(results: list) -> dict:
             seen.add(key)
             rows.append(row)
         for d in result["dense"]:
-            dense.setdefault((d["fold"], d["seed"]), d)
+            known = dense.setdefault((d["fold"], d["seed"]), dict(d))
+            known.update({k: v for k, v in d.items() if k not in known})
     p = merged["protocol"]
     p["rates"] = sorted({r for res in results for r in res["protocol"]["rates"]})
     p["seeds"] = sorted({s for res in results for s in res["protocol"]["seeds"]})
@@ -396,6 +408,9 @@ def main():
     parser.add_argument("--ft-lr", type=float, default=0.05, help="fine-tuning lr after masks / regulariser")
     parser.add_argument("--lasso-strength", type=float, default=1e-3)
     parser.add_argument("--no-overhead", action="store_true", help="skip the training-overhead timing")
+    parser.add_argument("--continued", action="store_true",
+                        help="also train each dense model --epochs + --finetune epochs more (the dense reference "
+                             "with the same total training as every pruned row)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/ctf_<dataset>.json")
     parser.add_argument("--resummarize", metavar="JSON", help="recompute the summary and markdown of a result file")
     parser.add_argument("--resume", action="store_true",
@@ -479,6 +494,9 @@ def main():
             dense = {"fold": fold, "seed": seed, "accuracy": evaluate(model, (Xte, yte))["accuracy"],
                      "params": counted["params"], "macs": counted["macs"],
                      "latency_ms_b16": latency_ms(model, x_latency)}
+            if args.continued:
+                longer = new_model(args.dataset, seed, state)
+                dense["accuracy_continued"] = finetune(longer, data, args.epochs + args.finetune, args.lr, seed)
             stored = [d for d in dense_rows if d["fold"] == fold and d["seed"] == seed]
             if stored and abs(stored[0]["accuracy"] - dense["accuracy"]) > 1e-9:
                 raise RuntimeError(f"fold {fold} seed {seed}: the retrained dense model reaches "
@@ -486,7 +504,10 @@ def main():
                                    "training is not reproducible here, resume is unsafe")
             if not stored:
                 dense_rows.append(dense)
-            log(f"[fold {fold} seed {seed}] dense: acc {dense['accuracy']:.3f}, {dense['params']} params, "
+            else:
+                stored[0].update({k: v for k, v in dense.items() if k not in stored[0]})
+            log(f"[fold {fold} seed {seed}] dense: acc {dense['accuracy']:.3f} "
+                f"(continued: {dense.get('accuracy_continued', float('nan')):.3f}), {dense['params']} params, "
                 f"{dense['macs']} MACs, {dense['latency_ms_b16']:.1f} ms ({time.perf_counter() - t0:.0f}s)")
             for rate, method in todo:
                 row = run_method(method, state, data, rate, args, seed, x_latency)

@@ -241,6 +241,38 @@ def test_weight_penalty_switch_decides_who_gets_the_penalty_gradient(weight_pena
     assert float(other.penalty().detach()) == pytest.approx(float(value.detach()), rel=1e-6)  # same value
 
 
+@pytest.mark.parametrize("budget,cost", [("binary", "params"), ("soft", "params"), ("binary", "macs")])
+def test_threshold_penalty_gradient_equals_autograd_through_the_detached_masks(budget, cost):
+    # the default path (thresholds only) differentiates Σψ analytically; the reference is autograd
+    # through soft_mask(detach=True), tied head gates, MAC costs and the straight-through count included
+    model = _gcn()
+    ctf = CTF(model, 0.8, example_inputs=_x(), budget=budget, cost=cost, lam=3.0)
+    assert not ctf.weight_penalty
+    generator = torch.Generator().manual_seed(0)
+    for mask in ctf.masks_by_name.values():
+        for g in mask.granularities:
+            _set_threshold(mask, g, 0.2 + 0.6 * float(torch.rand((), generator=generator)))
+    ctf.tau = 0.15
+    value = ctf.penalty()
+    value.backward()
+    analytic = {id(p): p.grad.clone() for p in ctf.parameters()}
+    for p in ctf.parameters():
+        p.grad = None
+    total = 0.0
+    for name, mask in ctf.masks_by_name.items():
+        psi = mask.soft_mask(ctf._latent(name), detach=True)
+        if budget == "binary":
+            psi = (psi > 0.5).to(psi.dtype) + psi - psi.detach()
+        total = total + mask.cost * psi.sum()
+    reference = ctf.lam * ((total / ctf.total_cost - ctf.target_keep) / (1 - 0.8)) ** 2
+    reference.backward()
+    assert float(value.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert len(analytic) == len(ctf.parameters()) > 10
+    for p in ctf.parameters():
+        assert torch.allclose(analytic[id(p)], p.grad, rtol=1e-4, atol=1e-7), p
+    assert sum(float(g.abs()) for g in analytic.values()) > 0
+
+
 def test_fixed_thresholds_always_put_the_penalty_on_the_weights():
     ctf = CTF(_gcn(), 0.8, example_inputs=_x(), thresholds="fixed", weight_penalty=False)
     assert ctf.weight_penalty
@@ -655,3 +687,20 @@ def test_fix_to_budget_with_groups_drops_whole_groups():
     guarded = fix_to_budget(masks, scores, {"a": 1.0}, keep=0, groups=groups)  # never the last group
     assert guarded["a"].tolist() == [[True, True, True], [False, False, False]]
     assert threshold_value(torch.tensor(0.0)) == pytest.approx(math.log(2))
+
+
+def test_band_stop_node_matches_autograd_of_the_formula():
+    from prunekit.ctf.masks import _BandStop
+
+    u = torch.linspace(-1.5, 1.5, 41, dtype=torch.float64).reshape(1, 41).repeat(3, 1).requires_grad_(True)
+    a = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 41, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fused = band_stop(u, a, 0.3)
+    assert fused.grad_fn is not None and "BandStop" in type(fused.grad_fn).__name__
+    reference = torch.sigmoid((u - a) / 0.3) + torch.sigmoid((-u - a) / 0.3)
+    assert torch.allclose(fused, reference, atol=1e-15)
+    g_fused = torch.autograd.grad((fused * weights).sum(), (u, a))
+    g_reference = torch.autograd.grad((reference * weights).sum(), (u, a))
+    for x, y in zip(g_fused, g_reference):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda u, a: _BandStop.apply(u, a, 0.3), (u, a))

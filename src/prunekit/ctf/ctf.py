@@ -394,18 +394,7 @@ class CTF:
         self._check_live()
         if self._frozen is not None:  # hard phase: the masks meet the budget exactly
             return torch.zeros((), device=self._latent(self.names[0]).device)
-        total = None
-        for name, mask in self.masks_by_name.items():
-            latent = self._latent(name)
-            binary = self.budget == "binary"
-            psi_sum = mask.cached_sum(latent) if self.weight_penalty and not binary else None
-            if psi_sum is None:
-                psi = mask.soft_mask(latent, detach=not self.weight_penalty)
-                if binary:  # value: the count ψ > 0.5 will keep; gradient: the soft ψ's
-                    psi = (psi > 0.5).to(psi.dtype) + psi - psi.detach()
-                psi_sum = psi.sum()
-            term = mask.cost * psi_sum
-            total = term if total is None else total + term
+        total = self._weight_budget() if self.weight_penalty else self._threshold_budget()
         self._update_target()
         self.temperature.generation += 1
         fraction = total / self.total_cost
@@ -413,6 +402,46 @@ class CTF:
         if self.relative:
             error = error / (1.0 - self.reachable_rate)
         return self.lam * error ** 2
+
+    def _weight_budget(self) -> torch.Tensor:
+        """``Σ_ℓ c_ℓ Σψ`` (or the binary count, straight-through) with its gradient into weights and thresholds."""
+        total = None
+        for name, mask in self.masks_by_name.items():
+            latent = self._latent(name)
+            binary = self.budget == "binary"
+            psi_sum = None if binary else mask.cached_sum(latent)
+            if psi_sum is None:
+                psi = mask.soft_mask(latent)
+                if binary:  # value: the count ψ > 0.5 will keep; gradient: the soft ψ's
+                    psi = (psi > 0.5).to(psi.dtype) + psi - psi.detach()
+                psi_sum = psi.sum()
+            term = mask.cost * psi_sum
+            total = term if total is None else total + term
+        return total
+
+    def _threshold_budget(self) -> torch.Tensor:
+        """``Σ_ℓ c_ℓ Σψ`` (or the binary count) whose gradient reaches the thresholds only.
+
+        The value is computed without a graph (:meth:`CTFMask.budget_terms`); the gradient
+        enters as ``Σ_t (ρ_t − sg(ρ_t)) ∂/∂ρ_t``, which is 0 in value and gives every
+        threshold ``ρ_t`` exactly its analytic derivative (``sg``: stop-gradient). Same value and
+        gradient as differentiating ``Σψ`` of the detached weights with autograd, about 20×
+        fewer operations.
+        """
+        value, slopes = 0.0, {}
+        for name, mask in self.masks_by_name.items():
+            soft, count, grads = mask.budget_terms(self._latent(name))
+            value = value + mask.cost * (count if self.budget == "binary" else soft)
+            for g, d in grads.items():
+                owner, bname = mask.threshold_owner(g)
+                key = (id(owner), bname)
+                entry = slopes.setdefault(key, [getattr(owner, bname), 0.0])
+                entry[1] = entry[1] + mask.cost * d
+        total = torch.as_tensor(value)
+        for rho, slope in slopes.values():
+            if rho.requires_grad:
+                total = total + (rho - rho.detach()) * slope
+        return total
 
     def _update_target(self) -> None:
         """Target kept fraction ``k₀ − (k₀ − (1 − r))·min(1, p)``, ``p`` = training progress / ramp.
