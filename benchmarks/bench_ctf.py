@@ -12,11 +12,12 @@ Protocol:
 
    * **ctf** – CTF masks (all four granularities, the defaults of :class:`prunekit.ctf.CTF`:
      learnable thresholds, last quarter of the epochs with the masks frozen) trained for
-     ``--epochs`` epochs (default 12), finalized, materialized, then fine-tuned
-     ``--finetune`` epochs (default 8) at ``--ft-lr`` (default 0.05, the lr of every other
-     fine-tuning) with the zeros frozen;
+     the first number of ``--ctf-split`` (default 8) epochs, finalized, materialized, then
+     fine-tuned the second (default 12) at ``--ft-lr`` (default 0.05, the lr of every other
+     fine-tuning) with the zeros frozen (8 + 12 against 12 + 8: ``prunekit.ctf.ctf``'s docstring);
    * **column-only**, **row-only** (and **channel-only**) – the structured-only variants
-     (:func:`prunekit.ctf.structured_ctf`), same schedule;
+     (:func:`prunekit.ctf.structured_ctf`), ``--epochs`` (default 12) with masks, then
+     ``--finetune`` (default 8);
    * **ctf-fixed** – CTF with fixed thresholds, same schedule;
    * **group-lasso** – :class:`prunekit.ctf.GroupLasso` (column groups, ``--lasso-strength``)
      for ``--epochs`` epochs, thresholded to the rate, fine-tuned ``--finetune`` epochs;
@@ -36,11 +37,15 @@ Protocol:
    every rate ≥ 0.9, within 1 point of dense at 0.9).
 6. Training overhead: seconds per epoch with CTF masks / dense (goal ≤ 1.3), medians of
    alternated rounds.
+7. ``--continued`` also trains every dense model ``--epochs + --finetune`` epochs more: the
+   dense reference with as much training as a pruned row.
 
 Usage:
-    python benchmarks/bench_ctf.py --dataset sbu --folds 1 --seeds 0 1 2 --rates 0.9 0.95 0.99 \\
+    python benchmarks/bench_ctf.py --dataset sbu --folds 1 2 3 4 5 --seeds 0 1 2 --continued \\
         --out benchmarks/results/ctf_sbu.json
     python benchmarks/bench_ctf.py --resummarize benchmarks/results/ctf_sbu.json   # summary + table again
+    python benchmarks/bench_ctf.py ... --resume --out F.json      # run only the rows F.json lacks
+    python benchmarks/bench_ctf.py --merge A.json B.json --out all.json   # parts run in parallel
 """
 from __future__ import annotations
 
