@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -273,7 +274,29 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
                 if "accuracy_continued" in dense:
                     entry["within_1pt_of_dense_continued"] = cell["ctf"] >= dense["accuracy_continued"]["mean"] - 0.01
             goal[str(rate)] = entry
-    return {"table": table, "dense": dense, "goal": goal}
+    return {"table": table, "dense": dense, "goal": goal, "paired": paired_differences(rows, methods, rates)}
+
+
+def paired_differences(rows, methods, rates, reference="ctf") -> dict:
+    """``{rate: {method: {mean, sem, n, wins, ties, losses}}}``: accuracy of ``reference`` minus
+    ``method`` on the same fold and seed (the same dense checkpoint), so the seed-to-seed spread
+    that both share cancels; ``sem`` is the standard error of the mean difference."""
+    acc = {(r["method"], r["target_rate"], r["fold"], r["seed"]): r["accuracy"] for r in rows}
+    out = {}
+    for rate in rates:
+        for method in methods:
+            if method == reference:
+                continue
+            diffs = [acc[(reference, rate, f, s)] - a for (m, r, f, s), a in acc.items()
+                     if m == method and r == rate and (reference, rate, f, s) in acc]
+            if not diffs:
+                continue
+            sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+            out.setdefault(str(rate), {})[method] = {
+                "mean": statistics.fmean(diffs), "sem": sem, "n": len(diffs),
+                "wins": sum(d > 1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs),
+                "losses": sum(d < -1e-9 for d in diffs)}
+    return out
 
 
 def _pm(stat, scale=1.0, digits=1):
@@ -331,6 +354,21 @@ def markdown(result) -> str:
                          f"{c['rate']['mean']:.4f} | {c['nonzero_params']['mean']:.0f} | {c['params']['mean']:.0f} | "
                          f"{c['macs']['mean'] / 1e6:.2f} | {c['structured_params_removed']['mean']:.3f} | "
                          f"{_pm(c['latency_ms_b16'], 1, 1)} |")
+    if s.get("paired"):
+        lines += ["", "## CTF minus each baseline, paired by fold and seed (points)", "",
+                  "Mean ± standard error of the difference (wins / ties / losses of CTF).", "",
+                  "| rate | " + " | ".join(m for m in methods if m != "ctf") + " |",
+                  "|---|" + "---|" * (len(methods) - 1)]
+        for rate in rates:
+            cells_p = s["paired"].get(str(rate), {})
+            row = []
+            for m in methods:
+                if m == "ctf":
+                    continue
+                d = cells_p.get(m)
+                row.append("–" if d is None else f"{100 * d['mean']:+.1f} ± {100 * d['sem']:.1f} "
+                                                 f"({d['wins']}/{d['ties']}/{d['losses']})")
+            lines.append(f"| {rate:g} | " + " | ".join(row) + " |")
     if s["goal"]:
         lines += ["", "## Goal: CTF ≥ every baseline at rates ≥ 0.9, within 1 point of dense at 0.9", ""]
         for rate, g in s["goal"].items():
@@ -442,6 +480,7 @@ def main():
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="merge these result files (same data set and protocol) into --out; a row in "
                              "several files is taken from the last")
+    parser.add_argument("--keep-folds", type=int, nargs="+", help="with --merge: keep only these SBU folds")
     args = parser.parse_args()
     if args.ctf_split and sum(args.ctf_split) != args.epochs + args.finetune:
         parser.error(f"--ctf-split {args.ctf_split} must sum to --epochs + --finetune = {args.epochs + args.finetune}")
@@ -449,6 +488,10 @@ def main():
         if not args.out:
             parser.error("--merge needs --out")
         result = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        if args.keep_folds:
+            result["rows"] = [r for r in result["rows"] if r["fold"] in args.keep_folds]
+            result["dense"] = [d for d in result["dense"] if d["fold"] in args.keep_folds]
+            result["data"]["folds"] = sorted(args.keep_folds)
         write_result(Path(args.out), result)
         log(Path(args.out).with_suffix(".md").read_text())
         return
