@@ -19,6 +19,11 @@ COMMANDS = {
         ["--dataset", "sbu", "--folds", "1", "2", "3", "4", "5", "--seeds", "0", "1", "2", "--continued",
          "--out", str(HERE / "results" / "ctf_sbu.json")],
         ["--dataset", "fpha", "--seeds", "0", "1", "2", "--continued", "--out", str(HERE / "results" / "ctf_fpha.json")],
+        ["--remeasure-overhead", str(HERE / "results" / "ctf_sbu.json")],  # meant for an idle machine
+        ["--remeasure-overhead", str(HERE / "results" / "ctf_fpha.json")],
+        # folds 3-5 alone: the folds not used to choose CTF's split of the budget
+        ["--merge", str(HERE / "results" / "ctf_sbu.json"), "--keep-folds", "3", "4", "5",
+         "--out", str(HERE / "results" / "ctf_sbu_folds345.json")],
     ],
 }
 
