@@ -77,7 +77,19 @@ def band_stop(u: torch.Tensor, a: torch.Tensor | float, tau: float) -> torch.Ten
             a = torch.tensor(float(a), dtype=u.dtype, device=u.device)
         if a.dim() == 0:
             return _BandStop.apply(u, a, float(tau))
-    return torch.sigmoid((u - a) / tau) + torch.sigmoid((-u - a) / tau)
+    up, down = _band_stop_halves(u, a, tau)
+    return up + down
+
+
+def _band_stop_halves(u, a, tau):
+    """``(σ(x₊), σ(x₋))`` with ``x± = (±u − a)/τ``: the two sigmoids ``b_a(u)`` adds up."""
+    return torch.sigmoid((u - a) / tau), torch.sigmoid((-u - a) / tau)
+
+
+def _band_stop_slopes(up, down, tau):
+    """``(∂b/∂u, ∂b/∂a) = ((σ'(x₊) − σ'(x₋))/τ, −(σ'(x₊) + σ'(x₋))/τ)`` from the two halves."""
+    slope_up, slope_down = up * (1 - up), down * (1 - down)
+    return (slope_up - slope_down) / tau, -(slope_up + slope_down) / tau
 
 
 class _BandStop(torch.autograd.Function):
@@ -93,22 +105,16 @@ class _BandStop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, a, tau):
-        up = torch.sigmoid((u - a) / tau)
-        down = torch.sigmoid((-u - a) / tau)
+        up, down = _band_stop_halves(u, a, tau)
         ctx.save_for_backward(up, down)
         ctx.tau = tau
         return up + down
 
     @staticmethod
     def backward(ctx, grad):
-        up, down = ctx.saved_tensors
-        slope_up = up * (1 - up)
-        slope_down = down * (1 - down)
-        grad_u = grad_a = None
-        if ctx.needs_input_grad[0]:
-            grad_u = grad * (slope_up - slope_down) / ctx.tau
-        if ctx.needs_input_grad[1]:
-            grad_a = -(grad * (slope_up + slope_down)).sum() / ctx.tau
+        d_u, d_a = _band_stop_slopes(*ctx.saved_tensors, ctx.tau)
+        grad_u = grad * d_u if ctx.needs_input_grad[0] else None
+        grad_a = (grad * d_a).sum() if ctx.needs_input_grad[1] else None
         return grad_u, grad_a, None
 
 
@@ -350,10 +356,10 @@ class CTFMask(nn.Module):
         for g, u in self.magnitudes(w, detach=True).items():
             rho = getattr(*self.threshold_owner(g))
             a = threshold_value(rho)
-            up, down = torch.sigmoid((u - a) / tau), torch.sigmoid((-u - a) / tau)
+            up, down = _band_stop_halves(u, a, tau)
             names.append(g)
             values.append(up + down)
-            slopes.append(-(up * (1 - up) + down * (1 - down)) / tau * torch.sigmoid(rho))
+            slopes.append(_band_stop_slopes(up, down, tau)[1] * torch.sigmoid(rho))
         if not names:
             n = torch.tensor(float(math.prod(self.shape)))
             return n, n, {}
