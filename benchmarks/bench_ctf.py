@@ -437,7 +437,8 @@ def write_result(path: Path, result: dict) -> None:
 def merge_results(results: list) -> dict:
     """One result from several runs of the same protocol: rows and dense models united (a row
     present in several files, same fold, seed, method and rate, is taken from the last of them),
-    rates / methods / folds / seeds the union, seconds summed."""
+    rates / methods / folds / seeds the union, seconds summed. The dense model of a fold and seed
+    must reach the same accuracy in every file (each part retrains it)."""
     merged = copy.deepcopy(results[0])
     keys = ("pretrain_epochs", "epochs", "finetune", "lr", "ft_lr", "batch_size", "lasso_strength")
     for other in results[1:]:
@@ -458,6 +459,9 @@ def merge_results(results: list) -> dict:
     for result in results:
         for d in result["dense"]:
             known = dense.setdefault((d["fold"], d["seed"]), dict(d))
+            if abs(known["accuracy"] - d["accuracy"]) > 1e-9:  # every part retrains the same dense model
+                raise ValueError(f"cannot merge: fold {d['fold']} seed {d['seed']}: dense accuracy "
+                                 f"{d['accuracy']:.4f} in one file, {known['accuracy']:.4f} in another")
             known.update({k: v for k, v in d.items() if k not in known})
     p = merged["protocol"]
     p["rates"] = sorted({r for res in results for r in res["protocol"]["rates"]})
