@@ -288,8 +288,7 @@ class CTF:
         ties = {}
         if tie_heads and "channel" in self.granularities:
             for key, members in head_ties(self.layouts).items():
-                ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable,
-                                    self.temperature)
+                ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable)
         # the structures, found now (the tracer cannot see through the parametrizations): the hard
         # phase needs them to hold the biases / BatchNorm of closed structures at 0, finalize to plan
         self._structures = find_structures(model, self.example_inputs)

@@ -167,11 +167,10 @@ class HeadTie(nn.Module):
     slices of every member ``t``, each in units of its own scale ``s_t``.
     """
 
-    def __init__(self, blocks: int, a_init: float, learnable: bool, temperature: Temperature):
+    def __init__(self, blocks: int, a_init: float, learnable: bool):
         super().__init__()
         self.blocks = int(blocks)
         _threshold(self, "a_channel", a_init, learnable)
-        self.temperature = temperature
         self._members: list = []  # (module, parameter name, scale); plain list: no module cycle
 
     def _apply(self, fn, recurse=True):
@@ -194,9 +193,6 @@ class HeadTie(nn.Module):
             squares = squares + block.pow(2).sum(1)
             count += block.shape[1]
         return torch.sqrt(squares / count + _EPS)
-
-    def factor(self, index: int | None = None, own: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
-        return band_stop(self.norms(index, own, detach), threshold_value(self.a_channel), self.temperature.value)
 
 
 class CTFMask(nn.Module):
@@ -284,9 +280,7 @@ class CTFMask(nn.Module):
 
     def threshold(self, granularity: str) -> torch.Tensor:
         """The effective threshold ``a = softplus(ρ)`` of a factor (in units of ``s``)."""
-        if granularity == "channel" and self.head_tie is not None:
-            return threshold_value(self.head_tie.a_channel)
-        return threshold_value(getattr(self, f"a_{granularity}"))
+        return threshold_value(getattr(*self.threshold_owner(granularity)))
 
     def threshold_owner(self, granularity: str) -> tuple[nn.Module, str]:
         """``(module, buffer name)`` holding the ``ρ`` of a factor (the head tie for a tied block gate)."""
