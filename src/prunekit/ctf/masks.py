@@ -86,10 +86,12 @@ def _band_stop_halves(u, a, tau):
     return torch.sigmoid((u - a) / tau), torch.sigmoid((-u - a) / tau)
 
 
-def _band_stop_slopes(up, down, tau):
-    """``(∂b/∂u, ∂b/∂a) = ((σ'(x₊) − σ'(x₋))/τ, −(σ'(x₊) + σ'(x₋))/τ)`` from the two halves."""
+def _band_stop_slopes(up, down, tau, wrt_u=True, wrt_a=True):
+    """``(∂b/∂u, ∂b/∂a) = ((σ'(x₊) − σ'(x₋))/τ, −(σ'(x₊) + σ'(x₋))/τ)`` from the two halves
+    (``None`` for the one not asked for)."""
     slope_up, slope_down = up * (1 - up), down * (1 - down)
-    return (slope_up - slope_down) / tau, -(slope_up + slope_down) / tau
+    return ((slope_up - slope_down) / tau if wrt_u else None,
+            -(slope_up + slope_down) / tau if wrt_a else None)
 
 
 class _BandStop(torch.autograd.Function):
@@ -112,9 +114,9 @@ class _BandStop(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        d_u, d_a = _band_stop_slopes(*ctx.saved_tensors, ctx.tau)
-        grad_u = grad * d_u if ctx.needs_input_grad[0] else None
-        grad_a = (grad * d_a).sum() if ctx.needs_input_grad[1] else None
+        d_u, d_a = _band_stop_slopes(*ctx.saved_tensors, ctx.tau, *ctx.needs_input_grad[:2])
+        grad_u = grad * d_u if d_u is not None else None
+        grad_a = (grad * d_a).sum() if d_a is not None else None
         return grad_u, grad_a, None
 
 
@@ -353,7 +355,7 @@ class CTFMask(nn.Module):
             up, down = _band_stop_halves(u, a, tau)
             names.append(g)
             values.append(up + down)
-            slopes.append(_band_stop_slopes(up, down, tau)[1] * torch.sigmoid(rho))
+            slopes.append(_band_stop_slopes(up, down, tau, wrt_u=False)[1] * torch.sigmoid(rho))
         if not names:
             n = torch.tensor(float(math.prod(self.shape)))
             return n, n, {}
