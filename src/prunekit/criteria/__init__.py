@@ -2,7 +2,7 @@
 
 Every method has the same signature and is reached through :func:`saliency`::
 
-    saliency(model, structures, data, method, loss_fn=None, num_samples=None, **options)
+    saliency(model, structures, data, method, loss_fn=None, num_samples=None, *, loss=None, output=None, **options)
 
 ==========  ==========================================================  =============
 method      score of structure s                                        options
@@ -17,10 +17,12 @@ method      score of structure s                                        options
 ==========  ==========================================================  =============
 
 θ_s is θ restricted to the slices of s, g the gradient of the mean loss over the
-samples used, G the Gauss-Newton matrix of softmax cross-entropy. All data-driven
-methods are derivatives w.r.t. a per-structure scale α (:mod:`.scaling`), so they see
-structures only, never layer names. New methods register with
-:func:`register_criterion`.
+samples used, G the Gauss-Newton matrix of that loss. Inputs may be a tensor, a
+tuple/list or a mapping; ``output=`` picks the tensor of a tuple/dict/dataclass output;
+``loss=`` is ``"cross_entropy"`` (logits ``[N, ..., C]``, ``ignore_index=-100``),
+``"mse"`` or a callable (:mod:`.losses`). All data-driven methods are derivatives
+w.r.t. a per-structure scale α (:mod:`.scaling`), so they see structures only, never
+layer names. New methods register with :func:`register_criterion`.
 
 Example:
     >>> import torch
@@ -35,6 +37,7 @@ Example:
     (torch.Size([6]), torch.float64)
 """
 from .registry import CRITERIA, Criterion, available_methods, register_criterion, saliency
+from .losses import MSE, CallableLoss, CrossEntropy, Loss, resolve_loss, select_output
 from .scaling import StructureScaling, scaled_parameters
 from .magnitude import l1, l2, random_scores
 from .taylor_obd import fisher_diagonal, gradient_terms, obd, taylor
@@ -43,6 +46,7 @@ from .sosp import (DEFAULT_MAX_MEMORY_BYTES, SaliencyMemoryError, SOSPIPairwise,
 
 __all__ = [
     "saliency", "available_methods", "register_criterion", "CRITERIA", "Criterion",
+    "Loss", "CrossEntropy", "MSE", "CallableLoss", "resolve_loss", "select_output",
     "StructureScaling", "scaled_parameters",
     "l1", "l2", "random_scores", "taylor", "gradient_terms", "obd", "fisher_diagonal",
     "sosp_h", "sosp_h_terms", "sosp_i", "sosp_i_pairwise", "SOSPIPairwise", "SaliencyMemoryError",

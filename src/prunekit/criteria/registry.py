@@ -3,7 +3,10 @@
 A criterion is a function
 ``fn(model, structures, data, *, loss_fn=None, num_samples=None, **options) -> Tensor``
 returning one score per structure (lower = less important). Register a new one with
-:func:`register_criterion`; :func:`saliency` dispatches by name.
+:func:`register_criterion`; :func:`saliency` dispatches by name. ``loss_fn`` reaches it
+as given (``None``, ``"cross_entropy"``, ``"mse"``, a :class:`~prunekit.criteria.losses.Loss`
+or a callable; :func:`prunekit.criteria.losses.resolve_loss` turns it into a ``Loss``);
+``output=`` reaches a data-driven criterion only when the caller sets it.
 
 Example:
     >>> import torch
@@ -26,6 +29,8 @@ import torch
 from torch import nn
 
 from prunekit.structure_types import Structure
+
+from .losses import check_output_spec, resolve_loss
 
 __all__ = ["Criterion", "CRITERIA", "register_criterion", "available_methods", "saliency"]
 
@@ -88,22 +93,40 @@ def available_methods() -> dict[str, str]:
 
 
 def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[Iterable], method: str,
-             loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None, **options) -> torch.Tensor:
+             loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None, *,
+             loss=None, output=None, **options) -> torch.Tensor:
     """One saliency score per structure; a lower score means less important.
 
     Args:
-        model: any ``nn.Module`` returning logits ``[batch, classes]``. It is run in
-            eval mode (BatchNorm statistics frozen); every module's training flag is
-            restored afterwards; its parameters, buffers and ``.grad`` are not touched.
+        model: any ``nn.Module``; called as ``model(x)``, ``model(*x)`` or ``model(**x)``
+            for a tensor, tuple/list or mapping of inputs
+            (:func:`prunekit.measure.call_model`). It is run in eval mode (BatchNorm
+            statistics frozen); every module's training flag is restored afterwards;
+            its parameters, buffers and ``.grad`` are not touched.
         structures: the prunable structures (:class:`prunekit.structure_types.Structure`);
             slices name parameters of ``model.named_parameters()``.
-        data: iterable of ``(inputs, targets)`` batches, or one such tuple; ``None`` is
-            allowed for data-free methods (``"l1"``, ``"l2"``, ``"random"``).
+        data: iterable of ``(inputs, targets)`` batches, or one such pair; ``None`` is
+            allowed for data-free methods (``"l1"``, ``"l2"``, ``"random"``). ``inputs``:
+            a tensor, a tuple/list of tensors (positional arguments) or a mapping
+            (keyword arguments); the batch size is the leading size of the first tensor,
+            and ``num_samples`` truncates every tensor (of inputs and targets) with that
+            leading size.
         method: one of :func:`available_methods` (``"random"``, ``"l1"``, ``"l2"``,
             ``"taylor"``, ``"obd"``, ``"sosp-h"``, ``"sosp-i"``, ...).
-        loss_fn: ``loss_fn(logits, targets) -> scalar`` averaged over the batch;
-            default mean cross-entropy.
+        loss_fn: the loss (same values as ``loss``; give one of the two).
         num_samples: use at most this many samples (the last batch is truncated).
+        loss: ``"cross_entropy"`` (default): logits ``[N, ..., C]`` (classes last) with
+            class indices ``[N, ...]``, entries equal to ``-100`` ignored, mean over the
+            counted positions; ``"mse"``: mean of ``(f − y)²`` over all entries, targets
+            of the outputs' shape; a :class:`~prunekit.criteria.losses.Loss`
+            (e.g. ``CrossEntropy(ignore_index=0)``); or any callable
+            ``loss_fn(output, targets) -> scalar`` returning the batch mean (batches are
+            then weighted by their number of samples, and the Gauss-Newton curvature
+            is its Hessian w.r.t. the output, by autograd).
+        output: which tensor of the model's output the loss sees: a callable
+            ``output(raw) -> tensor``, a key/attribute name (``"logits"``) or an int
+            index; default: a tensor itself, else the ``logits`` entry if present, else
+            the first tensor. Ignored by the data-free methods.
         **options: method-specific options (``seed``, ``curvature``, ``first_order``,
             ``max_memory_bytes``, ``chunk_size``); see each method.
 
@@ -117,6 +140,14 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
     * ``sosp-h``: ``|−θ_sᵀ g + ½ θ_sᵀ G θ_P|``, ``θ_P = Σ_s θ_s``
     * ``sosp-i``: ``|θ_sᵀ g| + ½ Σ_{s'} |θ_sᵀ G θ_{s'}|``
 
+    with ``L = (1/W) Σ_b W_b L_b`` the mean over every counted entry and
+    ``G = (1/W) Σ_b J_bᵀ ∇²_f(W_b L_b) J_b`` (see :mod:`prunekit.criteria.losses`).
+
+    Raises:
+        ValueError: unknown method or loss, bad ``num_samples``, missing data, an
+            ``output=`` that selects nothing or no tensor, targets whose shape does not
+            fit the loss and the output.
+
     Example:
         >>> import torch
         >>> from torch import nn
@@ -129,6 +160,12 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
         torch.Size([6])
         >>> saliency(model, units, None, "l2").dtype
         torch.float64
+        >>> tokens = [(torch.randn(2, 5, 4), torch.randint(0, 3, (2, 5)))]   # [N, T, F] -> [N, T, C]
+        >>> saliency(model, units, tokens, "sosp-i").shape
+        torch.Size([6])
+        >>> regression = [(torch.randn(8, 4), torch.randn(8, 3))]
+        >>> saliency(model, units, regression, "taylor", loss="mse").shape
+        torch.Size([6])
     """
     if not isinstance(method, str) or method.lower() not in CRITERIA:
         raise ValueError(f"unknown saliency method {method!r}; known methods: {', '.join(sorted(CRITERIA))}")
@@ -138,6 +175,16 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
         raise ValueError(f"saliency method {criterion.name!r} needs data: an iterable of (inputs, targets) batches")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0):
         raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    if loss is not None and loss_fn is not None:
+        raise ValueError("give the loss once: loss= or loss_fn=, not both")
+    if loss is not None:
+        loss_fn = loss
+    if loss_fn is not None:
+        resolved = resolve_loss(loss_fn)  # validates; a name becomes a Loss (callable: the batch mean)
+        loss_fn = resolved if isinstance(loss_fn, str) else loss_fn
+    if criterion.needs_data and output is not None:
+        check_output_spec(output)
+        options["output"] = output
     if not structures:
         return torch.zeros(0, dtype=torch.float64)
     scores = criterion.fn(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, **options)

@@ -5,7 +5,10 @@ Removing a set M of structures (``δθ = −Σ_{s∈M} θ_s``) changes the loss 
 .. math::  ΔL(M) ≈ −\\sum_{s∈M} θ_s^T g + ½ \\sum_{s,s'∈M} θ_s^T G θ_{s'}
 
 with ``g = ∇L`` and the Gauss-Newton matrix ``G = (1/N) Σ_n J_nᵀ Λ_n J_n``,
-``Λ_n = diag(p_n) − p_n p_nᵀ`` (softmax cross-entropy, ``p_n = softmax(f(x_n))``).
+``Λ_n = diag(p_n) − p_n p_nᵀ`` (softmax cross-entropy over ``[N, C]`` logits,
+``p_n = softmax(f(x_n))``). In general ``G = (1/W) Σ_b J_bᵀ ∇²_f(W_b L_b) J_b`` with
+``W_b`` the entries batch ``b``'s mean runs over (:mod:`prunekit.criteria.losses`:
+token / pixel cross-entropy, MSE, a user ``loss_fn``).
 Everything is computed as derivatives w.r.t. the per-structure scale ``α``
 (:mod:`prunekit.criteria.scaling`): ``∂f_n/∂α_s = J_n θ_s``.
 
@@ -16,7 +19,8 @@ Everything is computed as derivatives w.r.t. the per-structure scale ``α``
   Jacobians of the logits w.r.t. α and ``|S|²`` memory.
 
 The model runs in eval mode (frozen BatchNorm statistics); sums are accumulated over
-batches and normalised by the total number of samples ``N``.
+batches and normalised by the total count ``W`` (the number of samples ``N`` for
+``[N, C]`` cross-entropy and for a user ``loss_fn``).
 
 Example:
     >>> import torch
@@ -33,17 +37,19 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vmap
+from torch.func import jacrev, jvp, vmap
 
 from prunekit.structure_types import Structure
 
-from ._common import Batches, check_logits, evaluation_mode, resolve_loss, softmax_ce_curvature
+from ._common import Batches, ModelCall, evaluation_mode
+from .losses import LossSpec, OutputSpec, resolve_loss
 from .registry import register_criterion
 from .scaling import StructureScaling
+from .taylor_obd import _nonzero_total
 
 __all__ = ["sosp_h", "sosp_h_terms", "sosp_i", "sosp_i_pairwise", "SOSPIPairwise", "SaliencyMemoryError",
            "DEFAULT_MAX_MEMORY_BYTES"]
@@ -65,66 +71,77 @@ def _human(nbytes: float) -> str:
     raise AssertionError
 
 
-def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, first_order, separate):
-    """Per-batch SOSP-H sums. Returns ``(combined, gradient, curvature, N)``, float64.
+def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, first_order, separate, output):
+    """Per-batch SOSP-H sums. Returns ``(combined, gradient, curvature, W)``, float64.
 
-    ``combined = Σ_b (−n_b θ_sᵀ g_b + ½ θ_sᵀ C_b θ_P)`` (C_b: the batch's *summed* curvature),
-    ``gradient = Σ_b n_b θ_sᵀ g_b`` and ``curvature = Σ_b θ_sᵀ C_b θ_P`` (only when ``separate``).
+    ``combined = Σ_b (−W_b θ_sᵀ g_b + ½ θ_sᵀ C_b θ_P)`` (C_b: the curvature of the batch *sum*
+    ``W_b L_b``), ``gradient = Σ_b W_b θ_sᵀ g_b`` and ``curvature = Σ_b θ_sᵀ C_b θ_P`` (only
+    when ``separate``); ``W = Σ_b W_b`` (see :mod:`prunekit.criteria.losses`).
     """
     if curvature not in _CURVATURES:
         raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
-    loss_fn = resolve_loss(loss_fn)
+    loss = resolve_loss(loss_fn)
+    forward = ModelCall(model, output)
     scaling = StructureScaling(model, structures)
     num = len(structures)
     zeros = lambda: torch.zeros(num, dtype=torch.float64, device=scaling.device)  # noqa: E731
     combined, grad_sum, curv_sum = zeros(), zeros(), zeros()
     ones = scaling.ones()
-    batches = Batches(data, num_samples, scaling.device)
+    total = 0
 
     def logits_of(alpha, inputs):
-        return check_logits(functional_call(model, scaling.all_parameters(alpha), (inputs,)))
+        return forward(scaling.all_parameters(alpha), inputs)
 
     with evaluation_mode(model):
-        for inputs, targets, n in batches:
+        for batch in Batches(data, num_samples, scaling.device):
+            inputs, targets, n = batch.inputs.obj, batch.targets.obj, batch.n
             alpha = ones.clone().requires_grad_()
             if curvature == "gauss-newton":
-                # u = J θ_P: forward-mode JVP along α = 1; logits stay on the reverse-mode tape.
+                # u = J θ_P: forward-mode JVP along α = 1; the output stays on the reverse-mode tape.
                 logits, u = jvp(lambda a: logits_of(a, inputs), (alpha,), (ones,))
-                with torch.no_grad():
-                    v = softmax_ce_curvature(torch.softmax(logits.detach(), dim=1), u.detach())  # Σ_n-scaled Λ u
-                curv_obj = (v * logits).sum()  # ∂/∂α_s = Σ_n φ_s(x_n)ᵀ Λ_n u_n = n_b θ_sᵀ G_b θ_P
+                loss.check(logits.shape, targets)
+                weight = loss.weight(logits, targets, n)
+                if weight == 0:
+                    continue
+                v = loss.curvature(logits.detach(), targets, u.detach(), n).detach()  # ∇²_f(W_b L_b) u
+                curv_obj = (v * logits).sum()  # ∂/∂α_s = Σ φ_sᵀ Λ u = W_b θ_sᵀ G_b θ_P
                 if separate:
-                    loss = loss_fn(logits, targets)
-                    (g,) = torch.autograd.grad(loss, alpha, retain_graph=True, allow_unused=True,
-                                               materialize_grads=True)
+                    (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, retain_graph=True,
+                                               allow_unused=True, materialize_grads=True)
                     (c,) = torch.autograd.grad(curv_obj, alpha, allow_unused=True, materialize_grads=True)
-                    grad_sum += n * g.double()
+                    grad_sum += weight * g.double()
                     curv_sum += c.double()
-                    combined += (-n * g.double() if first_order else 0) + 0.5 * c.double()
-                else:  # one fused backward: ∂/∂α of (−n_b L_b + ½ ⟨v, f⟩)
+                    combined += (-weight * g.double() if first_order else 0) + 0.5 * c.double()
+                else:  # one fused backward: ∂/∂α of (−W_b L_b + ½ ⟨v, f⟩)
                     objective = 0.5 * curv_obj
                     if first_order:
-                        objective = objective - n * loss_fn(logits, targets)
-                    if objective.requires_grad:  # False only if no structure reaches the logits
+                        objective = objective - weight * loss.mean(logits, targets)
+                    if objective.requires_grad:  # False only if no structure reaches the output
                         (d,) = torch.autograd.grad(objective, alpha, allow_unused=True, materialize_grads=True)
                         combined += d.double()
             else:  # exact Hessian of the mean loss: double backward w.r.t. α
-                loss = loss_fn(logits_of(alpha, inputs), targets)
-                (g,) = torch.autograd.grad(loss, alpha, create_graph=True, allow_unused=True, materialize_grads=True)
+                logits = logits_of(alpha, inputs)
+                loss.check(logits.shape, targets)
+                weight = loss.weight(logits, targets, n)
+                if weight == 0:
+                    continue
+                (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, create_graph=True, allow_unused=True,
+                                           materialize_grads=True)
                 if g.requires_grad:  # ∂/∂α ⟨∂L/∂α, 1⟩ = Θᵀ H θ_P (θ(α) is linear in α)
                     (c,) = torch.autograd.grad(g.sum(), alpha, allow_unused=True, materialize_grads=True)
                 else:
                     c = torch.zeros_like(g)
-                g, c = n * g.detach().double(), n * c.double()
+                g, c = weight * g.detach().double(), weight * c.double()
                 grad_sum += g
                 curv_sum += c
                 combined += (-g if first_order else 0) + 0.5 * c
-    return combined, grad_sum, curv_sum, batches.total
+            total += weight
+    return combined, grad_sum, curv_sum, _nonzero_total(total)
 
 
 def sosp_h_terms(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-                 loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
-                 curvature: str = "gauss-newton") -> dict[str, torch.Tensor]:
+                 loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+                 curvature: str = "gauss-newton", output: OutputSpec = None) -> dict[str, torch.Tensor]:
     """The signed terms of SOSP-H, for inspection (float64, each ``[|S|]``).
 
     Returns ``{"gradient": θ_sᵀ g, "curvature": θ_sᵀ C θ_P, "delta_loss": −θ_sᵀ g + ½ θ_sᵀ C θ_P}``
@@ -141,15 +158,16 @@ def sosp_h_terms(model: nn.Module, structures: Sequence[Structure], data: Iterab
         >>> sorted(sosp_h_terms(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))))
         ['curvature', 'delta_loss', 'gradient']
     """
-    _, g, c, total = _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, True, True)
+    _, g, c, total = _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, True, True,
+                                        output)
     g, c = g / total, c / total
     return {"gradient": g, "curvature": c, "delta_loss": -g + 0.5 * c}
 
 
 @register_criterion("sosp-h", needs_data=True, summary="|−θ_sᵀ g + ½ θ_sᵀ G θ_P| (SOSP-H, Hessian-vector products)")
 def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-           loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
-           curvature: str = "gauss-newton", first_order: bool = True) -> torch.Tensor:
+           loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+           curvature: str = "gauss-newton", first_order: bool = True, output: OutputSpec = None) -> torch.Tensor:
     """SOSP-H saliency ``λ^H_s = |−θ_sᵀ g + ½ θ_sᵀ (C θ_P)|``, ``θ_P = Σ_s θ_s``.
 
     prunekit's formulation: the pairwise sum of ``ΔL(M)`` over the removed set is
@@ -157,18 +175,21 @@ def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     structure; the absolute value of the signed second-order loss change is the score.
 
     Args:
-        curvature: ``"gauss-newton"`` (default): ``C = G = (1/N) Σ_n J_nᵀ Λ_n J_n``
-            (``Λ`` is the softmax cross-entropy curvature of the logits, whatever
-            ``loss_fn`` is). ``"hessian"``: ``C = H = ∇²L`` of the mean loss, by double
-            backward (valid for any twice-differentiable ``loss_fn``; costlier).
+        curvature: ``"gauss-newton"`` (default): ``C = G = (1/W) Σ_b J_bᵀ Λ_b J_b`` with
+            ``Λ_b = ∇²_f (W_b L_b)`` the loss's output curvature (:mod:`.losses`: per-position
+            softmax ``diag(p) − p pᵀ`` for cross-entropy, ``2 I`` for MSE, and for a user
+            ``loss_fn`` computed generically by a Hessian-vector product through
+            ``loss_fn``). ``"hessian"``: ``C = H = ∇²L`` of the mean loss, by double
+            backward (valid for any twice-differentiable loss; costlier).
         first_order: ``True`` (default) keeps the gradient term ``−θ_sᵀ g``; ``False``
             drops it: ``λ^H_s = |½ θ_sᵀ C θ_P|`` (for converged models where ``g ≈ 0``).
 
     Cost (Gauss-Newton), per batch: ``u = J θ_P`` by one forward-mode JVP along
     ``α = 1`` (``torch.func.jvp``; it also yields the logits), ``v = Λ u`` in closed
-    form, then one backward of ``−n_b L_b + ½ ⟨v, f(α)⟩`` w.r.t. α, which gives
-    ``−n_b θ_sᵀ g_b + ½ Σ_n φ_s(x_n)ᵀ Λ_n u_n`` for every s at once. Sums over batches are
-    divided by the total ``N``. About two gradient passes in all (first-order scaling).
+    form (one double backward through the loss alone for a user ``loss_fn``), then one
+    backward of ``−W_b L_b + ½ ⟨v, f(α)⟩`` w.r.t. α, which gives
+    ``−W_b θ_sᵀ g_b + ½ Σ_n φ_s(x_n)ᵀ Λ_n u_n`` for every s at once. Sums over batches are
+    divided by the total ``W``. About two gradient passes in all (first-order scaling).
 
     Example:
         >>> import torch
@@ -181,7 +202,7 @@ def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         torch.Size([5])
     """
     combined, _, _, total = _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature,
-                                               bool(first_order), False)
+                                               bool(first_order), False, output)
     return (combined / total).abs()
 
 
@@ -200,23 +221,29 @@ class SOSPIPairwise:
 
 
 def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-                    loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
+                    loss_fn: LossSpec = None, num_samples: Optional[int] = None,
                     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-                    chunk_size: Optional[int] = None) -> SOSPIPairwise:
+                    chunk_size: Optional[int] = None, output: OutputSpec = None) -> SOSPIPairwise:
     """The full pairwise matrix ``Q`` of SOSP-I and the gradient terms.
 
-    .. math::  Q_{ss'} = \\frac1N \\sum_n φ_s(x_n)^T Λ_n φ_{s'}(x_n), \\qquad
-               φ_s(x_n) = J_n θ_s = ∂f(x_n)/∂α_s ∈ R^C
+    .. math::  Q_{ss'} = \\frac1W \\sum_n φ_s(x_n)^T Λ_n φ_{s'}(x_n), \\qquad
+               φ_s(x_n) = J_n θ_s = ∂f(x_n)/∂α_s
 
-    Per batch, the per-sample Jacobians ``Φ_n = ∂f_n/∂α ∈ R^{C×|S|}`` come from
-    ``vmap`` (over samples) of ``jacrev`` (C vector-Jacobian products, one per class),
-    ``chunk_size`` samples at a time (default: :func:`auto_chunk_size`, as many as fit in
-    what ``max_memory_bytes`` leaves beside ``Q``); then
-    ``Q += Σ_n Φ_nᵀ Λ_n Φ_n`` and ``Σ_n n_b Φ_nᵀ ∂L_b/∂f_n`` gives ``θ_sᵀ g`` with no extra
-    model pass. Streams over batches; only ``Q`` (float64, updated in place) grows
-    with ``|S|²``; the per-chunk Jacobians take ``chunk × C × |S|`` entries (plus the
-    per-sample parameter gradients ``vmap`` forms inside ``jacrev``): lower
-    ``chunk_size`` when a batch does not fit.
+    (``f(x_n)`` flattened: ``C`` logits, ``T × C`` token logits, ...; ``Λ_n`` the loss's
+    output curvature and ``W`` its count, see :mod:`prunekit.criteria.losses`; for
+    ``[N, C]`` cross-entropy ``W = N`` and ``Λ_n = diag(p_n) − p_n p_nᵀ``). Per batch, the
+    per-sample Jacobians ``Φ_n = ∂f_n/∂α ∈ R^{D×|S|}`` come from ``vmap`` (over samples) of
+    ``jacrev`` (D vector-Jacobian products, one per output entry), ``chunk_size``
+    samples at a time (default: :func:`auto_chunk_size`, as many as fit in what
+    ``max_memory_bytes`` leaves beside ``Q``); then ``Q += Σ_n Φ_nᵀ Λ_n Φ_n`` and
+    ``Σ_n W_b Φ_nᵀ ∂L_b/∂f_n`` gives ``θ_sᵀ g`` with no extra model pass. Streams over
+    batches; only ``Q`` (float64, updated in place) grows with ``|S|²``; the per-chunk
+    Jacobians take ``chunk × D × |S|`` entries (plus the per-sample parameter gradients
+    ``vmap`` forms inside ``jacrev``): lower ``chunk_size`` when a batch does not fit.
+
+    A user ``loss_fn`` has no closed-form ``Λ``: ``ΛΦ`` is computed for the whole batch
+    at once by Hessian-vector products through ``loss_fn`` (one per structure,
+    vectorised with ``is_grads_batched``; no model pass).
 
     Raises:
         SaliencyMemoryError: before allocating, when ``|S|² × 8`` bytes exceed
@@ -232,7 +259,8 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
         >>> stats.Q.shape, bool(torch.allclose(stats.Q, stats.Q.T))
         (torch.Size([3, 3]), True)
     """
-    loss_fn = resolve_loss(loss_fn)
+    loss = resolve_loss(loss_fn)
+    forward = ModelCall(model, output)
     num = len(structures)
     needed = num * num * torch.finfo(torch.float64).bits // 8
     if needed > max_memory_bytes:
@@ -245,40 +273,58 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     Q = torch.zeros(num, num, dtype=torch.float64, device=scaling.device)
     grad_sum = torch.zeros(num, dtype=torch.float64, device=scaling.device)
     ones = scaling.ones()
-
-    def logits_one(alpha, x):
-        out = check_logits(functional_call(model, scaling.all_parameters(alpha), (x.unsqueeze(0),)))[0]
-        return out, out
-
-    jacobian = vmap(jacrev(logits_one, argnums=0, has_aux=True), in_dims=(None, 0))
-    batches = Batches(data, num_samples, scaling.device)
     num_params = sum(p.numel() for p in model.parameters())
+    samples, total = 0, 0
+
+    def accumulate(phi, lam_phi):  # Q += Σ_n Φ_nᵀ Λ_n Φ_n, in place in float64 (no second |S|×|S| buffer)
+        Q.addmm_(phi.reshape(-1, num).T.double(), lam_phi.reshape(-1, num).double())
+
     with evaluation_mode(model):
-        for inputs, targets, n in batches:
-            if chunk_size is None:  # C × (parameters) per sample inside jacrev: keep a chunk within the budget
-                with torch.no_grad():
-                    classes = check_logits(model(inputs[:1])).shape[-1]
-                chunk_size = auto_chunk_size(classes, num_params, max_memory_bytes - needed)
+        for batch in Batches(data, num_samples, scaling.device):
+            inputs, targets, n = batch.inputs, batch.targets, batch.n
+            samples += n
+            with torch.no_grad():  # one sample: the output shape (targets check, chunk size)
+                first = forward.plain(inputs.take(0, 1).obj)
+            loss.check((n,) + tuple(first.shape[1:]), targets.obj)
+            if chunk_size is None:  # D × (parameters) per sample inside jacrev: keep a chunk within the budget
+                chunk_size = auto_chunk_size(max(1, first[0].numel()), num_params, max_memory_bytes - needed)
             step = min(chunk_size, n)
-            phis, logits = [], []
+
+            def output_one(alpha, x):
+                out = forward(scaling.all_parameters(alpha), inputs.one_sample(x))[0]
+                return out, out
+
+            jacobian = vmap(jacrev(output_one, argnums=0, has_aux=True), in_dims=(None, 0))
+            phis, outs = [], []
             for start in range(0, n, step):
-                phi, out = jacobian(ones, inputs[start:start + step])  # [b, C, |S|], [b, C]
-                lam_phi = softmax_ce_curvature(torch.softmax(out, dim=1), phi)
-                # Q += Σ_n Φ_nᵀ Λ_n Φ_n, in place in float64 (no second |S|×|S| buffer)
-                Q.addmm_(phi.flatten(0, 1).T.double(), lam_phi.flatten(0, 1).double())
+                phi, out = jacobian(ones, inputs.batched_values(start, start + step))  # [b, *f, |S|], [b, *f]
+                if loss.separable:
+                    part = targets.take(start, start + step)
+                    accumulate(phi, loss.curvature(out, part.obj, phi, part.n))
                 phis.append(phi)
-                logits.append(out)
-            logits = torch.cat(logits).detach().requires_grad_()
-            (dl_df,) = torch.autograd.grad(loss_fn(logits, targets), logits)  # ∂L_b/∂f_n
+                outs.append(out)
+            outs = torch.cat(outs).detach()
+            weight = loss.weight(outs, targets.obj, n)
+            if weight == 0:
+                continue
+            if not loss.separable:
+                phi_all = torch.cat(phis)
+                accumulate(phi_all, loss.curvature(outs, targets.obj, phi_all, n))
+            outs.requires_grad_()
+            (dl_df,) = torch.autograd.grad(loss.mean(outs, targets.obj), outs)  # ∂L_b/∂f_n
             for phi, d in zip(phis, dl_df.split(step)):
-                grad_sum += n * torch.einsum("ncs,nc->s", phi, d).double()
-    Q /= batches.total
-    return SOSPIPairwise(Q=Q, gradient=grad_sum / batches.total, num_samples=batches.total)
+                grad_sum += weight * torch.einsum("nds,nd->s", phi.reshape(phi.shape[0], -1, num),
+                                                  d.reshape(d.shape[0], -1)).double()
+            total += weight
+    total = _nonzero_total(total)
+    Q /= total
+    return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=samples)
 
 
 def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_bytes: int = 4) -> int:
     """Samples per ``vmap(jacrev)`` call: ``jacrev`` back-propagates ``classes`` cotangents per
-    sample and forms a gradient for every parameter, ``classes × num_params`` floats per sample
+    sample (one per output entry of a sample: the classes of ``[N, C]`` logits, ``T × C`` for
+    token logits) and forms a gradient for every parameter, ``classes × num_params`` floats per sample
     (twice: the scaled parameters' gradients and their sum into ``α``). At least 1.
 
     Example:
@@ -293,13 +339,15 @@ def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_by
 
 @register_criterion("sosp-i", needs_data=True, summary="|θ_sᵀ g| + ½ Σ_s' |θ_sᵀ G θ_s'| (SOSP-I, pairwise)")
 def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-           loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
-           max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, chunk_size: Optional[int] = None) -> torch.Tensor:
+           loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+           max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, chunk_size: Optional[int] = None,
+           output: OutputSpec = None) -> torch.Tensor:
     """SOSP-I saliency ``λ^I_s = |θ_sᵀ g| + ½ Σ_{s'∈S} |Q_{ss'}|``, ``Q_{ss'} = θ_sᵀ G θ_{s'}``.
 
     prunekit's formulation: the upper bound of ``|ΔL(M)|`` that decouples the
     selection (every pairwise term bounded by its absolute value and charged to
-    both structures). Cost: about C backward passes per batch and ``|S|²`` memory;
+    both structures). Cost: about D backward passes per batch (D output entries per
+    sample: C for ``[N, C]`` logits) and ``|S|²`` memory;
     see :func:`sosp_i_pairwise` for the options, the memory check and the raw ``Q``.
 
     Example:
@@ -312,4 +360,4 @@ def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         torch.Size([3])
     """
     return sosp_i_pairwise(model, structures, data, loss_fn=loss_fn, num_samples=num_samples,
-                           max_memory_bytes=max_memory_bytes, chunk_size=chunk_size).saliency()
+                           max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, output=output).saliency()

@@ -18,15 +18,16 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from prunekit.structure_types import Structure
 
-from ._common import Batches, evaluation_mode, resolve_loss
+from ._common import Batches, ModelCall, evaluation_mode
+from .losses import LossSpec, OutputSpec, resolve_loss
 from .registry import register_criterion
 from .scaling import StructureScaling
 
@@ -34,11 +35,14 @@ __all__ = ["gradient_terms", "taylor", "obd", "fisher_diagonal"]
 
 
 def gradient_terms(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-                   loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None) -> torch.Tensor:
+                   loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+                   output: OutputSpec = None) -> torch.Tensor:
     """Signed first-order terms ``θ_sᵀ g = ∂L/∂α_s`` (float64, shape ``[|S|]``).
 
-    ``g = ∇_θ L`` with ``L`` the mean loss over the samples used; per batch
-    ``∂L_b/∂α`` is one backward pass, accumulated as ``Σ_b n_b ∂L_b/∂α / N``.
+    ``g = ∇_θ L`` with ``L = (1/W) Σ_b W_b L_b`` the mean loss over every counted entry
+    of the samples used (``W_b``: see :mod:`prunekit.criteria.losses`; the number of
+    samples for ``[N, C]`` cross-entropy and for a user ``loss_fn``); per batch
+    ``∂L_b/∂α`` is one backward pass, accumulated as ``Σ_b W_b ∂L_b/∂α / W``.
 
     Example:
         >>> import torch
@@ -48,24 +52,41 @@ def gradient_terms(model: nn.Module, structures: Sequence[Structure], data: Iter
         >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0]), ("bias", 0, [0])])]
         >>> gradient_terms(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))).shape
         torch.Size([1])
+        >>> gradient_terms(lin, s, (torch.randn(3, 2), torch.randn(3, 2)), loss_fn="mse").shape
+        torch.Size([1])
     """
-    loss_fn = resolve_loss(loss_fn)
+    loss = resolve_loss(loss_fn)
+    forward = ModelCall(model, output)
     scaling = StructureScaling(model, structures)
     acc = torch.zeros(len(structures), dtype=torch.float64, device=scaling.device)
-    batches = Batches(data, num_samples, scaling.device)
+    total = 0
     with evaluation_mode(model):
-        for inputs, targets, n in batches:
+        for batch in Batches(data, num_samples, scaling.device):
+            targets = batch.targets.obj
             alpha = scaling.ones().requires_grad_()
-            loss = loss_fn(functional_call(model, scaling.all_parameters(alpha), (inputs,)), targets)
-            (g_alpha,) = torch.autograd.grad(loss, alpha, allow_unused=True, materialize_grads=True)
-            acc += n * g_alpha.to(torch.float64)
-    return acc / batches.total
+            out = forward(scaling.all_parameters(alpha), batch.inputs.obj)
+            loss.check(out.shape, targets)
+            weight = loss.weight(out, targets, batch.n)
+            if weight == 0:  # every target of the batch ignored
+                continue
+            (g_alpha,) = torch.autograd.grad(loss.mean(out, targets), alpha, allow_unused=True, materialize_grads=True)
+            acc += weight * g_alpha.to(torch.float64)
+            total += weight
+    return acc / _nonzero_total(total)
+
+
+def _nonzero_total(total) -> float:
+    if total == 0:
+        raise ValueError("saliency: no target was counted (every target equals the loss's ignore_index)")
+    return total
 
 
 @register_criterion("taylor", needs_data=True, summary="|θ_sᵀ g| (first-order Taylor)")
 def taylor(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-           loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None) -> torch.Tensor:
+           loss_fn: LossSpec = None, num_samples: Optional[int] = None, output: OutputSpec = None) -> torch.Tensor:
     """First-order Taylor saliency ``|θ_sᵀ g|``, ``g`` the gradient of the mean loss.
+
+    Works with any loss, built-in or a user ``loss_fn`` (see :func:`gradient_terms`).
 
     ``θ_sᵀ g`` is the first-order loss change of scaling ``s`` (``∂L/∂α_s``): removing
     ``s`` changes the loss by ``≈ −θ_sᵀ g``.
@@ -79,7 +100,7 @@ def taylor(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         >>> bool((taylor(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))) >= 0).all())
         True
     """
-    return gradient_terms(model, structures, data, loss_fn=loss_fn, num_samples=num_samples).abs()
+    return gradient_terms(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, output=output).abs()
 
 
 def _per_sample_budget_chunk(numel: int, itemsize: int, budget: int = 256 * 2**20) -> int:
@@ -87,14 +108,20 @@ def _per_sample_budget_chunk(numel: int, itemsize: int, budget: int = 256 * 2**2
 
 
 def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-                    loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
-                    chunk_size: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """Empirical Fisher diagonal ``F_ii = (1/N) Σ_n (∂ℓ_n/∂θ_i)²`` of the parameters structures touch.
+                    loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+                    chunk_size: Optional[int] = None, output: OutputSpec = None) -> dict[str, torch.Tensor]:
+    """Empirical Fisher diagonal ``F_ii = Σ_n (c_n/W) (∂ℓ_n/∂θ_i)²`` of the parameters structures touch.
 
-    ``ℓ_n = loss_fn(f(x_n)[None], y_n[None])`` is the loss of sample ``n`` alone;
-    per-sample gradients come from ``torch.func.vmap(torch.func.grad(...))`` with the
-    model in eval mode, ``chunk_size`` samples at a time (default: as many as fit in
-    256 MiB of per-sample gradients). Returns ``{name: F}`` in float64.
+    ``ℓ_n`` is the loss of sample ``n`` alone (its mean over its own ``c_n`` counted
+    entries), weighted by its share ``c_n/W`` of the mean loss ``L = Σ_n (c_n/W) ℓ_n``,
+    ``W = Σ_n c_n``. ``c_n = 1`` for ``[N, C]`` cross-entropy and for a user ``loss_fn``
+    (``ℓ_n = loss_fn(f(x_n)[None], y_n[None])``), so ``F_ii = (1/N) Σ_n (∂ℓ_n/∂θ_i)²``;
+    ``c_n`` = the sample's counted positions (token / pixel cross-entropy; a sample
+    whose targets are all ``ignore_index`` contributes nothing) or its number of
+    output entries (MSE). Per-sample gradients come from
+    ``torch.func.vmap(torch.func.grad(...))`` of ``c_n ℓ_n`` (divided by ``c_n`` after
+    squaring) with the model in eval mode, ``chunk_size`` samples at a time (default:
+    as many as fit in 256 MiB of per-sample gradients). Returns ``{name: F}`` in float64.
 
     Example:
         >>> import torch
@@ -105,7 +132,8 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
         >>> sorted(fisher_diagonal(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))))
         ['weight']
     """
-    loss_fn = resolve_loss(loss_fn)
+    loss = resolve_loss(loss_fn)
+    forward = ModelCall(model, output)
     scaling = StructureScaling(model, structures)
     theta = scaling.theta()
     others = scaling.all_parameters(scaling.ones())
@@ -114,31 +142,47 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
     numel = sum(t.numel() for t in theta.values())
     itemsize = max((t.element_size() for t in theta.values()), default=4)
     chunk = chunk_size or _per_sample_budget_chunk(numel, itemsize)
-
-    def sample_loss(params, x, y):
-        out = functional_call(model, {**others, **params}, (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
-
-    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     fisher = {n: torch.zeros(t.shape, dtype=torch.float64, device=t.device) for n, t in theta.items()}
-    batches = Batches(data, num_samples, scaling.device)
+    total = 0.0
     with evaluation_mode(model):
-        for inputs, targets, n in batches:
-            for start in range(0, n, chunk):
-                grads = per_sample_grads(theta, inputs[start:start + chunk], targets[start:start + chunk])
+        for batch in Batches(data, num_samples, scaling.device):
+            inputs, targets = batch.inputs, batch.targets
+            with torch.no_grad():  # one sample through the model: the output shape, to check the targets
+                first = forward.plain(inputs.take(0, 1).obj)
+            out_shape = (batch.n,) + tuple(first.shape[1:])
+            loss.check(out_shape, targets.obj)
+            counts = loss.sample_counts(targets.obj, batch.n, out_shape).to(device=scaling.device)
+
+            def sample_loss(params, x, y):  # c_n ℓ_n of one sample
+                out = forward({**others, **params}, inputs.one_sample(x))
+                return loss.sample_sum(out, targets.one_sample(y))
+
+            per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+            for start in range(0, batch.n, chunk):
+                stop = start + chunk
+                c = counts[start:stop]
+                inv = torch.where(c > 0, 1 / c.clamp(min=1e-300), torch.zeros_like(c))
+                grads = per_sample_grads(theta, inputs.batched_values(start, stop), targets.batched_values(start, stop))
                 for name, g in grads.items():
-                    fisher[name] += g.square().sum(0, dtype=torch.float64)
-    return {name: f / batches.total for name, f in fisher.items()}
+                    sq = g.square()
+                    if bool((c != 1).any()):  # (∂(c_n ℓ_n))² / c_n = c_n (∂ℓ_n)²
+                        sq = sq.double() * inv.view(-1, *([1] * (g.dim() - 1)))
+                    fisher[name] += sq.sum(0, dtype=torch.float64)
+            total += float(counts.sum())
+    total = _nonzero_total(total)
+    return {name: f / total for name, f in fisher.items()}
 
 
 @register_criterion("obd", needs_data=True, summary="½ Σ_{i∈s} θ_i² F_ii (diagonal empirical Fisher)")
 def obd(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
-        loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None,
-        chunk_size: Optional[int] = None) -> torch.Tensor:
+        loss_fn: LossSpec = None, num_samples: Optional[int] = None,
+        chunk_size: Optional[int] = None, output: OutputSpec = None) -> torch.Tensor:
     """Optimal Brain Damage with the empirical Fisher: ``½ Σ_{i∈s} θ_i² F_ii``.
 
-    ``F_ii = (1/N) Σ_n (∂ℓ_n/∂θ_i)²`` over every sample used (see
-    :func:`fisher_diagonal`); each entry of ``s`` counted once. prunekit's formulation:
+    ``F_ii = Σ_n (c_n/W) (∂ℓ_n/∂θ_i)²`` over every sample used (``(1/N) Σ_n`` for
+    ``[N, C]`` cross-entropy; see :func:`fisher_diagonal` for token / pixel losses and
+    MSE); each entry of ``s`` counted once. No output curvature is involved, so every
+    loss works, a user ``loss_fn`` included. prunekit's formulation:
     the diagonal curvature is the empirical Fisher (squared per-sample gradients),
     as in Torch-Pruning's "Hessian" importance but accumulated over all samples.
 
@@ -152,6 +196,7 @@ def obd(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         torch.Size([2])
     """
     scaling = StructureScaling(model, structures)
-    fisher = fisher_diagonal(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, chunk_size=chunk_size)
+    fisher = fisher_diagonal(model, structures, data, loss_fn=loss_fn, num_samples=num_samples,
+                             chunk_size=chunk_size, output=output)
     theta = scaling.theta()
     return 0.5 * scaling.reduce({n: theta[n].double().square() * f for n, f in fisher.items()})
