@@ -1,13 +1,16 @@
-"""Apply a plan: as masks (same shapes, removed structures output zero) or physically.
+"""Apply a plan: as masks (same shapes, removed structures zeroed) or physically.
 
-``apply_masks`` zeroes every slice of every removed structure (and multiplies entry
-masks in); ``materialize`` builds a physically smaller copy — Torch-Pruning removes
-the coupled channels group by group, :class:`~prunekit.models.layers.PrunableBlock`
-layers remove their own units and heads — whose outputs equal the masked model's:
+``apply_masks`` zeroes every slice that produces or reads a removed structure (and
+multiplies entry masks in); ``materialize`` builds a physically smaller copy: every
+parameter and buffer is sliced along the dims the analysis labelled, and the width
+attributes that ``forward`` reads (``in_features``, ``groups``, ``hidden_size``,
+``num_heads``/``head_dim``-style attributes passed to views, …) are updated. It then
+**checks itself** on the example inputs:
 
-    f_materialized(x) = f_masked(x)   (to float tolerance)
+    f_materialized(x) = f_masked(x)   (relative error ≤ 1e-5 of the output scale)
 
-The input model is never modified.
+and raises :class:`MaterializeError` naming the structures involved if not
+(``check=False`` skips the check). The input model is never modified.
 
 Example:
     >>> import torch, prunekit
@@ -22,32 +25,40 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 
 import torch
 from torch import nn
 
-from .models.layers import PrunableBlock
+from .analysis.trace import flatten_tensors
 from .plan import PruningPlan
-from .structures import Structures, build_dependency_graph, find_structures, inputs_from_spec
+from .structures import Structures, find_structures, inputs_from_spec, unwrap
 
-__all__ = ["apply_masks", "materialize", "structures_for_plan"]
+__all__ = ["apply_masks", "materialize", "structures_for_plan", "MaterializeError", "output_error"]
+
+#: relative error (to the output scale) above which materialized and masked models differ
+TOLERANCE = 1e-5
+
+
+class MaterializeError(RuntimeError):
+    """The materialized model does not compute what the masked model computes (or does not run)."""
 
 
 def structures_for_plan(model: nn.Module, plan: PruningPlan, structures: Structures | None = None) -> Structures:
-    """The model's structures, checked against the plan's signature (clear error on mismatch)."""
+    """The model's structures (with the plan's ``ignore``), checked against the plan's signature."""
     if structures is None:
-        structures = find_structures(model, inputs_from_spec(plan.input_spec, model))
+        structures = find_structures(model, inputs_from_spec(plan.input_spec, unwrap(model)), ignore=plan.ignore)
     plan.check_matches(structures)
     return structures
 
 
 def _zero_slices(model: nn.Module, structures: Structures, removed) -> None:
-    params = dict(model.named_parameters())
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
     with torch.no_grad():
         for sid in removed:
-            for name, dim, idxs in structures[sid].slices:
-                params[name].index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long), 0.0)
+            s = structures[sid]
+            for name, dim, idxs in list(s.slices) + list(s.consumers):
+                tensors[name].index_fill_(dim, torch.as_tensor(idxs, dtype=torch.long, device=tensors[name].device), 0)
 
 
 def _apply_entry_masks(model: nn.Module, plan: PruningPlan) -> None:
@@ -62,45 +73,174 @@ def _apply_entry_masks(model: nn.Module, plan: PruningPlan) -> None:
             params[name].mul_(mask.to(params[name].dtype))
 
 
+def _masked(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None) -> nn.Module:
+    masked = copy.deepcopy(unwrap(model))
+    if plan is not None:
+        _apply_entry_masks(masked, plan)
+    _zero_slices(masked, structures, removed)
+    return masked
+
+
 def apply_masks(model: nn.Module, plan: PruningPlan, structures: Structures | None = None) -> nn.Module:
     """A copy of ``model`` with the plan's structures zeroed (same shapes).
 
-    Zeroing a structure's slices zeroes its output, so the copy computes exactly
-    what the materialized model computes.
+    Zeroing every slice that produces or reads a structure makes the copy compute
+    exactly what the materialized model computes.
     """
     structures = structures_for_plan(model, plan, structures)
-    masked = copy.deepcopy(model)
-    _apply_entry_masks(masked, plan)
-    _zero_slices(masked, structures, plan.removed)
+    masked = _masked(model, structures, plan.removed, plan)
     masked.prunekit_plan = plan
     return masked
 
 
-def materialize(model: nn.Module, plan: PruningPlan, structures: Structures | None = None) -> nn.Module:
+# ------------------------------------------------------------------- slicing
+
+
+def _slice_tensors(small: nn.Module, structures: Structures, removed) -> None:
+    modules = dict(small.named_modules(remove_duplicate=False))
+    owners = structures._plan_data["owners"]
+    for name, keep in structures.keep_indices(removed).items():
+        if all(k is None for k in keep):
+            continue
+        mname, attr = owners[name][0]
+        old = getattr(modules[mname], attr)
+        new = old.detach()
+        for dim, idx in enumerate(keep):
+            if idx is not None:
+                new = new.index_select(dim, idx.to(new.device))
+        new = new.clone()
+        for mname, attr in owners[name]:
+            module = modules[mname]
+            if isinstance(old, nn.Parameter):
+                setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+            else:
+                module._buffers[attr] = new
+
+
+def _fix_attributes(small: nn.Module, structures: Structures, removed) -> None:
+    modules = dict(small.named_modules(remove_duplicate=False))
+    for key in structures._plan_data["attrs"]:
+        mname, attr = key
+        if mname in modules and hasattr(modules[mname], attr):
+            setattr(modules[mname], attr, structures.kept_width(key, removed))
+    for module in modules.values():
+        _fix_known(module)
+
+
+def _fix_known(m: nn.Module) -> None:
+    """Width attributes of torch's own layers, read off their (sliced) parameters."""
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        if m.transposed:
+            m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        else:
+            m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.modules.batchnorm._NormBase):
+        ref = m.weight if m.weight is not None else m.running_mean
+        if ref is not None:
+            m.num_features = ref.shape[0]
+    elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+        m.num_channels = m.weight.shape[0]
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = m.weight.shape
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.numel()
+    elif isinstance(m, nn.RNNBase):
+        m.input_size = m.weight_ih_l0.shape[1]
+        m._init_flat_weights()
+    elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # Hugging Face's transposed Linear
+        m.nf = m.weight.shape[1]
+
+
+def _materialize(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None) -> nn.Module:
+    small = copy.deepcopy(unwrap(model))
+    if plan is not None:
+        _apply_entry_masks(small, plan)
+    _slice_tensors(small, structures, removed)
+    _fix_attributes(small, structures, removed)
+    return small
+
+
+def output_error(reference, candidate) -> float:
+    """Largest absolute difference between two outputs (nested), relative to the reference's scale."""
+    ref, cand = flatten_tensors(reference), flatten_tensors(candidate)
+    if len(ref) != len(cand):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ref, cand):
+        if a.shape != b.shape:
+            return float("inf")
+        if not a.is_floating_point():
+            worst = max(worst, 0.0 if torch.equal(a, b) else float("inf"))
+            continue
+        scale = a.abs().max().item() if a.numel() else 0.0
+        diff = (a - b).abs().max().item() if a.numel() else 0.0
+        if diff != diff:  # NaN
+            return float("inf")
+        worst = max(worst, diff / max(scale, 1e-12))
+    return worst
+
+
+def _run(model, inputs):
+    from .measure import call_model
+    with torch.no_grad():
+        return call_model(model.eval(), inputs)
+
+
+def _to_double(inputs):
+    if isinstance(inputs, dict):
+        return {k: _to_double(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to_double(v) for v in inputs)
+    return inputs.double() if torch.is_tensor(inputs) and inputs.is_floating_point() else inputs
+
+
+def _describe(structures: Structures, removed) -> str:
+    groups = sorted({structures[s].group for s in removed})
+    names = [f"{structures.groups[g].root or '<model>'}:{structures.groups[g].kind}" for g in groups]
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more groups" if len(names) > 8 else "")
+
+
+def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True) -> nn.Module:
+    """Materialize, then compare with the masked model on ``example_inputs`` (float32, then float64)."""
+    try:
+        small = _materialize(model, structures, removed, plan)
+    except Exception as error:
+        raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
+                               f"{type(error).__name__}: {error}") from error
+    if not check:
+        return small
+    masked = _masked(model, structures, removed, plan)
+    try:
+        err = output_error(_run(masked, example_inputs), _run(small, example_inputs))
+        if err > TOLERANCE:  # float32 noise or a real difference: decide in float64
+            err = output_error(_run(copy.deepcopy(masked).double(), _to_double(example_inputs)),
+                               _run(copy.deepcopy(small).double(), _to_double(example_inputs)))
+    except Exception as error:
+        raise MaterializeError(f"the materialized model does not run after removing structures of "
+                               f"{_describe(structures, removed)}: {type(error).__name__}: {error}") from error
+    if err > TOLERANCE:
+        raise MaterializeError(f"the materialized model differs from the masked model (relative error {err:.2e}) "
+                               f"after removing structures of {_describe(structures, removed)}")
+    return small
+
+
+def materialize(model: nn.Module, plan: PruningPlan, structures: Structures | None = None, *,
+                example_inputs=None, check: bool = True) -> nn.Module:
     """A physically smaller copy of ``model`` with the plan's structures removed.
 
-    Entry-wise masks stay as zeros in the kept weights. Raises a clear error if the
-    plan was made for a different model.
+    Entry-wise masks stay as zeros in the kept weights. The result is checked
+    against the masked model on ``example_inputs`` (default: rebuilt from the plan's
+    input spec); ``check=False`` skips it. A ``torch.compile``d model is
+    materialized through its original module (compile the result again).
+    Raises ``ValueError`` if the plan was made for a different model and
+    :class:`MaterializeError` if the check fails.
     """
     structures = structures_for_plan(model, plan, structures)
-    small = copy.deepcopy(model)
-    _apply_entry_masks(small, plan)
-
-    by_group: dict[int, list[int]] = defaultdict(list)
-    for sid in plan.removed:
-        by_group[structures[sid].group].append(structures[sid].meta["index"])
-    modules = dict(small.named_modules())
-    channel_groups = [g for g in structures.groups if g.kind == "channel" and by_group.get(g.id)]
-    if channel_groups:
-        graph = build_dependency_graph(small, inputs_from_spec(plan.input_spec, small))
-        for group in channel_groups:
-            root = modules[group.root]
-            pruner = graph.get_pruner_of_module(root)
-            graph.get_pruning_group(root, pruner.prune_out_channels, sorted(by_group[group.id])).prune()
-    for group in structures.groups:
-        if group.kind == "internal" and by_group.get(group.id):
-            block = modules[group.root]
-            assert isinstance(block, PrunableBlock)
-            block.prune_internal(sorted(by_group[group.id]))
+    inputs = example_inputs if example_inputs is not None else inputs_from_spec(plan.input_spec, unwrap(model))
+    small = _materialize_checked(model, structures, plan.removed, inputs, plan, check)
     small.prunekit_plan = plan
     return small

@@ -76,7 +76,8 @@ class PruningPlan:
 
     ``achieved`` holds the removed fractions (structures, params, macs); ``remaining``
     the absolute counts after removal; ``entry_masks`` optional entry-wise keep masks
-    ``{parameter_name: bool tensor}`` (CTF's fine-grained part).
+    ``{parameter_name: bool tensor}`` (CTF's fine-grained part); ``ignore`` the modules
+    left untouched when the structures were found (replays find the same structures).
     """
 
     removed: list[int]
@@ -90,6 +91,7 @@ class PruningPlan:
     method: str = ""
     entry_masks: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    ignore: list = field(default_factory=list)
 
     @classmethod
     def from_removed(cls, structures: Structures, removed: Sequence[int], budget: dict | None = None,
@@ -110,7 +112,7 @@ class PruningPlan:
                    remaining={"params": after["params"], "macs": after["macs"],
                               "dense_params": structures.total_params, "dense_macs": structures.total_macs},
                    removed_desc=[structures.describe(i) for i in removed], method=method,
-                   entry_masks=dict(entry_masks or {}))
+                   entry_masks=dict(entry_masks or {}), ignore=list(getattr(structures, "ignore", [])))
 
     def to_dict(self) -> dict:
         """JSON-serialisable form; entry masks are stored as flat indices of the removed entries."""
@@ -119,7 +121,7 @@ class PruningPlan:
         return {"format": "prunekit.plan/1", "removed": self.removed, "num_structures": self.num_structures,
                 "signature": self.signature, "input_spec": self.input_spec, "budget": self.budget,
                 "achieved": self.achieved, "remaining": self.remaining, "removed_desc": self.removed_desc,
-                "method": self.method, "entry_masks": masks, "meta": self.meta}
+                "method": self.method, "entry_masks": masks, "meta": self.meta, "ignore": self.ignore}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> "PruningPlan":
@@ -135,7 +137,7 @@ class PruningPlan:
                        signature=data["signature"], input_spec=data["input_spec"], budget=data.get("budget", {}),
                        achieved=data.get("achieved", {}), remaining=data.get("remaining", {}),
                        removed_desc=data.get("removed_desc", []), method=data.get("method", ""),
-                       entry_masks=masks, meta=data.get("meta", {}))
+                       entry_masks=masks, meta=data.get("meta", {}), ignore=list(data.get("ignore", [])))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: malformed plan field: {error}") from error
 

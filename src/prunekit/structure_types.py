@@ -6,8 +6,10 @@ a graph-convolution output unit, an attention head). Channels coupled by residua
 adds or concatenations form one structure.
 
 ``slices`` lists ``(parameter_name, dim, indices)`` where ``parameter_name`` is a
-full dotted name of ``model.named_parameters()``: zeroing exactly those slices
-zeroes the structure's output. ``θ_s`` in ``METHODS.md`` is θ restricted to them.
+full dotted name of ``model.named_parameters()``: the slices that *produce* the
+structure (zeroing them zeroes its output); ``θ_s`` in the criteria is θ restricted
+to them. ``consumers`` lists the slices that *read* it (the next layer's input
+columns, a running statistic): they are removed with it.
 
 Example:
     >>> s = Structure(id=0, layer="conv1", kind="channel", slices=[("conv1.weight", 0, [3])])
@@ -33,6 +35,7 @@ class Structure:
     kind: str  # "channel" | "unit" | "head" | ...
     slices: list[SliceSpec]
     group: int = 0  # index of the coupled group (layer-collapse guard works per group)
+    consumers: list[SliceSpec] = field(default_factory=list)  # slices that read it (removed with it)
     params: int = 0
     macs: int = 0
     meta: dict = field(default_factory=dict)

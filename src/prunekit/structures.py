@@ -1,232 +1,116 @@
 """Find the prunable structures of any ``nn.Module``, and what each one costs.
 
-Discovery is built on Torch-Pruning's ``DependencyGraph`` (it traces the autograd
-graph and couples channels tied by residual adds, concatenations, BatchNorm and
-depthwise convolutions), plus prunekit's own rules:
+The model runs once under prunekit's dimension-flow analysis
+(:mod:`prunekit.analysis`): every width is followed through every ATen op —
+views, permutes, concatenations, splits, einsums, attention, norms, embeddings,
+grouped and transposed convolutions, recurrent gates. A **structure** is a set of
+indices that must be removed together (one class of atoms): a channel of a residual
+stream, a Linear neuron, an attention head, a head dimension, a hidden unit of an
+LSTM across its gates. Its ``slices`` are the parameter slices that produce it
+(zeroing them zeroes it: what the criteria scale), its ``consumers`` the slices that
+read it (removed with it). Whatever the analysis cannot follow — an op without a
+rule, the model's inputs and outputs, a normalisation statistic, a reshape it
+cannot factor — is **frozen**: never part of a structure. A :class:`FrozenWarning`
+names the ops without a rule and the share of parameters they froze.
 
-* modules deriving from :class:`prunekit.models.layers.PrunableBlock` (graph
-  convolutions, multi-head graph attention, or a user's custom layer) are pruned by
-  their own methods, registered as Torch-Pruning customized pruners — the view into
-  ``K`` adjacency subsets and the einsum with the adjacency stay inside the block;
-* their internal units (attention heads) become structures of their own;
-* channels that reach the model output (the classifier's logits) are never structures.
+Before returning, a **probe** removes one structure of every group, materializes,
+and compares with the masked model; groups that fail (a size the forward computes
+from a constant prunekit cannot see) are frozen too, so every structure returned
+can be materialized.
 
-Every structure carries ``slices`` (zeroing them zeroes its output), ``params`` and
-``macs`` (what removing it alone saves). :meth:`Structures.cost` gives the exact
-parameter and MAC count of the model with any set of structures removed, from a cost
-model per layer (a product of kept input and output widths), so budgets are met
-exactly without materializing.
+Costs are exact: parameters are products of kept widths per tensor, MACs are
+products of kept widths per counted op (convolutions, matrix products, attention),
+so :meth:`Structures.cost` gives the parameter and MAC count of the model with any
+set of structures removed without materializing.
 
 Example:
     >>> import torch, prunekit
     >>> model = prunekit.models.create("resnet20")
     >>> structures = prunekit.find_structures(model, torch.randn(1, 3, 32, 32))
-    >>> len(structures) > 0, structures[0].slices[0][1]
-    (True, 0)
+    >>> len(structures) > 0, structures.frozen["share"] < 0.1
+    (True, True)
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .measure import call_model
-from .models.layers import PrunableBlock
+from .analysis import trace as run_trace
+from .analysis.atoms import NONE
 from .structure_types import SliceSpec, Structure
 
-__all__ = ["Structure", "Structures", "find_structures", "UnsupportedModelError", "input_spec_of", "inputs_from_spec"]
+__all__ = ["Structure", "Structures", "find_structures", "UnsupportedModelError", "FrozenWarning",
+           "input_spec_of", "inputs_from_spec", "unwrap"]
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedModelError(RuntimeError):
-    """The analysis met an op or layer it cannot prune; the message names it and the escape hatches."""
+    """The model cannot be analysed at all (its forward fails on the example inputs); the message says why."""
 
 
-ESCAPE_HATCHES = (
-    "Escape hatches: pass ignore=[module or 'module.name'] to find_structures to leave it untouched, "
-    "or make the layer a prunekit.models.layers.PrunableBlock (implement prune_out_channels, "
-    "prune_in_channels, out_channel_slices, cost) so prunekit prunes it by your rule."
-)
+class FrozenWarning(UserWarning):
+    """Part of the model was frozen (left unpruned) because the analysis has no rule for an op or module."""
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def input_spec_of(example_inputs) -> list[dict]:
-    """Shapes and dtypes of example inputs, JSON-serialisable (to rebuild them later)."""
+def unwrap(model: nn.Module) -> nn.Module:
+    """The original module of a ``torch.compile``d model (analysis and names use it)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _spec_of_tensor(t: torch.Tensor) -> dict:
+    item = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+    if not t.is_floating_point() and t.numel():
+        item["low"], item["high"] = int(t.min()), int(t.max())
+    return item
+
+
+def input_spec_of(example_inputs) -> list | dict:
+    """Shapes, dtypes (and integer ranges) of example inputs, JSON-serialisable, to rebuild them later."""
+    if isinstance(example_inputs, Mapping):
+        return {"kwargs": {k: _spec_of_tensor(v) for k, v in example_inputs.items() if torch.is_tensor(v)}}
     tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    return [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in tensors]
+    return [_spec_of_tensor(t) for t in tensors]
 
 
-def inputs_from_spec(spec: Sequence[dict], model: nn.Module | None = None):
-    """Deterministic example inputs rebuilt from :func:`input_spec_of` (structure tracing needs shapes only).
+def _tensor_from_spec(item: dict, generator, reference) -> torch.Tensor:
+    dtype = getattr(torch, item["dtype"])
+    if dtype.is_floating_point:
+        if reference is not None:
+            return torch.randn(item["shape"], generator=generator, dtype=reference.dtype).to(reference.device)
+        return torch.randn(item["shape"], generator=generator, dtype=dtype)
+    if "low" in item:
+        if dtype == torch.bool:
+            return torch.randint(int(item["low"]), int(item["high"]) + 1, item["shape"], generator=generator).bool()
+        return torch.randint(int(item["low"]), int(item["high"]) + 1, item["shape"], generator=generator, dtype=dtype)
+    return torch.zeros(item["shape"], dtype=dtype)
 
-    Floating inputs take the dtype and device of ``model``'s parameters when it is given.
+
+def inputs_from_spec(spec, model: nn.Module | None = None):
+    """Deterministic example inputs rebuilt from :func:`input_spec_of` (the analysis needs shapes only).
+
+    Floating inputs take the dtype and device of ``model``'s parameters when it is given;
+    integer inputs are drawn in the range the original inputs had.
     """
     generator = torch.Generator().manual_seed(0)
     reference = next((p for p in model.parameters() if p.is_floating_point()), None) if model is not None else None
-    tensors = []
-    for item in spec:
-        dtype = getattr(torch, item["dtype"])
-        if dtype.is_floating_point:
-            if reference is not None:
-                tensors.append(torch.randn(item["shape"], generator=generator, dtype=reference.dtype).to(reference.device))
-                continue
-            tensors.append(torch.randn(item["shape"], generator=generator, dtype=dtype))
-        else:
-            tensors.append(torch.zeros(item["shape"], dtype=dtype))
+    if isinstance(spec, Mapping):
+        return {k: _tensor_from_spec(v, generator, reference) for k, v in spec["kwargs"].items()}
+    tensors = [_tensor_from_spec(item, generator, reference) for item in spec]
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-# ---------------------------------------------------------------- Torch-Pruning rules
-
-
-class _BlockPruner(tp.pruner.BasePruningFunc):
-    """Torch-Pruning customized pruner that delegates to a :class:`PrunableBlock`'s own methods."""
-
-    TARGET_MODULES = PrunableBlock
-
-    def prune_out_channels(self, layer, idxs):
-        layer.prune_out_channels(sorted(int(i) for i in idxs))
-        return layer
-
-    def prune_in_channels(self, layer, idxs):
-        layer.prune_in_channels(sorted(int(i) for i in idxs))
-        return layer
-
-    def get_out_channels(self, layer):
-        return layer.out_channels
-
-    def get_in_channels(self, layer):
-        return layer.in_channels
-
-
-_BLOCK_PRUNER = _BlockPruner()
-
-
-def build_dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph with prunekit's rules registered for every PrunableBlock type."""
-    block_types = {type(m) for m in model.modules() if isinstance(m, PrunableBlock)}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():  # the tracer follows autograd; callers may be under no_grad
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, customized_pruners={t: _BLOCK_PRUNER for t in block_types}
-            )
-    except Exception as error:  # Torch-Pruning raises bare errors from deep inside tracing
-        raise UnsupportedModelError(
-            f"Torch-Pruning could not trace {type(model).__name__}: {type(error).__name__}: {error}. "
-            + ESCAPE_HATCHES
-        ) from error
-    finally:
-        model.train(was_training)
-    return graph
-
-
-# ----------------------------------------------------------------------- cost model
-
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-@dataclass
-class _LayerCost:
-    """Exact parameter/MAC count of one layer as a function of its kept widths."""
-
-    name: str
-    kind: str  # conv | depthwise | linear | norm | block | other
-    out_total: int = 0
-    in_total: int = 0
-    internal_total: int = 0
-    params_full: int = 0
-    macs_full: int = 0
-    geometry: dict = field(default_factory=dict)
-    module: nn.Module | None = None
-
-    def evaluate(self, out_kept: int, in_kept: int, internal_kept: int) -> tuple[int, int]:
-        g = self.geometry
-        if self.kind == "conv":
-            weight = out_kept * (in_kept // g["groups"]) * g["kernel"]
-            return weight + (out_kept if g["bias"] else 0), weight * g["positions"]
-        if self.kind == "depthwise":
-            kept = min(out_kept, in_kept)
-            weight = kept * g["kernel"] * g["multiplier"]
-            return weight + (kept * g["multiplier"] if g["bias"] else 0), weight * g["positions"]
-        if self.kind == "linear":
-            weight = out_kept * in_kept
-            return weight + (out_kept if g["bias"] else 0), weight * g["tokens"]
-        if self.kind == "norm":
-            return g["per_channel"] * out_kept, 0
-        if self.kind == "block":
-            return self.module.cost(in_kept, out_kept, internal_kept, g["input_shape"])
-        # other: scale by the kept fraction of each width it has
-        fraction = 1.0
-        if self.out_total:
-            fraction *= out_kept / self.out_total
-        if self.in_total:
-            fraction *= in_kept / self.in_total
-        return round(self.params_full * fraction), round(self.macs_full * fraction)
-
-
-def _layer_cost(name: str, module: nn.Module, shapes: dict) -> _LayerCost | None:
-    own_params = sum(p.numel() for p in module.parameters(recurse=isinstance(module, PrunableBlock)))
-    if own_params == 0:
-        return None
-    in_shape, out_shape = shapes.get(name, (None, None))
-    if isinstance(module, PrunableBlock):
-        cost = _LayerCost(name, "block", module.out_channels, module.in_channels,
-                          len(module.internal_structures()), module=module, geometry={"input_shape": in_shape})
-    elif isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-        if out_shape is None:
-            return None
-        positions = math.prod(out_shape) // module.out_channels
-        kernel = math.prod(module.kernel_size)
-        depthwise = module.groups == module.in_channels and module.groups > 1
-        cost = _LayerCost(name, "depthwise" if depthwise else "conv", module.out_channels, module.in_channels,
-                          geometry={"groups": module.groups, "kernel": kernel, "positions": positions,
-                                    "bias": module.bias is not None,
-                                    "multiplier": module.out_channels // module.in_channels})
-    elif isinstance(module, nn.Linear):
-        if in_shape is None:
-            return None
-        tokens = math.prod(in_shape) // module.in_features
-        cost = _LayerCost(name, "linear", module.out_features, module.in_features,
-                          geometry={"tokens": tokens, "bias": module.bias is not None})
-    elif isinstance(module, _NORM_TYPES) and getattr(module, "weight", None) is not None and module.weight.dim() == 1:
-        cost = _LayerCost(name, "norm", module.weight.shape[0],
-                          geometry={"per_channel": own_params // module.weight.shape[0]})
-    else:
-        cost = _LayerCost(name, "other", params_full=own_params)
-    cost.params_full, cost.macs_full = cost.evaluate(cost.out_total, cost.in_total, cost.internal_total) \
-        if cost.kind != "other" else (own_params, 0)
-    return cost
-
-
-def _record_shapes(model: nn.Module, example_inputs) -> dict:
-    shapes: dict[str, tuple] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        def hook(mod, args, output, name=name):
-            first = args[0] if args else None
-            shapes[name] = (tuple(first.shape) if torch.is_tensor(first) else None,
-                            tuple(output.shape) if torch.is_tensor(output) else None)
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return shapes
 
 
 # ----------------------------------------------------------------------- structures
@@ -234,35 +118,52 @@ def _record_shapes(model: nn.Module, example_inputs) -> dict:
 
 @dataclass
 class GroupInfo:
-    """A set of structures that must never all be removed (a coupled channel group, or a block's heads)."""
+    """Structures of one kind over the same tensors (a layer's channels, a block's heads); never all removed."""
 
     id: int
-    kind: str  # "channel" or "internal"
-    root: str  # root module name (channel) or block name (internal)
+    kind: str
+    root: str
     size: int
     members: list[int] = field(default_factory=list)
+
+
+class _Closure:
+    """For one label array: the structure ids whose removal removes each index (``-1`` padded)."""
+
+    __slots__ = ("matrix", "n")
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = matrix
+        self.n = matrix.shape[0]
+
+    def kept(self, removed_ext: np.ndarray) -> int:
+        if self.matrix.shape[1] == 0:
+            return self.n
+        return self.n - int(removed_ext[self.matrix].any(axis=1).sum())
 
 
 class Structures(Sequence[Structure]):
     """The prunable structures of a model, with an exact cost model.
 
     Indexing and iteration give :class:`Structure` objects; ``groups`` lists the
-    coupled groups; :meth:`cost` counts parameters and MACs after removing a set.
+    groups; :meth:`cost` counts parameters and MACs after removing a set;
+    ``frozen`` reports what was left unpruned and why.
     """
 
-    def __init__(self, items, groups, layer_costs, touches, constant, input_spec, model_name):
+    def __init__(self, items, groups, tensors, terms, constant, input_spec, model_name, frozen, ignore, plan_data):
         self._items: list[Structure] = items
         self.groups: list[GroupInfo] = groups
-        self._layer_costs: dict[str, _LayerCost] = layer_costs
-        self._touches: list[list[tuple[str, str, tuple[int, ...]]]] = touches
-        self._constant = constant  # params / MACs outside the cost model (never change)
+        self._tensors = tensors        # param name -> [closure per dim]   (parameters only: counted)
+        self._terms = terms            # (constant, [closure per iteration dim])  MAC terms
+        self._constant = constant      # (params, macs) outside any labelled tensor / term
         self.input_spec = input_spec
         self.model_name = model_name
+        self.frozen = frozen
+        self.ignore = list(ignore)
+        self._plan_data = plan_data    # what materialize needs: per tensor closures, owners, attributes
         full = self.cost(())
         self.total_params, self.total_macs = full["params"], full["macs"]
-        for s in items:
-            alone = self.cost((s.id,))
-            s.params, s.macs = self.total_params - alone["params"], self.total_macs - alone["macs"]
+        self._alone_costs()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -278,261 +179,339 @@ class Structures(Sequence[Structure]):
         for s in self._items:
             kinds[s.kind] += 1
         return (f"Structures({self.model_name}: {len(self)} structures {dict(kinds)} in {len(self.groups)} groups, "
-                f"{self.total_params} params, {self.total_macs} MACs)")
+                f"{self.total_params} params, {self.total_macs} MACs, {self.frozen['share']:.1%} of params frozen)")
+
+    def _removed_ext(self, removed) -> np.ndarray:
+        ext = np.zeros(len(self._items) + 1, dtype=bool)
+        for sid in removed:
+            ext[int(sid)] = True
+        return ext
 
     def cost(self, removed: Iterable[int]) -> dict:
         """Exact ``{"params", "macs"}`` of the model with structures ``removed`` taken out.
 
-        Each layer's count is a product of its kept widths, e.g. a convolution keeps
-        ``out_kept · in_kept/groups · k_h·k_w`` weights and costs that many MACs per output
-        position; everything outside the cost model is a constant.
+        Each tensor keeps ``∏_d kept_d`` entries and each counted op costs
+        ``c · ∏_d kept_d`` MACs over its iteration dims (e.g. a convolution
+        ``N·H'W'·k² · C_out,kept · C_in/g,kept``); everything else is a constant.
         """
-        removed_idx: dict[tuple[str, str], set[int]] = defaultdict(set)
-        for sid in removed:
-            for layer, role, idxs in self._touches[sid]:
-                removed_idx[(layer, role)].update(idxs)
+        ext = self._removed_ext(removed)
         params, macs = self._constant
-        for name, lc in self._layer_costs.items():
-            p, m = lc.evaluate(lc.out_total - len(removed_idx.get((name, "out"), ())),
-                               lc.in_total - len(removed_idx.get((name, "in"), ())),
-                               lc.internal_total - len(removed_idx.get((name, "internal"), ())))
-            params += p
-            macs += m
+        for closures in self._tensors.values():
+            params += math.prod(c.kept(ext) for c in closures)
+        for const, closures in self._terms:
+            macs += const * math.prod(c.kept(ext) for c in closures)
         return {"params": int(params), "macs": int(macs)}
 
+    def _alone_costs(self) -> None:
+        """``params`` / ``macs`` of every structure: what removing it alone saves."""
+        hits = defaultdict(lambda: defaultdict(int))  # closure id -> sid -> removed indices
+        for c in [c for cl in self._tensors.values() for c in cl] + [c for _, cl in self._terms for c in cl]:
+            if id(c) in hits or c.matrix.shape[1] == 0:
+                continue
+            counts = hits[id(c)]
+            for row in c.matrix:
+                for sid in set(int(s) for s in row if s >= 0):
+                    counts[sid] += 1
+        params = np.zeros(len(self._items))
+        macs = np.zeros(len(self._items))
+
+        def saved(closures, const, out):
+            sids = set()
+            for c in closures:
+                sids.update(hits.get(id(c), {}).keys())
+            full = const * math.prod(c.n for c in closures)
+            for sid in sids:
+                out[sid] += full - const * math.prod(c.n - hits.get(id(c), {}).get(sid, 0) for c in closures)
+
+        for closures in self._tensors.values():
+            saved(closures, 1, params)
+        for const, closures in self._terms:
+            saved(closures, const, macs)
+        for s in self._items:
+            s.params, s.macs = int(params[s.id]), int(macs[s.id])
+
     def output_widths(self) -> dict[str, int]:
-        """Output width of every costed layer (the collapse guard keeps each one ≥ 1)."""
-        return {name: lc.out_total for name, lc in self._layer_costs.items() if lc.out_total}
+        """Width of every producing weight dim (the collapse guard keeps each one ≥ 1)."""
+        return dict(self._plan_data["widths"])
 
     def outputs_removed(self, sid: int) -> list[tuple[str, int]]:
         """``(layer, number of its outputs)`` that removing structure ``sid`` takes away."""
-        return [(layer, len(idxs)) for layer, role, idxs in self._touches[sid] if role == "out"]
+        return self._plan_data["outputs"][sid]
 
     def signature(self) -> str:
-        """A hash of every structure's (layer, kind, index): plans check it before replaying."""
-        text = json.dumps([[s.layer, s.kind, s.meta.get("index")] for s in self._items])
+        """A hash of every structure's (layer, kind, index, slices): plans check it before replaying."""
+        text = json.dumps([[s.layer, s.kind, s.meta.get("index"), [[n, d, len(i)] for n, d, i in s.slices]]
+                           for s in self._items])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self, sid: int) -> list:
         s = self._items[sid]
         return [s.layer, s.kind, s.meta.get("index")]
 
+    def keep_indices(self, removed: Iterable[int]) -> dict[str, list[torch.Tensor | None]]:
+        """For every labelled parameter/buffer, the kept indices per dim (``None`` = all kept)."""
+        ext = self._removed_ext(removed)
+        out = {}
+        for name, closures in self._plan_data["all_tensors"].items():
+            dims = []
+            for c in closures:
+                if c.matrix.shape[1] == 0:
+                    dims.append(None)
+                    continue
+                gone = ext[c.matrix].any(axis=1)
+                dims.append(torch.from_numpy(np.nonzero(~gone)[0]) if gone.any() else None)
+            out[name] = dims
+        return out
 
-def _resolve_ignored(model: nn.Module, ignore) -> set[nn.Module]:
+    def kept_width(self, closure_key, removed) -> int:
+        return self._plan_data["attr_closures"][closure_key].kept(self._removed_ext(removed))
+
+
+def _resolve_ignored(model: nn.Module, ignore) -> list[str]:
+    names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    ignored = set()
+    out = []
     for item in ignore:
         if isinstance(item, str):
             if item not in modules:
                 raise ValueError(f"ignore: no module named {item!r} in {type(model).__name__}")
-            ignored.update(modules[item].modules())
+            root = modules[item]
         else:
-            ignored.update(item.modules())
-    return ignored
+            if item not in names:
+                raise ValueError(f"ignore: {type(item).__name__} is not a submodule of {type(model).__name__}")
+            root = item
+        out.extend(names[m] for m in root.modules())
+    return sorted(set(out))
 
 
-def _slices_for(module_name: str, module, role: str, idxs: list[int], graph) -> list[SliceSpec]:
-    prefix = f"{module_name}." if module_name else ""
-    if isinstance(module, nn.Parameter):
-        return [(graph._param_to_name[module], 0, idxs)]
-    if isinstance(module, PrunableBlock):
-        return [(prefix + n, d, i) for n, d, i in module.out_channel_slices(idxs)]
-    slices = []
-    for pname, param in module.named_parameters(recurse=False):
-        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and pname == "weight":
-            slices.append((prefix + pname, 1, idxs))
-        elif param.dim() >= 1:
-            slices.append((prefix + pname, 0, idxs))
-    return slices
-
-
-def find_structures(model: nn.Module, example_inputs, ignore: Sequence = ()) -> Structures:
-    """Find every prunable structure of ``model`` and the groups that must go together.
+def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), probe: bool = True) -> Structures:
+    """Find every prunable structure of ``model`` and the groups they form.
 
     Args:
-        model: any ``nn.Module``; it is traced, never modified.
-        example_inputs: a tensor or tuple of tensors for one forward pass (shapes matter,
-            values do not). MACs are counted for this batch.
-        ignore: modules (or their dotted names) whose outputs must not be pruned.
+        model: any ``nn.Module`` (a ``torch.compile``d one is analysed through its
+            original module); it runs once in eval mode and is never modified.
+        example_inputs: a tensor, a tuple of tensors (positional arguments) or a dict
+            (keyword arguments) for one forward pass. MACs are counted for this batch.
+        ignore: modules (or dotted names) to leave untouched: their parameters and the
+            widths they read or write are frozen. Recorded in plans, so replays agree.
+        probe: materialize one structure of every group and freeze groups whose
+            removal breaks the forward (default on; off only for speed).
 
     Returns:
-        :class:`Structures`, ordered deterministically (channel groups in module order,
-        channels in index order, then internal units such as heads).
+        :class:`Structures`, ordered deterministically (groups in parameter order,
+        structures by their first index).
 
     Example:
         >>> s = find_structures(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
         ...                     torch.randn(1, 4))
-        >>> len(s), s[0].slices
-        (8, [('0.weight', 0, [0]), ('0.bias', 0, [0])])
+        >>> len(s), s[0].slices, s[0].consumers
+        (8, [('0.weight', 0, [0]), ('0.bias', 0, [0])], [('2.weight', 1, [0])])
     """
-    from .measure import count
-
+    model = unwrap(model)
     ignored = _resolve_ignored(model, ignore)
-    graph = build_dependency_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    shapes = _record_shapes(model, example_inputs)
+    try:
+        t = run_trace(model, example_inputs, set(ignored))
+    except Exception as error:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: the forward pass failed on the example inputs "
+            f"({type(error).__name__}: {error}); pass inputs the model accepts (a tensor, a tuple, or a dict "
+            f"of keyword arguments)") from error
+    _tie_size_arguments(t)
+    extra_frozen: set[int] = set()
+    structures = _build(model, t, example_inputs, ignored, extra_frozen)
+    if probe and len(structures):
+        structures = _probe(model, t, example_inputs, ignored, structures, extra_frozen)
+    unknown = structures.frozen["unknown"]
+    if unknown:
+        warnings.warn(
+            f"{type(model).__name__}: left unpruned where prunekit has no rule — "
+            + "; ".join(f"{op} in {mod or '<model>'}" for op, mod in unknown[:6])
+            + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+            + f". {structures.frozen['share']:.1%} of the parameters are frozen in all "
+              f"(see structures.frozen).", FrozenWarning, stacklevel=2)
+    return structures
 
-    layer_costs: dict[str, _LayerCost] = {}
-    for name, module in model.named_modules():
-        if any(isinstance(parent, PrunableBlock) for parent in _parents(model, name)):
-            continue  # a block's children are costed by the block
-        lc = _layer_cost(name, module, shapes)
-        if lc is not None:
-            layer_costs[name] = lc
 
-    block_types = tuple({type(m) for m in model.modules() if isinstance(m, PrunableBlock)})
-    root_types = (nn.modules.conv._ConvNd, nn.Linear) + block_types
-    items: list[Structure] = []
-    touches: list[list] = []
-    groups: list[GroupInfo] = []
-    seen_out: set = set()
-    for root_module in list(graph.module2node.keys()):
-        if not isinstance(root_module, root_types) or root_module in seen_out or root_module in ignored:
+def _attr_candidates(module: nn.Module, value: int) -> list[str]:
+    return sorted(a for a, v in vars(module).items()
+                  if type(v) is int and v == value and not a.startswith("__") and a not in ("training",))
+
+
+def _tie_size_arguments(t) -> None:
+    """Sizes a module passes explicitly to a view/split/expand come from its attributes; the widths
+    sharing one attribute must keep the same count, so tie them position by position."""
+    A = t.atoms
+    by_key = defaultdict(list)
+    for rec in t.sizes:
+        module = t.modules.get(rec.module)
+        if module is None:
             continue
-        if root_module in graph.IGNORED_LAYERS_IN_TRACING:
-            continue
-        pruner = graph.get_pruner_of_module(root_module)
-        if pruner is None or pruner.get_out_channels(root_module) is None:
-            continue
-        width = pruner.get_out_channels(root_module)
-        _probe_one_channel(graph, root_module, pruner, names)
-        group = graph.get_pruning_group(root_module, pruner.prune_out_channels, list(range(width)))
-        per_channel_touch = [defaultdict(list) for _ in range(width)]
-        prunable = True
-        out_modules = []
-        for item in group.items:
-            dep, idxs, root_idxs = item.dep, item.idxs, item.root_idxs
-            target = dep.target.module
-            is_param_holder = isinstance(target, nn.Parameter) or (isinstance(target, nn.Module) and any(
-                True for _ in target.parameters(recurse=isinstance(target, PrunableBlock))))
-            role = "out" if (graph.is_out_channel_pruning_fn(dep.handler) or isinstance(target, nn.Parameter)) else "in"
-            if len(dep.target.outputs) == 0 and not (is_param_holder and role == "in"):
-                prunable = False  # these channels are (part of) the model output
-            if not is_param_holder:
+        for attr in _attr_candidates(module, rec.value):
+            by_key[(rec.module, attr)].append(rec.labels)
+    for (mname, attr), arrays in by_key.items():
+        for other in arrays[1:]:
+            A.unify_arrays(arrays[0], other)
+        t.attrs.append((mname, attr, arrays[0]))
+
+
+def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
+    from .measure import count_params
+    A = t.atoms
+    for root in extra_frozen:
+        A.freeze(root, "removing it broke the forward (probe)")
+    leaves_cache: dict[int, list[int]] = {}
+
+    def leaves(root: int) -> list[int]:
+        if root not in leaves_cache:
+            leaves_cache[root] = A.leaves(root)
+        return leaves_cache[root]
+
+    # slices of every class (base atom root) in every labelled tensor
+    names = list(t.labels)
+    order = {n: i for i, n in enumerate(n for n, _ in model.named_parameters())}
+    names.sort(key=lambda n: (order.get(n, len(order)), n))
+    per_class: dict[int, list] = defaultdict(list)  # leaf root -> [(name, dim, idxs)]
+    dim_roots: dict[tuple[str, int], np.ndarray] = {}
+    for name in names:
+        for d, arr in enumerate(t.labels[name]):
+            r = A.roots(arr)
+            dim_roots[(name, d)] = r
+            if not r.any():
                 continue
-            if role == "out":
-                seen_out.add(target)
-                out_modules.append(target)
-                if target in ignored:
-                    prunable = False
-            for idx, root_idx in zip(idxs, root_idxs):
-                if root_idx is None:
-                    raise UnsupportedModelError(
-                        f"channel mapping lost between {names.get(root_module, '?')} and "
-                        f"{names.get(target, type(target).__name__)}. " + ESCAPE_HATCHES)
-                per_channel_touch[root_idx][(target, role)].append(int(idx))
-        if not prunable:
+            idx_order = np.argsort(r, kind="stable")
+            sorted_r = r[idx_order]
+            bounds = np.nonzero(np.diff(sorted_r))[0] + 1
+            for chunk in np.split(idx_order, bounds):
+                root = int(r[chunk[0]])
+                if root == NONE:
+                    continue
+                for leaf in leaves(root):
+                    per_class[leaf].append((name, d, sorted(int(i) for i in chunk)))
+
+    # a structure needs a parameter slice that produces it
+    items: list[Structure] = []
+    sid_of: dict[int, int] = {}
+    groups: dict[tuple, GroupInfo] = {}
+    group_list: list[GroupInfo] = []
+    modules_of = {}
+    leaf_by_sid: list[int] = []
+    for leaf in sorted(per_class, key=lambda l: (min(order.get(n, 1 << 30) for n, _, _ in per_class[l]),
+                                                 per_class[l][0][0], per_class[l][0][1], per_class[l][0][2][0])):
+        slices = per_class[leaf]
+        producers = [(n, d, i) for n, d, i in slices if t.is_param.get(n) and (n, d) not in t.contracted]
+        consumers = [(n, d, i) for n, d, i in slices if (n, d, i) not in producers]
+        if not producers:
+            A.freeze(leaf, "no parameter produces it")
             continue
-        _check_channel_mapping(per_channel_touch, names, root_module)
-        root_name = names.get(root_module, "")
-        kind = "unit" if isinstance(root_module, PrunableBlock) else ("neuron" if isinstance(root_module, nn.Linear) else "channel")
-        info = GroupInfo(id=len(groups), kind="channel", root=root_name, size=width)
-        for channel in range(width):
-            slices: list[SliceSpec] = []
-            touch = []
-            for (target, role), idxs in per_channel_touch[channel].items():
-                tname = graph._param_to_name.get(target) if isinstance(target, nn.Parameter) else names[target]
-                if role == "out":
-                    slices.extend(_slices_for(names.get(target, ""), target, role, idxs, graph))
-                if tname in layer_costs:  # parameter-free ops and a block's children are not costed
-                    touch.append((tname, role, tuple(idxs)))
-            sid = len(items)
-            items.append(Structure(id=sid, layer=root_name, kind=kind, slices=slices, group=info.id,
-                                   meta={"index": channel, "modules": sorted({names.get(m, "") for m in out_modules})}))
-            touches.append(_merge_depthwise(touch, layer_costs))
-            info.members.append(sid)
-        groups.append(info)
+        key = tuple(sorted({(n, d) for n, d, _ in slices}))
+        layer = producers[0][0].rsplit(".", 1)[0] if "." in producers[0][0] else ""
+        kind = A.kind_of(leaf)
+        if key not in groups:
+            groups[key] = GroupInfo(id=len(group_list), kind=kind, root=layer, size=0)
+            group_list.append(groups[key])
+        g = groups[key]
+        sid = len(items)
+        modules = sorted({n.rsplit(".", 1)[0] if "." in n else "" for n, _, _ in slices})
+        items.append(Structure(id=sid, layer=layer, kind=kind, slices=producers, group=g.id,
+                               consumers=consumers, meta={"index": g.size, "modules": modules}))
+        sid_of[leaf] = sid
+        leaf_by_sid.append(leaf)
+        g.members.append(sid)
+        g.size += 1
+        modules_of[sid] = modules
 
-    for name, module in model.named_modules():
-        if not isinstance(module, PrunableBlock) or module in ignored:
-            continue
-        units = module.internal_structures()
-        if len(units) < 2:
-            continue
-        info = GroupInfo(id=len(groups), kind="internal", root=name, size=len(units))
-        prefix = f"{name}." if name else ""
-        for index, unit_slices in enumerate(units):
-            sid = len(items)
-            items.append(Structure(id=sid, layer=name, kind=module.internal_structure_kind(),
-                                   slices=[(prefix + n, d, i) for n, d, i in unit_slices], group=info.id,
-                                   meta={"index": index, "modules": [name]}))
-            touches.append([(name, "internal", (index,))])
-            info.members.append(sid)
-        groups.append(info)
+    closure_cache: dict[bytes, _Closure] = {}
 
-    counted = count(model, example_inputs)
-    modelled_params = sum(lc.params_full for lc in layer_costs.values())
-    modelled_macs = sum(lc.macs_full for lc in layer_costs.values())
-    constant = (counted["params"] - modelled_params, max(counted["macs"] - modelled_macs, 0))
-    return Structures(items, groups, layer_costs, touches, constant, input_spec_of(example_inputs),
-                      type(model).__name__)
+    def closure(arr) -> _Closure:
+        r = A.roots(arr)
+        key = r.tobytes()
+        if key not in closure_cache:
+            rows = []
+            for root in r:
+                rows.append([sid_of[l] for l in leaves(int(root)) if l in sid_of] if root != NONE else [])
+            width = max((len(x) for x in rows), default=0)
+            m = np.full((len(r), width), -1, dtype=np.int64)
+            for i, x in enumerate(rows):
+                m[i, :len(x)] = x
+            closure_cache[key] = _Closure(m)
+        return closure_cache[key]
 
+    all_tensors = {name: [closure(arr) for arr in t.labels[name]] for name in names}
+    tensors = {name: cl for name, cl in all_tensors.items() if t.is_param.get(name)}
+    terms = [(const, [closure(a) for a in arrays]) for const, arrays in t.mac_terms]
+    labelled_params = sum(math.prod(t.shapes[n]) for n in tensors)
+    constant = (count_params(model) - labelled_params, 0)
 
-def _width(module, role: str):
-    if isinstance(module, nn.Parameter):
-        return module.shape[0]
-    if isinstance(module, PrunableBlock):
-        return module.out_channels if role == "out" else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if role == "out" else module.in_features
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return module.out_channels if role == "out" else module.in_channels
-    weight = getattr(module, "weight", None)
-    return weight.shape[0] if weight is not None and weight.dim() >= 1 else None
+    # collapse guard: producing weight dims (tensors of ≥ 2 dims) and what each structure removes there
+    widths, outputs = {}, []
+    for s in items:
+        outs = []
+        for n, d, i in s.slices:
+            if len(t.shapes[n]) >= 2:
+                key = f"{n}:{d}"
+                widths[key] = t.shapes[n][d]
+                outs.append((key, len(i)))
+        outputs.append(outs)
 
+    # what is frozen, and why
+    total = max(count_params(model), 1)
+    prunable = 0
+    for name, cl in tensors.items():
+        shape = t.shapes[name]
+        untouched = math.prod(c.n - int((c.matrix >= 0).any(axis=1).sum()) if c.matrix.shape[1] else c.n for c in cl)
+        prunable += math.prod(shape) - untouched
+    unknown = sorted(t.unknown, key=lambda k: (-t.unknown[k], k))
+    frozen = {"share": 1.0 - prunable / total, "prunable_params": prunable, "total_params": total,
+              "unknown": unknown}
 
-def _mapping_error(root_name: str, where: str, role: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"cannot map the output channels of {root_name!r} onto {where!r} ({role}put side): a view/reshape "
-        f"between them splits or merges the channel dimension (e.g. a graph convolution viewing K·C channels "
-        f"as K adjacency subsets). " + ESCAPE_HATCHES)
-
-
-def _probe_one_channel(graph, root_module, pruner, names) -> None:
-    """Trace channel 0 alone first: cheap, and it exposes garbled mappings before the full group blows up."""
-    probe = graph.get_pruning_group(root_module, pruner.prune_out_channels, [0])
-    for item in probe.items:
-        target = item.dep.target.module
-        if not isinstance(target, (nn.Module, nn.Parameter)):
-            continue
-        role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-        width = _width(target, role)
-        too_many = role == "out" and len(item.idxs) > 1 and not isinstance(target, nn.Parameter)
-        if too_many or (width is not None and any(not 0 <= int(i) < width for i in item.idxs)):
-            raise _mapping_error(names.get(root_module, "?"), names.get(target, type(target).__name__), role)
+    attr_closures = {}
+    attrs = []
+    for mname, attr, arr in t.attrs:
+        key = (mname, attr)
+        attr_closures[key] = closure(arr)
+        attrs.append(key)
+    plan_data = {"all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
+                 "widths": widths, "outputs": outputs, "leaves": leaf_by_sid}
+    if abs(sum(c * math.prod(x.n for x in cl) for c, cl in terms) - t.mac_formula_total) > 0:
+        log.warning("MAC terms (%d) differ from the counted MACs (%d)",
+                    sum(c * math.prod(x.n for x in cl) for c, cl in terms), t.mac_formula_total)
+    return Structures(items, group_list, tensors, terms, constant, input_spec_of(example_inputs),
+                      type(model).__name__, frozen, ignored, plan_data)
 
 
-def _check_channel_mapping(per_channel_touch, names, root_module) -> None:
-    """Each channel of a group must map to its own, in-range indices of every layer it touches.
+def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Structures:
+    """Remove one structure of every group at once; bisect and freeze the groups whose removal fails."""
+    from .materialize import MaterializeError, _materialize_checked
 
-    Torch-Pruning silently builds garbled groups through views that split a channel
-    dimension (an ST-GCN graph convolution written as plain modules); refuse them.
-    """
-    claimed: dict = defaultdict(set)
-    for channel, touches in enumerate(per_channel_touch):
-        for (target, role), idxs in touches.items():
-            width = _width(target, role)
-            key = (id(target), role)
-            bad_range = width is not None and any(not 0 <= i < width for i in idxs)
-            if bad_range or claimed[key].intersection(idxs) or len(set(idxs)) != len(idxs):
-                raise _mapping_error(names.get(root_module, "?"), names.get(target, type(target).__name__), role)
-            claimed[key].update(idxs)
+    def fails(group_ids) -> bool:
+        removed = [structures.groups[g].members[-1] for g in group_ids]
+        try:
+            _materialize_checked(model, structures, removed, example_inputs)
+        except MaterializeError:
+            return True
+        return False
 
+    candidates = [g.id for g in structures.groups if len(g.members) > 1]
+    bad: list[int] = []
 
-def _merge_depthwise(touch, layer_costs):
-    """A depthwise conv is touched on both roles by one channel; count it once (as out)."""
-    result = []
-    for name, role, idxs in touch:
-        if role == "in" and layer_costs[name].kind == "depthwise":
-            continue
-        result.append((name, role, idxs))
-    return result
+    def search(ids):
+        if not ids or not fails(ids):
+            return
+        if len(ids) == 1:
+            bad.append(ids[0])
+            return
+        mid = len(ids) // 2
+        search(ids[:mid])
+        search(ids[mid:])
 
-
-def _parents(model: nn.Module, name: str):
-    parts = name.split(".") if name else []
-    module = model
-    for part in parts[:-1]:
-        module = getattr(module, part)
-        yield module
+    search(candidates)
+    if not bad:
+        return structures
+    leaves = structures._plan_data["leaves"]
+    roots = {leaves[sid] for g in bad for sid in structures.groups[g].members}
+    log.info("probe froze %d groups of %s", len(bad), type(model).__name__)
+    extra_frozen |= roots
+    rebuilt = _build(model, t, example_inputs, ignored, extra_frozen)
+    rebuilt.frozen["probe"] = [f"{structures.groups[g].root}:{structures.groups[g].kind}" for g in bad]
+    return rebuilt
 

@@ -1,0 +1,236 @@
+"""Index atoms: one label per index of every prunable width, merged by union-find.
+
+Every index of a width that could be removed (an output channel of a convolution,
+a row of a Linear, an entry of a parameter used in ``forward``) gets an *atom*.
+Ops *unify* the atoms of indices that must be removed together (a residual add
+unifies two channels); a width viewed as ``(H, D)`` makes each of its atoms the
+*product* of a head atom and a head-dim atom, so removing head ``h`` removes every
+index ``(h, ·)``. An atom tied to something prunekit cannot resize (the model's
+input or output, a normalisation statistic, an op without a rule) is *frozen*.
+
+Atom ``0`` is ``NONE``: the label of indices that are not a prunable width (batch,
+tokens, pixels). Unifying an atom with ``NONE`` freezes it; in products ``NONE`` is
+the unit, so a batch dim merged with a head dim keeps the head labels.
+
+Example:
+    >>> import numpy as np
+    >>> a = Atoms()
+    >>> x, y = a.fresh(3), a.fresh(3)
+    >>> a.unify_arrays(x, y)
+    >>> bool((a.roots(x) == a.roots(y)).all())
+    True
+    >>> heads, dims = a.split(a.fresh(6), 2, 3)
+    >>> len(heads), len(dims)
+    (2, 3)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Atoms", "NONE"]
+
+NONE = 0
+
+
+class Atoms:
+    """Union-find over atoms, with products (composite atoms) and frozen flags."""
+
+    def __init__(self, capacity: int = 1024):
+        self.parent = np.arange(capacity, dtype=np.int64)
+        self.left = np.full(capacity, -1, dtype=np.int64)   # composite: first factor (outer)
+        self.right = np.full(capacity, -1, dtype=np.int64)  # composite: second factor (inner)
+        self.kind: dict[int, str] = {}
+        self.reason: dict[int, str] = {}
+        self.size = 1
+
+    # ------------------------------------------------------------------ storage
+    def _grow(self, n: int) -> None:
+        need = self.size + n
+        if need <= len(self.parent):
+            return
+        cap = max(need, 2 * len(self.parent))
+        old = len(self.parent)
+        self.parent = np.concatenate([self.parent, np.arange(old, cap, dtype=np.int64)])
+        self.left = np.concatenate([self.left, np.full(cap - old, -1, dtype=np.int64)])
+        self.right = np.concatenate([self.right, np.full(cap - old, -1, dtype=np.int64)])
+
+    def fresh(self, n: int, kind: str = "channel") -> np.ndarray:
+        """``n`` new base atoms (``NONE`` for a width of 1: a single index is never removable alone)."""
+        if n <= 1:
+            return np.zeros(n, dtype=np.int64)
+        self._grow(n)
+        ids = np.arange(self.size, self.size + n, dtype=np.int64)
+        self.size += n
+        self.kind[int(ids[0])] = kind
+        return ids
+
+    def kind_of(self, atom: int) -> str:
+        """The kind tag of the block of fresh atoms ``atom`` was created in."""
+        keys = [k for k in self.kind if k <= atom]
+        return self.kind[max(keys)] if keys else "channel"
+
+    def product(self, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+        """Composite atoms ``(o, i)`` for every pair, row-major (``outer`` slowest)."""
+        outer, inner = self.roots(outer), self.roots(inner)
+        if not outer.any():
+            return np.tile(inner, len(outer))
+        if not inner.any():
+            return np.repeat(outer, len(inner))
+        n = len(outer) * len(inner)
+        self._grow(n)
+        ids = np.arange(self.size, self.size + n, dtype=np.int64)
+        self.size += n
+        self.left[ids] = np.repeat(outer, len(inner))
+        self.right[ids] = np.tile(inner, len(outer))
+        # a composite with a NONE factor is the other factor
+        a_none, b_none = self.left[ids] == NONE, self.right[ids] == NONE
+        for idx in np.nonzero(a_none | b_none)[0]:
+            other = self.right[ids[idx]] if a_none[idx] else self.left[ids[idx]]
+            self.left[ids[idx]] = self.right[ids[idx]] = -1
+            self.parent[ids[idx]] = other
+        return self.roots(ids)
+
+    # ---------------------------------------------------------------- union-find
+    def _base_roots(self, atoms: np.ndarray) -> np.ndarray:
+        r = atoms
+        while True:
+            p = self.parent[r]
+            if np.array_equal(p, r):
+                return r
+            r = p
+
+    def roots(self, atoms: np.ndarray) -> np.ndarray:
+        """Current atom of every entry (a frozen atom is ``NONE``; a product with a ``NONE`` factor
+        is its other factor)."""
+        atoms = np.asarray(atoms, dtype=np.int64)
+        while True:
+            r = self._base_roots(atoms)
+            comp = self.left[r] >= 0
+            if not comp.any():
+                break
+            rc = np.unique(r[comp])
+            lr, rr = self.roots(self.left[rc]), self.roots(self.right[rc])
+            collapse = (lr == NONE) | (rr == NONE)
+            if not collapse.any():
+                break
+            for c, a, b in zip(rc[collapse], lr[collapse], rr[collapse]):
+                self.left[c] = self.right[c] = -1
+                self.parent[c] = b if a == NONE else a
+        if atoms.size:
+            self.parent[atoms] = r
+        return r
+
+    def find(self, a: int) -> int:
+        return int(self.roots(np.asarray([a]))[0])
+
+    def is_composite(self, a: int) -> bool:
+        return self.left[self.find(a)] >= 0
+
+    def is_frozen(self, a: int) -> bool:
+        return self.find(a) == NONE
+
+    def freeze(self, a: int, reason: str) -> None:
+        """Freeze atom ``a`` (and, for a product, both factors): it becomes ``NONE``, never removed."""
+        stack = [a]
+        while stack:
+            r = self.find(stack.pop())
+            if r == NONE:
+                continue
+            self.reason.setdefault(r, reason)
+            if self.left[r] >= 0:
+                stack.extend((int(self.left[r]), int(self.right[r])))
+                self.left[r] = self.right[r] = -1
+            self.parent[r] = NONE
+
+    def freeze_array(self, atoms: np.ndarray, reason: str) -> None:
+        for a in np.unique(self.roots(atoms)):
+            if a != NONE:
+                self.freeze(int(a), reason)
+
+    def unify(self, a: int, b: int, reason: str = "tied to a non-prunable index") -> None:
+        """Make ``a`` and ``b`` one atom; products unify factor by factor."""
+        stack = [(a, b)]
+        while stack:
+            x, y = stack.pop()
+            rx, ry = self.find(x), self.find(y)
+            if rx == ry:
+                continue
+            if rx == NONE or ry == NONE:
+                self.freeze(ry if rx == NONE else rx, reason)
+                continue
+            cx, cy = self.left[rx] >= 0, self.left[ry] >= 0
+            if cx and cy:
+                stack.append((int(self.left[rx]), int(self.left[ry])))
+                stack.append((int(self.right[rx]), int(self.right[ry])))
+            elif cx or cy:  # keep the composite as the root, unless the base atom is one of its factors
+                if cy:
+                    rx, ry = ry, rx
+                if self._occurs(ry, rx):
+                    self.freeze(rx, "an index that is a product of itself")
+                    self.freeze(ry, "an index that is a product of itself")
+                    continue
+            self.parent[ry] = rx
+
+    def _occurs(self, base: int, comp: int) -> bool:
+        seen, stack = set(), [comp]
+        while stack:
+            r = self.find(stack.pop())
+            if r == base:
+                return True
+            if r in seen:
+                continue
+            seen.add(r)
+            if self.left[r] >= 0:
+                stack.extend((int(self.left[r]), int(self.right[r])))
+        return False
+
+    def unify_arrays(self, x: np.ndarray, y: np.ndarray, reason: str = "tied to a non-prunable index") -> None:
+        rx, ry = self.roots(x), self.roots(y)
+        for i in np.nonzero(rx != ry)[0]:
+            self.unify(int(rx[i]), int(ry[i]), reason)
+
+    # ------------------------------------------------------------- split / merge
+    def split(self, labels: np.ndarray, n_outer: int, n_inner: int, kind: str = "head",
+              reason: str = "a reshape that prunekit cannot factor") -> tuple[np.ndarray, np.ndarray]:
+        """Labels of a width ``n_outer·n_inner`` viewed as ``(n_outer, n_inner)``.
+
+        A width of fresh atoms is refined into products ``(outer, inner)``; a width
+        already built as such products (or tiled with ``NONE``) gives its factors back.
+        Anything else is frozen.
+        """
+        r = self.roots(labels).reshape(n_outer, n_inner)
+        if n_outer == 1:
+            return np.zeros(1, dtype=np.int64), r[0]
+        if n_inner == 1:
+            return r[:, 0], np.zeros(1, dtype=np.int64)
+        if (r == r[:1]).all():
+            return np.zeros(n_outer, dtype=np.int64), r[0]
+        if (r == r[:, :1]).all():
+            return r[:, 0], np.zeros(n_inner, dtype=np.int64)
+        left, right = self.left[r], self.right[r]
+        if (left >= 0).all():
+            a, b = self.roots(left), self.roots(right)
+            if (a == a[:, :1]).all() and (b == b[:1]).all():
+                return a[:, 0], b[0]
+        elif (left < 0).all() and (r != NONE).all() and len(np.unique(r)) == r.size:
+            outer, inner = self.fresh(n_outer, kind), self.fresh(n_inner, self.kind_of(int(r.flat[0])))
+            comp = self.product(outer, inner)
+            for a, b in zip(r.flat, comp):
+                self.unify(int(a), int(b))
+            return self.roots(outer), self.roots(inner)
+        self.freeze_array(r.flatten(), reason)
+        return np.zeros(n_outer, dtype=np.int64), np.zeros(n_inner, dtype=np.int64)
+
+    def leaves(self, atom: int) -> list[int]:
+        """The base (non-product), unfrozen atoms whose removal removes index ``atom``."""
+        out, stack, seen = [], [atom], set()
+        while stack:
+            r = self.find(stack.pop())
+            if r == NONE or r in seen:
+                continue
+            seen.add(r)
+            if self.left[r] >= 0:
+                stack.extend((int(self.left[r]), int(self.right[r])))
+            else:
+                out.append(r)
+        return out
