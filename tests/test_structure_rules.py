@@ -52,13 +52,26 @@ def test_torch_pruning_alone_garbles_the_graph_convolution():
     assert max(rows) > model.gc.k  # unit 0 owns exactly K rows; Torch-Pruning claims more
 
 
-def test_plain_graph_convolution_gets_a_clear_error_naming_the_layer():
+def test_plain_graph_convolution_is_pruned_without_a_block_rule():
+    """The PYSKL-style layer as users write it: units and adjacency subsets found through the view and einsum."""
+    torch.manual_seed(0)
     model, x = TinyGCN(plain=True).eval(), torch.randn(2, 3, 6, 21)
-    with pytest.raises(prunekit.UnsupportedModelError, match=r"gc\.conv.*PrunableBlock"):
-        prunekit.find_structures(model, x)
-    # escape hatch 1: ignore the layer (its own channels are not pruned, the rest is)
-    structures = prunekit.find_structures(model, x, ignore=["gc"])
-    assert all(not s.layer.startswith("gc") for s in structures)
+    model.bn.running_mean.uniform_(-1, 1)
+    structures = prunekit.find_structures(model, x)
+    units = [s for s in structures if s.kind == "channel"]
+    subsets = [s for s in structures if s.kind == "head"]
+    assert len(units) == 8 and len(subsets) == model.gc.k
+    assert ("gc.conv.weight", 0, [5, 13, 21]) in units[5].slices and ("fc.weight", 1, [5]) in units[5].consumers
+    assert ("gc.conv.weight", 0, list(range(8, 16))) in subsets[1].slices
+    assert ("gc.adjacency", 0, [1]) in subsets[1].consumers
+    plan = PruningPlan.from_removed(structures, [units[1].id, units[5].id, subsets[1].id])
+    small = prunekit.materialize(model, plan, structures)
+    assert small.gc.conv.weight.shape == (12, 3, 1, 1) and small.gc.k == 2 and small.gc.cout == 6
+    assert small.gc.adjacency.shape == (2, 21, 21) and small.fc.weight.shape == (4, 6)
+    assert torch.allclose(small(x), prunekit.apply_masks(model, plan, structures)(x), atol=1e-6)
+    # ignore: the layer keeps every parameter, and nothing that writes into it or reads from it is pruned
+    kept = prunekit.find_structures(model, x, ignore=["gc"])
+    assert all(not n.startswith("gc.") for s in kept for n, _, _ in s.slices + s.consumers)
 
 
 def test_graph_convolution_block_is_pruned_and_materialized_correctly():
@@ -71,11 +84,12 @@ def test_graph_convolution_block_is_pruned_and_materialized_correctly():
     model.bn.running_mean.uniform_(-1, 1)
     x = torch.randn(2, 3, 6, 21)
     structures = prunekit.find_structures(model, x)
-    assert len(structures) == 8  # one per output unit
-    unit = structures[5]
+    units = [s for s in structures if s.kind == "unit"]
+    assert len(units) == 8 and len([s for s in structures if s.kind == "head"]) == 3  # units, adjacency subsets
+    unit = units[5]
     rows = [k * 8 + 5 for k in range(3)]
     assert ("gc.conv.weight", 0, rows) in unit.slices and ("bn.weight", 0, [5]) in unit.slices
-    plan = PruningPlan.from_removed(structures, [1, 5])
+    plan = PruningPlan.from_removed(structures, [units[1].id, units[5].id])
     small = prunekit.materialize(model, plan, structures)
     assert small.gc.conv.weight.shape == (18, 3, 1, 1) and small.fc.weight.shape == (4, 6)
     assert torch.allclose(small(x), prunekit.apply_masks(model, plan, structures)(x), atol=1e-6)
@@ -89,7 +103,7 @@ def test_attention_heads_are_structures_and_leave_a_working_model():
     x = prunekit.models.example_inputs(model, batch=2)
     structures = prunekit.find_structures(model, x)
     heads = [s for s in structures if s.kind == "head"]
-    assert heads and all(structures.groups[s.group].kind == "internal" for s in heads)
+    assert heads and all(structures.groups[s.group].kind == "head" for s in heads)
     block = heads[0].layer
     same_block = [s.id for s in heads if s.layer == block]
     plan = PruningPlan.from_removed(structures, same_block[:-1])  # all heads but one

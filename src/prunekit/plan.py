@@ -175,8 +175,8 @@ def _admissible_order(structures: Structures, scores: torch.Tensor) -> list[int]
 def collapse_guard(structures: Structures, order) -> list[int]:
     """The structures of ``order``, in order, skipping any whose removal would empty its group or a layer.
 
-    A group rooted after a concatenation spans the channels of several layers, so the
-    guard counts both the members left in each group and the outputs left in each layer.
+    A layer is emptied when every output of one producing weight dim is gone; an output
+    removed by two structures (a head and a head dimension) counts once.
 
     Example:
         >>> import torch, prunekit
@@ -185,19 +185,8 @@ def collapse_guard(structures: Structures, order) -> list[int]:
         >>> collapse_guard(s, [0, 1, 2, 3])
         [0, 1, 2]
     """
-    group_left = {g.id: len(g.members) for g in structures.groups}
-    layer_left = structures.output_widths()
-    admissible = []
-    for sid in order:
-        sid = int(sid)
-        group = structures[sid].group
-        outputs = structures.outputs_removed(sid)
-        if group_left[group] > 1 and all(layer_left[layer] - n >= 1 for layer, n in outputs):
-            group_left[group] -= 1
-            for layer, n in outputs:
-                layer_left[layer] -= n
-            admissible.append(sid)
-    return admissible
+    checker = structures.collapse_checker()
+    return [int(sid) for sid in order if checker.admit(int(sid))]
 
 
 def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,

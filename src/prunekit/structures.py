@@ -230,13 +230,9 @@ class Structures(Sequence[Structure]):
         for s in self._items:
             s.params, s.macs = int(params[s.id]), int(macs[s.id])
 
-    def output_widths(self) -> dict[str, int]:
-        """Width of every producing weight dim (the collapse guard keeps each one ≥ 1)."""
-        return dict(self._plan_data["widths"])
-
-    def outputs_removed(self, sid: int) -> list[tuple[str, int]]:
-        """``(layer, number of its outputs)`` that removing structure ``sid`` takes away."""
-        return self._plan_data["outputs"][sid]
+    def collapse_checker(self) -> "_CollapseChecker":
+        """An incremental check that no producing weight dim (a layer's outputs) becomes empty."""
+        return _CollapseChecker(self)
 
     def signature(self) -> str:
         """A hash of every structure's (layer, kind, index, slices): plans check it before replaying."""
@@ -265,6 +261,34 @@ class Structures(Sequence[Structure]):
 
     def kept_width(self, closure_key, removed) -> int:
         return self._plan_data["attr_closures"][closure_key].kept(self._removed_ext(removed))
+
+
+class _CollapseChecker:
+    """``admit(sid)`` is True (and records the removal) unless it would empty a layer's outputs or a group.
+
+    Exact with products: an index removed by two structures (head ``h`` and head-dim
+    ``d``) is counted once.
+    """
+
+    def __init__(self, structures: Structures):
+        self.structures = structures
+        self.alive = {key: np.ones(c.n, dtype=bool) for key, c in structures._plan_data["layer_closures"].items()}
+        self.rows = structures._plan_data["layer_rows"]   # sid -> [(key, index array)]
+        self.group_left = {g.id: len(g.members) for g in structures.groups}
+
+    def admit(self, sid: int) -> bool:
+        g = self.structures[sid].group
+        if self.group_left[g] <= 1:
+            return False
+        hits = self.rows[sid]
+        for key, idx in hits:
+            alive = self.alive[key]
+            if alive.sum() - alive[idx].sum() < 1:
+                return False
+        for key, idx in hits:
+            self.alive[key][idx] = False
+        self.group_left[g] -= 1
+        return True
 
 
 def _resolve_ignored(model: nn.Module, ignore) -> list[str]:
@@ -305,7 +329,7 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
         >>> s = find_structures(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
         ...                     torch.randn(1, 4))
         >>> len(s), s[0].slices, s[0].consumers
-        (8, [('0.weight', 0, [0]), ('0.bias', 0, [0])], [('2.weight', 1, [0])])
+        (8, [('0.bias', 0, [0]), ('0.weight', 0, [0])], [('2.weight', 1, [0])])
     """
     model = unwrap(model)
     ignored = _resolve_ignored(model, ignore)
@@ -332,26 +356,49 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
     return structures
 
 
-def _attr_candidates(module: nn.Module, value: int) -> list[str]:
-    return sorted(a for a, v in vars(module).items()
-                  if type(v) is int and v == value and not a.startswith("__") and a not in ("training",))
-
-
 def _tie_size_arguments(t) -> None:
-    """Sizes a module passes explicitly to a view/split/expand come from its attributes; the widths
-    sharing one attribute must keep the same count, so tie them position by position."""
+    """A module attribute passed as a size to several views/splits (``head_dim`` for q, k and v) holds
+    one number: the widths that read it keep the same count, so tie them position by position."""
     A = t.atoms
-    by_key = defaultdict(list)
+    by_tag = defaultdict(list)
     for rec in t.sizes:
-        module = t.modules.get(rec.module)
-        if module is None:
-            continue
-        for attr in _attr_candidates(module, rec.value):
-            by_key[(rec.module, attr)].append(rec.labels)
-    for (mname, attr), arrays in by_key.items():
+        by_tag[rec.tag].append(rec.labels)
+    for (mname, attr), arrays in by_tag.items():
         for other in arrays[1:]:
-            A.unify_arrays(arrays[0], other)
+            if len(other) == len(arrays[0]):
+                A.unify_arrays(arrays[0], other)
+            else:
+                A.freeze_array(other, f"{mname}.{attr} sizes widths of different lengths")
+                A.freeze_array(arrays[0], f"{mname}.{attr} sizes widths of different lengths")
         t.attrs.append((mname, attr, arrays[0]))
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters are seeded random values of unit-ish scale."""
+    import copy
+    probe = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in probe.named_parameters():
+            if not p.is_floating_point():
+                continue
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            if p.dim() > 1:
+                noise /= math.sqrt(max(1, p[0].numel()))
+            else:
+                noise = noise * 0.5 + (1.0 if name.endswith("weight") else 0.0)
+            p.copy_(noise.to(p.dtype))
+    return probe
+
+
+def _enclosing_block(model: nn.Module, name: str) -> str | None:
+    from .models.layers import PrunableBlock
+    parts = name.split(".") if name else []
+    for k in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:k])
+        if isinstance(model.get_submodule(prefix), PrunableBlock):
+            return prefix
+    return None
 
 
 def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
@@ -368,7 +415,11 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
 
     # slices of every class (base atom root) in every labelled tensor
     names = list(t.labels)
-    order = {n: i for i, n in enumerate(n for n, _ in model.named_parameters())}
+    # module order, then parameter name: independent of registration order (a removed
+    # parametrization re-registers ``weight`` after ``bias``)
+    module_rank = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    keyed = sorted((module_rank.get(n.rsplit(".", 1)[0] if "." in n else "", 0), n) for n, _ in model.named_parameters())
+    order = {n: i for i, (_, n) in enumerate(keyed)}
     names.sort(key=lambda n: (order.get(n, len(order)), n))
     per_class: dict[int, list] = defaultdict(list)  # leaf root -> [(name, dim, idxs)]
     dim_roots: dict[tuple[str, int], np.ndarray] = {}
@@ -395,6 +446,11 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     group_list: list[GroupInfo] = []
     modules_of = {}
     leaf_by_sid: list[int] = []
+    for leaf, slices in per_class.items():  # one slice per (tensor, dim), indices sorted
+        merged: dict = {}
+        for n, d, i in slices:
+            merged.setdefault((n, d), []).extend(i)
+        per_class[leaf] = [(n, d, sorted(i)) for (n, d), i in merged.items()]
     for leaf in sorted(per_class, key=lambda l: (min(order.get(n, 1 << 30) for n, _, _ in per_class[l]),
                                                  per_class[l][0][0], per_class[l][0][1], per_class[l][0][2][0])):
         slices = per_class[leaf]
@@ -406,6 +462,9 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
         key = tuple(sorted({(n, d) for n, d, _ in slices}))
         layer = producers[0][0].rsplit(".", 1)[0] if "." in producers[0][0] else ""
         kind = A.kind_of(leaf)
+        block = _enclosing_block(model, layer)
+        if block is not None:  # prunekit's own graph layers name their units after the block
+            layer, kind = block, ("unit" if kind == "channel" else kind)
         if key not in groups:
             groups[key] = GroupInfo(id=len(group_list), kind=kind, root=layer, size=0)
             group_list.append(groups[key])
@@ -442,16 +501,15 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     labelled_params = sum(math.prod(t.shapes[n]) for n in tensors)
     constant = (count_params(model) - labelled_params, 0)
 
-    # collapse guard: producing weight dims (tensors of ≥ 2 dims) and what each structure removes there
-    widths, outputs = {}, []
-    for s in items:
-        outs = []
-        for n, d, i in s.slices:
-            if len(t.shapes[n]) >= 2:
-                key = f"{n}:{d}"
-                widths[key] = t.shapes[n][d]
-                outs.append((key, len(i)))
-        outputs.append(outs)
+    # collapse guard: producing weight dims (tensors of ≥ 2 dims) and the indices each structure removes there
+    layer_closures, layer_rows = {}, [[] for _ in items]
+    for s_ in items:
+        for n, d, _ in s_.slices:
+            if len(t.shapes[n]) >= 2 and f"{n}:{d}" not in layer_closures:
+                layer_closures[f"{n}:{d}"] = all_tensors[n][d]
+    for key, c in layer_closures.items():
+        for sid in np.unique(c.matrix[c.matrix >= 0]):
+            layer_rows[int(sid)].append((key, np.nonzero((c.matrix == sid).any(axis=1))[0]))
 
     # what is frozen, and why
     total = max(count_params(model), 1)
@@ -471,7 +529,7 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
         attr_closures[key] = closure(arr)
         attrs.append(key)
     plan_data = {"all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
-                 "widths": widths, "outputs": outputs, "leaves": leaf_by_sid}
+                 "layer_closures": layer_closures, "layer_rows": layer_rows, "leaves": leaf_by_sid}
     if abs(sum(c * math.prod(x.n for x in cl) for c, cl in terms) - t.mac_formula_total) > 0:
         log.warning("MAC terms (%d) differ from the counted MACs (%d)",
                     sum(c * math.prod(x.n for x in cl) for c, cl in terms), t.mac_formula_total)
@@ -480,13 +538,19 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
 
 
 def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Structures:
-    """Remove one structure of every group at once; bisect and freeze the groups whose removal fails."""
+    """Remove one structure of every group at once; bisect and freeze the groups whose removal fails.
+
+    The probe runs on a copy with seeded random weights and inputs rebuilt from the
+    input spec, so the structures depend on the architecture only, never on the weights.
+    """
     from .materialize import MaterializeError, _materialize_checked
+    probe_model = _randomized(model)
+    inputs = inputs_from_spec(input_spec_of(example_inputs), probe_model)
 
     def fails(group_ids) -> bool:
         removed = [structures.groups[g].members[-1] for g in group_ids]
         try:
-            _materialize_checked(model, structures, removed, example_inputs)
+            _materialize_checked(probe_model, structures, removed, inputs)
         except MaterializeError:
             return True
         return False

@@ -70,25 +70,25 @@ class Atoms:
         return self.kind[max(keys)] if keys else "channel"
 
     def product(self, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-        """Composite atoms ``(o, i)`` for every pair, row-major (``outer`` slowest)."""
+        """Composite atoms ``(o, i)`` for every pair, row-major (``outer`` slowest).
+
+        A factor of a single index carries nothing and is dropped; a ``NONE`` factor is
+        kept (``(k, NONE)`` unified with ``(k', v)`` must freeze ``v``).
+        """
         outer, inner = self.roots(outer), self.roots(inner)
-        if not outer.any():
-            return np.tile(inner, len(outer))
-        if not inner.any():
-            return np.repeat(outer, len(inner))
+        if len(outer) == 1:
+            return inner.copy()
+        if len(inner) == 1:
+            return outer.copy()
+        if not outer.any() and not inner.any():
+            return np.zeros(len(outer) * len(inner), dtype=np.int64)
         n = len(outer) * len(inner)
         self._grow(n)
         ids = np.arange(self.size, self.size + n, dtype=np.int64)
         self.size += n
         self.left[ids] = np.repeat(outer, len(inner))
         self.right[ids] = np.tile(inner, len(outer))
-        # a composite with a NONE factor is the other factor
-        a_none, b_none = self.left[ids] == NONE, self.right[ids] == NONE
-        for idx in np.nonzero(a_none | b_none)[0]:
-            other = self.right[ids[idx]] if a_none[idx] else self.left[ids[idx]]
-            self.left[ids[idx]] = self.right[ids[idx]] = -1
-            self.parent[ids[idx]] = other
-        return self.roots(ids)
+        return ids
 
     # ---------------------------------------------------------------- union-find
     def _base_roots(self, atoms: np.ndarray) -> np.ndarray:
@@ -100,8 +100,7 @@ class Atoms:
             r = p
 
     def roots(self, atoms: np.ndarray) -> np.ndarray:
-        """Current atom of every entry (a frozen atom is ``NONE``; a product with a ``NONE`` factor
-        is its other factor)."""
+        """Current atom of every entry (a frozen atom is ``NONE``, and so is a product of two)."""
         atoms = np.asarray(atoms, dtype=np.int64)
         while True:
             r = self._base_roots(atoms)
@@ -110,12 +109,12 @@ class Atoms:
                 break
             rc = np.unique(r[comp])
             lr, rr = self.roots(self.left[rc]), self.roots(self.right[rc])
-            collapse = (lr == NONE) | (rr == NONE)
+            collapse = (lr == NONE) & (rr == NONE)
             if not collapse.any():
                 break
-            for c, a, b in zip(rc[collapse], lr[collapse], rr[collapse]):
+            for c in rc[collapse]:
                 self.left[c] = self.right[c] = -1
-                self.parent[c] = b if a == NONE else a
+                self.parent[c] = NONE
         if atoms.size:
             self.parent[atoms] = r
         return r

@@ -16,7 +16,7 @@ Example:
     >>> from prunekit.analysis.trace import trace
     >>> conv = torch.nn.Conv2d(8, 8, 3, groups=4)
     >>> t = trace(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), conv, torch.nn.Conv2d(8, 2, 1)), torch.randn(1, 3, 5, 5))
-    >>> [r for _, a, r in t.attrs if a == "groups"][0].shape
+    >>> [r for m, a, r in t.attrs if (m, a) == ("1", "groups")][0].shape
     (4,)
 """
 from __future__ import annotations
@@ -65,9 +65,13 @@ def _contract(tr, xi, dx, yi, dy, reason):
             tr.t.contracted.add(info.src[d])
 
 
-def _size_record(tr, value, labels, op):
-    if tr.chunk.explicit and isinstance(value, int) and value > 1 and _labelled(tr, labels):
-        tr.t.sizes.append(SizeRecord(tr.module(), value, labels.copy(), op))
+def _size_record(tr, position, labels, op):
+    """Remember that the ``position``-th size argument of the current view/expand/split call, if it
+    was read from a module attribute, must follow the kept count of ``labels``."""
+    tags = tr.chunk.tags if tr.chunk.explicit else []
+    tag = tags[position] if position is not None and 0 <= position < len(tags) else None
+    if tag is not None and _labelled(tr, labels):
+        tr.t.sizes.append(SizeRecord(tag, len(labels), labels.copy(), op))
 
 
 def _dims_arg(arg, ndim):
@@ -269,7 +273,7 @@ def expand(tr, func, args, kwargs, out):
         k = lead + i
         if x.shape[i] == out.shape[k]:
             dims.append(xi.dims[i])
-            _size_record(tr, sizes[k] if sizes[k] != -1 else None, xi.dims[i], "expand")
+            _size_record(tr, k, xi.dims[i], "expand")
         else:
             dims.append(_zeros(out.shape[k]))
         dirty.append(xi.dirty[i])
@@ -346,10 +350,8 @@ def view(tr, func, args, kwargs, out):
         for j, part in zip(gj, parts):
             dims[j], dirty[j], src[j] = part, flag, first_src
     if len(sizes) == len(outs):
-        for j, s in enumerate(sizes):
-            if isinstance(s, int) and s != -1 and s != 1:
-                # a size that equals the input's, in place, is usually x.shape[k] passed back
-                _size_record(tr, s, dims[j], "view")
+        for j in range(len(outs)):
+            _size_record(tr, j, dims[j], "view")
     _set(tr, out, dims, dirty, xi.zero, src)
 
 
@@ -424,8 +426,7 @@ def split(tr, func, args, kwargs, out):
             n = sizes[0]
             for p in range(1, len(pieces)):  # equal pieces stay equal: tie them position by position
                 A.unify_arrays(labels[:n], labels[p * n:(p + 1) * n])
-            arg = args[1]
-            _size_record(tr, arg if isinstance(arg, int) else None, labels[:n], "split")
+            _size_record(tr, 0, labels[:n], "split")
         else:
             A.freeze_array(labels, f"split into unequal pieces in module {tr.module() or '<model>'}")
     offset = 0

@@ -62,9 +62,9 @@ class TensorInfo:
 
 @dataclass
 class SizeRecord:
-    """An explicit integer size argument issued inside ``module`` that a width flows through."""
+    """An integer size argument, read from attribute ``tag = (module, attr)``, that a width flows through."""
 
-    module: str
+    tag: tuple
     value: int
     labels: np.ndarray
     op: str
@@ -107,7 +107,34 @@ def flatten_tensors(obj) -> list[torch.Tensor]:
 
 _DERIVED = (torch.chunk, torch.Tensor.chunk, torch.flatten, torch.Tensor.flatten)
 _USER_SIZES = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.expand, torch.Tensor.split,
-               torch.split, torch.Tensor.unflatten, torch.unflatten, torch.Tensor.repeat)
+               torch.split, torch.Tensor.repeat)
+
+
+class _Tagged(int):
+    """An ``int`` module attribute that remembers where it lives, so a size passed to a view names it."""
+
+    def __new__(cls, value: int, tag: tuple):
+        obj = super().__new__(cls, value)
+        obj.tag = tag
+        return obj
+
+
+def _size_args(func, args) -> list:
+    rest = list(args[1:2]) if func in (torch.Tensor.split, torch.split) else list(args[1:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = list(rest[0])
+    return rest
+
+
+def _tag_attributes(model: nn.Module) -> list:
+    """Replace every int attribute of every module by a :class:`_Tagged` twin; returns what to restore."""
+    restore = []
+    for name, module in model.named_modules():
+        for attr, value in list(vars(module).items()):
+            if type(value) is int and value > 1 and not attr.startswith("_"):
+                module.__dict__[attr] = _Tagged(value, (name, attr))
+                restore.append((module, attr, value))
+    return restore
 
 
 class _PythonCalls(TorchFunctionMode):
@@ -119,6 +146,7 @@ class _PythonCalls(TorchFunctionMode):
         super().__init__()
         self.depth = 0   # inside chunk / flatten
         self.user = 0    # inside an explicit view / reshape / expand / split
+        self.tags: list = []  # (module, attribute) of each size argument of that call, or None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -130,10 +158,13 @@ class _PythonCalls(TorchFunctionMode):
                 self.depth -= 1
         if func in _USER_SIZES:
             self.user += 1
+            saved = self.tags
+            self.tags = [getattr(v, "tag", None) for v in _size_args(func, args)]
             try:
                 return func(*args, **kwargs)
             finally:
                 self.user -= 1
+                self.tags = saved
         return func(*args, **kwargs)
 
     @property
@@ -306,10 +337,13 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
             lambda m, a, k, o, name=name: tracer.post_hook(name, m, a, k, o), with_kwargs=True, always_call=True))
     was_training = model.training
     model.eval()
+    restore = _tag_attributes(model)
     try:
         with torch.no_grad(), flag, tracer:
             output = call_model(model, example_inputs)
     finally:
+        for module, attr, value in restore:
+            module.__dict__[attr] = value
         model.train(was_training)
         for h in handles:
             h.remove()
