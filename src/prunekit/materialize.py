@@ -204,7 +204,8 @@ def _describe(structures: Structures, removed) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more groups" if len(names) > 8 else "")
 
 
-def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True) -> nn.Module:
+def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True,
+                         tolerance: float = TOLERANCE) -> nn.Module:
     """Materialize, then compare with the masked model on ``example_inputs`` (float32, then float64)."""
     try:
         small = _materialize(model, structures, removed, plan)
@@ -216,13 +217,13 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
     masked = _masked(model, structures, removed, plan)
     try:
         err = output_error(_run(masked, example_inputs), _run(small, example_inputs))
-        if err > TOLERANCE:  # float32 noise or a real difference: decide in float64
+        if err > tolerance:  # float32 noise or a real difference: decide in float64
             err = output_error(_run(copy.deepcopy(masked).double(), _to_double(example_inputs)),
                                _run(copy.deepcopy(small).double(), _to_double(example_inputs)))
     except Exception as error:
         raise MaterializeError(f"the materialized model does not run after removing structures of "
                                f"{_describe(structures, removed)}: {type(error).__name__}: {error}") from error
-    if err > TOLERANCE:
+    if err > tolerance:
         raise MaterializeError(f"the materialized model differs from the masked model (relative error {err:.2e}) "
                                f"after removing structures of {_describe(structures, removed)}")
     return small

@@ -55,6 +55,10 @@ __all__ = ["Structure", "Structures", "find_structures", "UnsupportedModelError"
 log = logging.getLogger(__name__)
 
 
+#: the probe compares in float64: an exact removal agrees to ~1e-15, a changed scale or statistic does not
+PROBE_TOLERANCE = 1e-10
+
+
 class UnsupportedModelError(RuntimeError):
     """The model cannot be analysed at all (its forward fails on the example inputs); the message says why."""
 
@@ -71,10 +75,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+#: integer inputs up to this size are stored whole in the spec (replays see the same ids and masks)
+MAX_STORED_VALUES = 65536
+
+
 def _spec_of_tensor(t: torch.Tensor) -> dict:
     item = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if not t.is_floating_point() and t.numel():
         item["low"], item["high"] = int(t.min()), int(t.max())
+        if t.numel() <= MAX_STORED_VALUES:  # token ids, masks: control flow may depend on them
+            item["values"] = t.flatten().tolist()
     return item
 
 
@@ -92,6 +102,8 @@ def _tensor_from_spec(item: dict, generator, reference) -> torch.Tensor:
         if reference is not None:
             return torch.randn(item["shape"], generator=generator, dtype=reference.dtype).to(reference.device)
         return torch.randn(item["shape"], generator=generator, dtype=dtype)
+    if "values" in item:
+        return torch.tensor(item["values"], dtype=dtype).view(item["shape"])
     if "low" in item:
         if dtype == torch.bool:
             return torch.randint(int(item["low"]), int(item["high"]) + 1, item["shape"], generator=generator).bool()
@@ -550,7 +562,7 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
     def fails(group_ids) -> bool:
         removed = [structures.groups[g].members[-1] for g in group_ids]
         try:
-            _materialize_checked(probe_model, structures, removed, inputs)
+            _materialize_checked(probe_model, structures, removed, inputs, tolerance=PROBE_TOLERANCE)
         except MaterializeError:
             return True
         return False

@@ -51,6 +51,8 @@ def _labelled(tr, arr) -> bool:
 
 
 def _set(tr, y, dims, dirty, zero=False, src=None):
+    if len(dims) != y.dim() or any(len(d) != n for d, n in zip(dims, y.shape)):
+        raise ValueError(f"labels {[len(d) for d in dims]} do not fit shape {tuple(y.shape)}")  # -> no rule
     tr.set(y, TensorInfo([tr.t.atoms.roots(d) for d in dims], list(dirty), zero, src))
 
 
@@ -873,6 +875,9 @@ def rnn_module(tr, name, module, args, kwargs, output) -> None:
             A.unify_arrays(hi.dims[0], rows)
             A.unify_arrays(hi.dims[1], units)
             tr.t.contracted.update({wi.src[1], hi.src[1]})
+            steps = x.numel() // x.shape[-1]  # time steps × batch: every step multiplies both matrices
+            tr.t.mac_terms.append((steps, [rows, layer_in]))
+            tr.t.mac_terms.append((steps, [rows, units]))
             for bname in ("bias_ih" + suffix, "bias_hh" + suffix):
                 bias = getattr(module, bname, None)
                 if bias is not None:

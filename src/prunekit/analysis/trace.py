@@ -260,7 +260,7 @@ class Tracer(TorchDispatchMode):
         macs = int(formula(*args, out=_output_of(out), **kwargs)) if formula is not None else 0
         self.t.mac_formula_total += macs
         if self.suppress or self.opaque:
-            if macs:
+            if macs and not self.suppress:  # a module rule (RNN) writes its own MAC terms
                 self.t.mac_terms.append((macs, []))
             if self.opaque and not self.suppress:
                 for x in flatten_tensors((args, kwargs)):

@@ -1,10 +1,10 @@
 """Graph-convolution layers that prunekit knows how to prune, and the rule protocol behind them.
 
-Torch-Pruning's dependency graph fails on an ST-GCN graph convolution (a 1×1 conv to
-``K·C`` channels viewed as ``K`` adjacency subsets, then an einsum with the
-adjacency): the view hides which conv rows belong to which output unit. prunekit
-therefore treats such a module as one unit with its own rule, a
-:class:`PrunableBlock`. A block declares
+prunekit's analysis (``prunekit.analysis``) finds the output units, adjacency subsets
+and heads of these layers by itself, like those of a user's own graph convolution;
+their structures are named after the block (``kind="unit"``). The
+:class:`PrunableBlock` methods below remain for CTF's weight layouts and for pruning a
+block by hand. A block declares
 
 * ``in_channels`` / ``out_channels`` and how to remove them physically
   (``prune_in_channels`` / ``prune_out_channels``);
@@ -14,8 +14,6 @@ therefore treats such a module as one unit with its own rule, a
   heads, adjacency subsets), each a list of slices whose zeroing zeroes the unit's
   contribution, removed with ``prune_internal(idxs)``.
 
-Any user module that subclasses :class:`PrunableBlock` is pruned through these
-methods: that is the escape hatch for layers the automatic analysis cannot handle.
 
 Example:
     >>> import torch
@@ -62,11 +60,10 @@ def _block_rows(block: int, width: int, units: Sequence[int]) -> list[int]:
 
 
 class PrunableBlock(nn.Module):
-    """Base class of modules pruned by their own rule rather than by tracing.
+    """Base class of prunekit's graph layers: units, subsets and heads they can remove by hand.
 
-    Subclasses implement the methods below; prunekit registers one
-    Torch-Pruning customized pruner for every subclass, so the dependency graph
-    couples the block's inputs and outputs with its neighbours.
+    The analysis does not need these methods (it follows the block's ops); CTF reads
+    ``internal_structures`` / ``out_channel_slices`` for its channel-wise layouts.
     """
 
     in_channels: int
