@@ -89,3 +89,45 @@ def test_random_plans_materialize_exactly(arch, tmp_path):
             kwargs = inputs if isinstance(inputs, dict) else None
             torch.export.export(_Main(small).eval(), args, kwargs=kwargs, strict=False)
     assert output_error(dense_out, _run(model, inputs)) == 0.0  # the dense model was not touched
+
+
+def test_compiled_model_is_analysed_through_its_original_module(tmp_path):
+    case = ZOO["lenet"]()
+    model, x = case.model.eval(), case.inputs
+    compiled = torch.compile(model)  # never called: the analysis must not compile anything
+    structures = prunekit.find_structures(compiled, x)
+    assert all(not n.startswith("_orig_mod.") for s in structures for n, _, _ in s.slices + s.consumers)
+    plan = _random_plan(structures, 0.5, seed=0)
+    small = prunekit.materialize(compiled, plan)
+    path = prunekit.save(small, tmp_path / "m", plan=plan)
+    assert output_error(_run(small, x), _run(prunekit.load(path, model=model), x)) == 0.0
+
+
+def test_ignore_is_recorded_and_replayed(tmp_path):
+    case = ZOO["vgg"]()
+    model, x = case.model.eval(), case.inputs
+    first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    structures = prunekit.find_structures(model, x, ignore=[first])
+    assert all(not n.startswith(first + ".") for s in structures for n, _, _ in s.slices + s.consumers)
+    plan = _random_plan(structures, 0.5, seed=1)
+    assert plan.ignore and PruningPlan.from_json(plan.to_json()).ignore == plan.ignore
+    small = prunekit.materialize(model, plan)  # finds the structures again, with the plan's ignore
+    path = prunekit.save(small, tmp_path / "m", plan=plan)
+    assert output_error(_run(small, x), _run(prunekit.load(path, model=model), x)) == 0.0
+
+
+def test_unknown_op_is_frozen_with_a_warning_naming_it():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8)
+            self.c = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.c(torch.relu(self.b(torch.fft.fft(h).real)))  # no rule for fft
+
+    with pytest.warns(FrozenWarning, match="fft"):
+        structures = prunekit.find_structures(Odd().eval(), torch.randn(3, 4))
+    assert {s.layer for s in structures} == {"b"}  # a's neurons feed the fft: frozen; b's are fine
+    assert 0 < structures.frozen["share"] < 1
