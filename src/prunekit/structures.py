@@ -394,7 +394,7 @@ def _randomized(model: nn.Module) -> nn.Module:
         for name, p in probe.named_parameters():
             if not p.is_floating_point():
                 continue
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
             if p.dim() > 1:
                 noise /= math.sqrt(max(1, p[0].numel()))
             else:
@@ -403,7 +403,11 @@ def _randomized(model: nn.Module) -> nn.Module:
     return probe
 
 
-def _enclosing_block(model: nn.Module, name: str) -> str | None:
+def _enclosing_block(model: nn.Module, name: str, cache: dict | None = None) -> str | None:
+    if cache is not None:
+        if name not in cache:
+            cache[name] = _enclosing_block(model, name)
+        return cache[name]
     from .models.layers import PrunableBlock
     parts = name.split(".") if name else []
     for k in range(len(parts), 0, -1):
@@ -433,23 +437,38 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     keyed = sorted((module_rank.get(n.rsplit(".", 1)[0] if "." in n else "", 0), n) for n, _ in model.named_parameters())
     order = {n: i for i, (_, n) in enumerate(keyed)}
     names.sort(key=lambda n: (order.get(n, len(order)), n))
-    per_class: dict[int, list] = defaultdict(list)  # leaf root -> [(name, dim, idxs)]
-    dim_roots: dict[tuple[str, int], np.ndarray] = {}
+    # (leaf, tensor-dim, index) triples of every labelled tensor, grouped with one lexsort
+    tds: list[tuple[str, int]] = []
+    leaf_parts, td_parts, idx_parts = [], [], []
     for name in names:
         for d, arr in enumerate(t.labels[name]):
-            r = A.roots(arr)
-            dim_roots[(name, d)] = r
-            if not r.any():
+            m = A.leaf_matrix(arr)
+            if not m.any():
                 continue
-            idx_order = np.argsort(r, kind="stable")
-            sorted_r = r[idx_order]
-            bounds = np.nonzero(np.diff(sorted_r))[0] + 1
-            for chunk in np.split(idx_order, bounds):
-                root = int(r[chunk[0]])
-                if root == NONE:
-                    continue
-                for leaf in leaves(root):
-                    per_class[leaf].append((name, d, sorted(int(i) for i in chunk)))
+            td = len(tds)
+            tds.append((name, d))
+            rows = np.arange(m.shape[0])
+            for column in m.T:
+                keep = column != NONE
+                leaf_parts.append(column[keep])
+                idx_parts.append(rows[keep])
+                td_parts.append(np.full(int(keep.sum()), td, dtype=np.int64))
+    per_class: dict[int, list] = {}  # leaf -> [(name, dim, idxs)] in tensor order
+    sort_key: dict[int, tuple] = {}
+    if leaf_parts:
+        L, T, I = np.concatenate(leaf_parts), np.concatenate(td_parts), np.concatenate(idx_parts)
+        o = np.lexsort((I, T, L))
+        L, T, I = L[o], T[o], I[o]
+        cut = np.nonzero((np.diff(L) != 0) | (np.diff(T) != 0))[0] + 1
+        starts = np.concatenate([[0], cut]).tolist()
+        ends = np.concatenate([cut, [len(L)]]).tolist()
+        I_list, T_list = I.tolist(), T[starts].tolist()
+        pair_leaf = L[starts]
+        leaf_cut = (np.nonzero(np.diff(pair_leaf))[0] + 1).tolist()
+        for p0, p1 in zip([0] + leaf_cut, leaf_cut + [len(starts)]):
+            leaf = int(pair_leaf[p0])
+            per_class[leaf] = [(*tds[T_list[k]], I_list[starts[k]:ends[k]]) for k in range(p0, p1)]
+            sort_key[leaf] = (T_list[p0], I_list[starts[p0]])
 
     # a structure needs a parameter slice that produces it
     items: list[Structure] = []
@@ -458,23 +477,19 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     group_list: list[GroupInfo] = []
     modules_of = {}
     leaf_by_sid: list[int] = []
-    for leaf, slices in per_class.items():  # one slice per (tensor, dim), indices sorted
-        merged: dict = {}
-        for n, d, i in slices:
-            merged.setdefault((n, d), []).extend(i)
-        per_class[leaf] = [(n, d, sorted(i)) for (n, d), i in merged.items()]
-    for leaf in sorted(per_class, key=lambda l: (min(order.get(n, 1 << 30) for n, _, _ in per_class[l]),
-                                                 per_class[l][0][0], per_class[l][0][1], per_class[l][0][2][0])):
+    block_cache: dict = {}
+    for leaf in sorted(per_class, key=sort_key.__getitem__):
         slices = per_class[leaf]
-        producers = [(n, d, i) for n, d, i in slices if t.is_param.get(n) and (n, d) not in t.contracted]
-        consumers = [(n, d, i) for n, d, i in slices if (n, d, i) not in producers]
+        produces = [bool(t.is_param.get(n)) and (n, d) not in t.contracted for n, d, _ in slices]
+        producers = [x for x, p in zip(slices, produces) if p]
+        consumers = [x for x, p in zip(slices, produces) if not p]
         if not producers:
             A.freeze(leaf, "no parameter produces it")
             continue
         key = tuple(sorted({(n, d) for n, d, _ in slices}))
         layer = producers[0][0].rsplit(".", 1)[0] if "." in producers[0][0] else ""
         kind = A.kind_of(leaf)
-        block = _enclosing_block(model, layer)
+        block = _enclosing_block(model, layer, block_cache)
         if block is not None:  # prunekit's own graph layers name their units after the block
             layer, kind = block, ("unit" if kind == "channel" else kind)
         if key not in groups:
@@ -493,18 +508,17 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
 
     closure_cache: dict[bytes, _Closure] = {}
 
+    sid_lookup = np.full(A.size + 1, -1, dtype=np.int64)
+    sid_lookup[np.asarray(leaf_by_sid, dtype=np.int64)] = np.arange(len(leaf_by_sid))
+    sid_lookup[NONE] = -1
+
     def closure(arr) -> _Closure:
         r = A.roots(arr)
         key = r.tobytes()
         if key not in closure_cache:
-            rows = []
-            for root in r:
-                rows.append([sid_of[l] for l in leaves(int(root)) if l in sid_of] if root != NONE else [])
-            width = max((len(x) for x in rows), default=0)
-            m = np.full((len(r), width), -1, dtype=np.int64)
-            for i, x in enumerate(rows):
-                m[i, :len(x)] = x
-            closure_cache[key] = _Closure(m)
+            m = sid_lookup[A.leaf_matrix(r)]
+            m = m[:, (m >= 0).any(axis=0)] if m.size else m.reshape(len(r), 0)
+            closure_cache[key] = _Closure(np.ascontiguousarray(m))
         return closure_cache[key]
 
     all_tensors = {name: [closure(arr) for arr in t.labels[name]] for name in names}
@@ -520,8 +534,14 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
             if len(t.shapes[n]) >= 2 and f"{n}:{d}" not in layer_closures:
                 layer_closures[f"{n}:{d}"] = all_tensors[n][d]
     for key, c in layer_closures.items():
-        for sid in np.unique(c.matrix[c.matrix >= 0]):
-            layer_rows[int(sid)].append((key, np.nonzero((c.matrix == sid).any(axis=1))[0]))
+        rows, cols = np.nonzero(c.matrix >= 0)
+        sids = c.matrix[rows, cols]
+        o = np.lexsort((rows, sids))
+        sids, rows = sids[o], rows[o]
+        cut = np.nonzero(np.diff(sids))[0] + 1
+        for part_s, part_r in zip(np.split(sids, cut), np.split(rows, cut)):
+            if len(part_s):
+                layer_rows[int(part_s[0])].append((key, part_r))
 
     # what is frozen, and why
     total = max(count_params(model), 1)
@@ -555,9 +575,9 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
     The probe runs on a copy with seeded random weights and inputs rebuilt from the
     input spec, so the structures depend on the architecture only, never on the weights.
     """
-    from .materialize import MaterializeError, _materialize_checked
-    probe_model = _randomized(model)
-    inputs = inputs_from_spec(input_spec_of(example_inputs), probe_model)
+    from .materialize import MaterializeError, _materialize_checked, _to_double
+    probe_model = _randomized(model).double()  # compared in float64 at once
+    inputs = _to_double(inputs_from_spec(input_spec_of(example_inputs), probe_model))
 
     def fails(group_ids) -> bool:
         removed = [structures.groups[g].members[-1] for g in group_ids]

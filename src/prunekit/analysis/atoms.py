@@ -40,6 +40,7 @@ class Atoms:
         self.left = np.full(capacity, -1, dtype=np.int64)   # composite: first factor (outer)
         self.right = np.full(capacity, -1, dtype=np.int64)  # composite: second factor (inner)
         self.kind: dict[int, str] = {}
+        self._kind_keys: list[int] = []
         self.reason: dict[int, str] = {}
         self.size = 1
 
@@ -66,8 +67,11 @@ class Atoms:
 
     def kind_of(self, atom: int) -> str:
         """The kind tag of the block of fresh atoms ``atom`` was created in."""
-        keys = [k for k in self.kind if k <= atom]
-        return self.kind[max(keys)] if keys else "channel"
+        import bisect
+        keys = sorted(self.kind) if len(self._kind_keys) != len(self.kind) else self._kind_keys
+        self._kind_keys = keys
+        i = bisect.bisect_right(keys, atom) - 1
+        return self.kind[keys[i]] if i >= 0 else "channel"
 
     def product(self, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
         """Composite atoms ``(o, i)`` for every pair, row-major (``outer`` slowest).
@@ -120,7 +124,20 @@ class Atoms:
         return r
 
     def find(self, a: int) -> int:
-        return int(self.roots(np.asarray([a]))[0])
+        parent = self.parent
+        r = int(a)
+        while True:
+            p = int(parent[r])
+            if p == r:
+                break
+            r = p
+        while int(parent[a]) != r:  # path compression
+            a, parent[a] = int(parent[a]), r
+        if self.left[r] >= 0 and self.find(int(self.left[r])) == NONE and self.find(int(self.right[r])) == NONE:
+            self.left[r] = self.right[r] = -1
+            parent[r] = NONE
+            return NONE
+        return r
 
     def is_composite(self, a: int) -> bool:
         return self.left[self.find(a)] >= 0
@@ -219,6 +236,20 @@ class Atoms:
             return self.roots(outer), self.roots(inner)
         self.freeze_array(r.flatten(), reason)
         return np.zeros(n_outer, dtype=np.int64), np.zeros(n_inner, dtype=np.int64)
+
+    def leaf_matrix(self, atoms: np.ndarray) -> np.ndarray:
+        """``(n, k)`` base atoms whose removal removes each entry (``NONE``-padded), vectorized."""
+        r = self.roots(atoms)
+        comp = self.left[r] >= 0
+        if not comp.any():
+            return r[:, None]
+        left = self.leaf_matrix(self.left[r[comp]])
+        right = self.leaf_matrix(self.right[r[comp]])
+        out = np.zeros((len(r), left.shape[1] + right.shape[1]), dtype=np.int64)
+        out[~comp, 0] = r[~comp]
+        out[comp, :left.shape[1]] = left
+        out[comp, left.shape[1]:] = right
+        return out
 
     def leaves(self, atom: int) -> list[int]:
         """The base (non-product), unfrozen atoms whose removal removes index ``atom``."""
