@@ -28,6 +28,45 @@ def evaluation_mode(model: nn.Module):
             m.training = flag
 
 
+@contextlib.contextmanager
+def reference_kernels():
+    """Switch off the fused kernels that have neither a forward-mode derivative nor a double
+    backward, so the model runs through ops that have both: the ``nn.MultiheadAttention`` /
+    ``TransformerEncoderLayer`` fast path, the oneDNN and cuDNN RNN kernels (and with them
+    oneDNN / cuDNN convolutions: slower, so this is a fallback only) and the fused
+    scaled-dot-product attention kernels (math backend). Every flag is restored on exit.
+
+    Example:
+        >>> import torch
+        >>> before = torch.backends.cudnn.enabled
+        >>> with reference_kernels():
+        ...     torch.backends.cudnn.enabled
+        False
+        >>> torch.backends.cudnn.enabled == before
+        True
+    """
+    with contextlib.ExitStack() as stack:
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None:
+            old_fastpath = mha.get_fastpath_enabled()
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, old_fastpath)
+        if hasattr(torch._C, "_get_mkldnn_enabled"):  # (torch.backends.mkldnn.flags also resets tf32 flags)
+            old_mkldnn = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+            stack.callback(torch._C._set_mkldnn_enabled, old_mkldnn)
+        old_cudnn = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+        stack.callback(setattr, torch.backends.cudnn, "enabled", old_cudnn)
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:  # older torch: the fused kernels stay selectable
+            pass
+        else:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
+
+
 # ---------------------------------------------------------------------------- pytrees of a batch
 
 def _flatten(obj, leaves: list):

@@ -45,7 +45,7 @@ from torch.func import jacrev, jvp, vmap
 
 from prunekit.structure_types import Structure
 
-from ._common import Batches, ModelCall, evaluation_mode
+from ._common import Batches, ModelCall, evaluation_mode, reference_kernels
 from .losses import LossSpec, OutputSpec, resolve_loss
 from .registry import register_criterion
 from .scaling import StructureScaling
@@ -69,6 +69,37 @@ def _human(nbytes: float) -> str:
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
         nbytes /= 1024
     raise AssertionError
+
+
+# what torch says when an op or an autograd.Function has no forward-mode derivative
+_NO_FORWARD_AD = ("forward AD", "forward-mode", "setup_context", "jvp")
+
+
+def _output_and_jvp(fn, alpha: torch.Tensor, tangent: torch.Tensor):
+    """``(fn(alpha), J tangent)`` with ``J = ∂fn/∂alpha``; the output stays on the reverse-mode tape.
+
+    One forward-mode JVP (``torch.func.jvp``). Some models cannot run in forward mode: fused
+    kernels without a forward derivative (oneDNN LSTM/GRU, CPU flash attention, the
+    ``TransformerEncoderLayer`` fast path) or an ``autograd.Function`` without ``setup_context``
+    / ``jvp`` (Bloom's GeLU). For these the JVP is computed by double backward instead,
+    ``J t = ∂/∂w ⟨Jᵀ w, t⟩`` at ``w = 0``, with the fused kernels switched off
+    (:func:`reference_kernels`): same value, about one more backward pass.
+    """
+    try:
+        return jvp(fn, (alpha,), (tangent,))
+    except (RuntimeError, NotImplementedError) as err:
+        if not any(key in str(err) for key in _NO_FORWARD_AD):
+            raise
+    with reference_kernels():
+        out = fn(alpha)
+        if not out.requires_grad:  # no structure reaches the output
+            return out, torch.zeros_like(out)
+        dummy = torch.zeros_like(out, requires_grad=True)
+        (vjp,) = torch.autograd.grad(out, alpha, dummy, create_graph=True, allow_unused=True, materialize_grads=True)
+        if not vjp.requires_grad:
+            return out, torch.zeros_like(out)
+        (u,) = torch.autograd.grad(vjp, dummy, tangent, allow_unused=True, materialize_grads=True)
+    return out, u
 
 
 def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, first_order, separate, output):
@@ -98,7 +129,7 @@ def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature,
             alpha = ones.clone().requires_grad_()
             if curvature == "gauss-newton":
                 # u = J θ_P: forward-mode JVP along α = 1; the output stays on the reverse-mode tape.
-                logits, u = jvp(lambda a: logits_of(a, inputs), (alpha,), (ones,))
+                logits, u = _output_and_jvp(lambda a: logits_of(a, inputs), alpha, ones)
                 loss.check(logits.shape, targets)
                 weight = loss.weight(logits, targets, n)
                 if weight == 0:
@@ -239,7 +270,9 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     ``Σ_n W_b Φ_nᵀ ∂L_b/∂f_n`` gives ``θ_sᵀ g`` with no extra model pass. Streams over
     batches; only ``Q`` (float64, updated in place) grows with ``|S|²``; the per-chunk
     Jacobians take ``chunk × D × |S|`` entries (plus the per-sample parameter gradients
-    ``vmap`` forms inside ``jacrev``): lower ``chunk_size`` when a batch does not fit.
+    ``vmap`` forms inside ``jacrev``): lower ``chunk_size`` when a batch does not fit. Models
+    ``vmap`` cannot run (``taylor_obd.VMAP_FALLBACK``) get the same Jacobians one sample and
+    one output entry at a time.
 
     A user ``loss_fn`` has no closed-form ``Λ``: ``ΛΦ`` is computed for the whole batch
     at once by Hessian-vector products through ``loss_fn`` (one per structure,
@@ -275,6 +308,7 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     ones = scaling.ones()
     num_params = sum(p.numel() for p in model.parameters())
     samples, total = 0, 0
+    vmap_works = True
 
     def accumulate(phi, lam_phi):  # Q += Σ_n Φ_nᵀ Λ_n Φ_n, in place in float64 (no second |S|×|S| buffer)
         Q.addmm_(phi.reshape(-1, num).T.double(), lam_phi.reshape(-1, num).double())
@@ -297,7 +331,14 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
             jacobian = vmap(jacrev(output_one, argnums=0, has_aux=True), in_dims=(None, 0))
             phis, outs = [], []
             for start in range(0, n, step):
-                phi, out = jacobian(ones, inputs.batched_values(start, start + step))  # [b, *f, |S|], [b, *f]
+                phi = None
+                if vmap_works:
+                    try:
+                        phi, out = jacobian(ones, inputs.batched_values(start, start + step))  # [b, *f, |S|], [b, *f]
+                    except RuntimeError:  # see taylor_obd.VMAP_FALLBACK; a genuine error is raised again below
+                        vmap_works = False
+                if phi is None:
+                    phi, out = _looped_jacobians(forward, scaling, ones, inputs, start, start + step)
                 if loss.separable:
                     part = targets.take(start, start + step)
                     accumulate(phi, loss.curvature(out, part.obj, phi, part.n))
@@ -319,6 +360,25 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     total = _nonzero_total(total)
     Q /= total
     return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=samples)
+
+
+def _looped_jacobians(forward, scaling, ones, inputs, start, stop):
+    """``(Φ, f)`` of samples ``start:stop`` as ``vmap(jacrev)`` gives them (``[b, *f, |S|]``, ``[b, *f]``),
+    one sample and one output entry at a time by plain reverse mode (``taylor_obd.VMAP_FALLBACK``)."""
+    phis, outs = [], []
+    for i in range(start, min(stop, inputs.n)):
+        alpha = ones.clone().requires_grad_()
+        out = forward(scaling.all_parameters(alpha), inputs.take(i, i + 1).obj)[0]
+        flat = out.reshape(-1)
+        if flat.requires_grad:
+            rows = [torch.autograd.grad(flat[e], alpha, retain_graph=True, allow_unused=True,
+                                        materialize_grads=True)[0] for e in range(flat.numel())]
+            phi = torch.stack(rows).to(out.dtype) if rows else flat.new_zeros(0, ones.numel())
+        else:  # no structure reaches the output
+            phi = flat.new_zeros(flat.numel(), ones.numel())
+        phis.append(phi.reshape(*out.shape, ones.numel()))
+        outs.append(out.detach())
+    return torch.stack(phis), torch.stack(outs)
 
 
 def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_bytes: int = 4) -> int:

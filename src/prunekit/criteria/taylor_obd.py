@@ -103,6 +103,14 @@ def taylor(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     return gradient_terms(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, output=output).abs()
 
 
+VMAP_FALLBACK = """Models ``torch.func.vmap`` cannot run: Python control flow on a tensor's value
+(``.item()``, ``if mask.all():`` in Hugging Face text models), in-place updates of unbatched
+tensors by batched ones (Mamba, a GRU with a stored initial state), ``autograd.Function`` s
+without ``setup_context`` (Bloom's GeLU). The per-sample quantities are then computed one
+sample at a time by plain reverse mode: the same values, slower. Once ``vmap`` fails, the
+loop serves the rest of the data; an error of the model itself is raised again by the loop."""
+
+
 def _per_sample_budget_chunk(numel: int, itemsize: int, budget: int = 256 * 2**20) -> int:
     return max(1, budget // max(1, numel * itemsize))
 
@@ -121,7 +129,8 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
     output entries (MSE). Per-sample gradients come from
     ``torch.func.vmap(torch.func.grad(...))`` of ``c_n ℓ_n`` (divided by ``c_n`` after
     squaring) with the model in eval mode, ``chunk_size`` samples at a time (default:
-    as many as fit in 256 MiB of per-sample gradients). Returns ``{name: F}`` in float64.
+    as many as fit in 256 MiB of per-sample gradients); for models ``vmap`` cannot run
+    (:data:`VMAP_FALLBACK`) one backward pass per sample instead. Returns ``{name: F}`` in float64.
 
     Example:
         >>> import torch
@@ -144,6 +153,7 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
     chunk = chunk_size or _per_sample_budget_chunk(numel, itemsize)
     fisher = {n: torch.zeros(t.shape, dtype=torch.float64, device=t.device) for n, t in theta.items()}
     total = 0.0
+    vmap_works = True
     with evaluation_mode(model):
         for batch in Batches(data, num_samples, scaling.device):
             inputs, targets = batch.inputs, batch.targets
@@ -157,12 +167,31 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
                 out = forward({**others, **params}, inputs.one_sample(x))
                 return loss.sample_sum(out, targets.one_sample(y))
 
+            def looped_grads(start, stop):  # the same per-sample gradients, one sample at a time
+                leaves = {name: t.detach().requires_grad_() for name, t in theta.items()}
+                rows = []
+                for i in range(start, min(stop, batch.n)):
+                    value = loss.sample_sum(forward({**others, **leaves}, inputs.take(i, i + 1).obj),
+                                            targets.take(i, i + 1).obj)
+                    rows.append(torch.autograd.grad(value, list(leaves.values()), allow_unused=True,
+                                                    materialize_grads=True) if value.requires_grad
+                                else [torch.zeros_like(t) for t in leaves.values()])
+                return {name: torch.stack([r[k] for r in rows]) for k, name in enumerate(leaves)}
+
             per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
             for start in range(0, batch.n, chunk):
                 stop = start + chunk
                 c = counts[start:stop]
                 inv = torch.where(c > 0, 1 / c.clamp(min=1e-300), torch.zeros_like(c))
-                grads = per_sample_grads(theta, inputs.batched_values(start, stop), targets.batched_values(start, stop))
+                grads = None
+                if vmap_works:
+                    try:
+                        grads = per_sample_grads(theta, inputs.batched_values(start, stop),
+                                                 targets.batched_values(start, stop))
+                    except RuntimeError:  # see VMAP_FALLBACK; a genuine error is raised again below
+                        vmap_works = False
+                if grads is None:
+                    grads = looped_grads(start, stop)
                 for name, g in grads.items():
                     sq = g.square()
                     if bool((c != 1).any()):  # (∂(c_n ℓ_n))² / c_n = c_n (∂ℓ_n)²
