@@ -59,13 +59,22 @@ def _call(model: nn.Module, inputs):
 
 
 def _weight_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``{parameter name: module}`` for every module's own ``weight`` of dimension ≥ 2."""
-    found = {}
+    """``{parameter name: module}`` for every module's own ``weight`` of dimension ≥ 2.
+
+    A weight shared by several modules (tied embeddings) is listed once, under its first
+    name; a weight another parametrization already owns (weight norm) is left to it,
+    unless that parametrization is CTF's own mask.
+    """
+    found, seen = {}, set()
     for mname, module in model.named_modules():
         weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
         if weight is None and hasattr(module, "parametrizations") and "weight" in module.parametrizations:
-            weight = module.parametrizations["weight"].original
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            plist = module.parametrizations["weight"]
+            if not hasattr(plist, "original") or not all(type(p).__name__ == "CTFMask" for p in plist):
+                continue  # e.g. weight norm (original0 / original1): not CTF's to mask
+            weight = plist.original
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and id(weight) not in seen:
+            seen.add(id(weight))
             found[f"{mname}.weight" if mname else "weight"] = module
     return found
 
@@ -165,15 +174,40 @@ def _weight_shape(model: nn.Module, pname: str) -> tuple[int, ...]:
     return tuple(module.weight.shape)
 
 
-def weight_layouts(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+def _layouts_from_structures(structures: Structures | None) -> dict[str, tuple[int, str]]:
+    """Weights whose dim-0 rows the analysis splits into equal contiguous blocks of ``head`` structures
+    (attention heads, key/value groups, adjacency subsets): ``{name: (K, "group<g>")}``."""
+    if structures is None:
+        return {}
+    blocks: dict[tuple[str, int], list] = {}
+    for s in structures:
+        if s.kind != "head":
+            continue
+        for n, d, idxs in s.slices:
+            if d == 0:
+                blocks.setdefault((n, s.group), []).append(idxs)
+    out = {}
+    for (name, group), rows in blocks.items():
+        rows = sorted(rows)
+        size = len(rows[0])
+        if len(rows) >= 2 and all(r == list(range(k * size, (k + 1) * size)) for k, r in enumerate(rows)):
+            out[name] = (len(rows), f"group{group}")
+    return out
+
+
+def weight_layouts(model: nn.Module, names: Sequence[str],
+                   structures: Structures | None = None) -> dict[str, tuple[int, str | None]]:
     """``{name: (K, tie)}``: the number of blocks of each weight and its head-tie key.
 
     A weight whose dim-0 rows the owning block partitions, by ``internal_structures()``,
     into equal contiguous slices (attention heads) gets ``K`` = number of units and
     ``tie`` = the block's name; a weight whose output unit ``c`` owns rows ``{k·Cc + c}``
-    in ``out_channel_slices`` (graph-convolution subsets) gets ``K`` = rows per unit;
-    anything else ``K = 1``.
+    in ``out_channel_slices`` (graph-convolution subsets) gets ``K`` = rows per unit.
+    Any other weight whose rows the structure analysis splits into ``K`` contiguous
+    ``head`` structures (a user's attention heads or graph subsets) gets that ``K`` and
+    the heads' group as tie; anything else ``K = 1``.
     """
+    found = _layouts_from_structures(structures)
     layouts = {}
     for pname in names:
         shape = _weight_shape(model, pname)
@@ -198,6 +232,8 @@ def weight_layouts(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[in
                     if first == [b * width for b in range(len(first))] and \
                             (second is None or second == [b * width + 1 for b in range(len(first))]):
                         k = len(first)
+        if owner is None and pname in found:
+            k, tie = found[pname]
         layouts[pname] = (k, tie)
     return layouts
 

@@ -274,7 +274,11 @@ class CTF:
         self.names, self.classifier = prunable_weights(model, self.example_inputs, exclude or (), params)
         if not self.names:
             raise ValueError(f"CTF: {type(model).__name__} has no prunable weight (dim ≥ 2, not the classifier)")
-        self.layouts = weight_layouts(model, self.names)
+        # the structures, found now (the tracer cannot see through the parametrizations): the layouts
+        # read their heads, the hard phase holds the biases / BatchNorm of closed structures at 0,
+        # finalize turns the masks into a plan
+        self._structures = find_structures(model, self.example_inputs)
+        self.layouts = weight_layouts(model, self.names, self._structures)
         for name, k in (layouts or {}).items():
             if name not in self.layouts:
                 raise ValueError(f"CTF: layouts names {name!r}, which is not a masked weight")
@@ -289,9 +293,6 @@ class CTF:
         if tie_heads and "channel" in self.granularities:
             for key, members in head_ties(self.layouts).items():
                 ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable)
-        # the structures, found now (the tracer cannot see through the parametrizations): the hard
-        # phase needs them to hold the biases / BatchNorm of closed structures at 0, finalize to plan
-        self._structures = find_structures(model, self.example_inputs)
         self._held_zero: list = []
         self._hold_hook = None
         params_now = dict(model.named_parameters())
