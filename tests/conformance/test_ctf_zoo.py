@@ -1,4 +1,4 @@
-"""CTF on architectures prunekit did not write: masks attach, train, finalize to a plan that replays exactly.
+"""CTF on every architecture of the zoo: masks attach, train, finalize to a plan that replays exactly.
 
 A short custom loop (CTF's documented use outside ``fit``): the loss is the mean square of
 the main output plus CTF's penalty, a few steps per epoch; then ``finalize`` must hit the
@@ -20,12 +20,7 @@ from prunekit.structures import FrozenWarning
 
 from zoo import ZOO, main_output
 
-ARCHS = ["stgcn", "agcn_2s", "ctrgcn", "vit_hand", "sdpa_attention", "lenet", "resnext", "unet", "lstm_tagger",
-         "convnext_hand", "bert", "llama", "gpt2", "swin", "wav2vec2", "t5"]
-
-
-def _run(model, inputs):
-    return prunekit.measure.call_model(model, inputs)
+ARCHS = sorted(ZOO)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
