@@ -5,14 +5,14 @@ the others run with their scripts' defaults (``benchmarks/RESULTS.md`` gives the
 command of every figure).
 
 Usage:
-    python benchmarks/run_all.py [names...]     # names: speedup sosp_cost dense_skeleton bottleneck criteria_accuracy ctf sparse
+    python benchmarks/run_all.py [names...]     # names: speedup sosp_cost dense_skeleton bottleneck criteria_accuracy ctf sparse collapse
 """
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["speedup", "sosp_cost", "dense_skeleton", "bottleneck", "criteria_accuracy", "ctf", "sparse"]
+ALL = ["speedup", "sosp_cost", "dense_skeleton", "bottleneck", "criteria_accuracy", "ctf", "sparse", "collapse"]
 # one argument list per invocation
 COMMANDS = {
     "ctf": [

@@ -16,7 +16,8 @@ import torch
 
 import prunekit
 from prunekit import models
-from prunekit.plan import PruningPlan, _admissible_order
+from prunekit.plan import (DEFAULT_GROUP_NORM, DEFAULT_MAX_GROUP_RATIO, PruningPlan, _admissible_order,
+                           group_normalize)
 
 FRACTIONS = (0.1, 0.5, 0.9)
 SMALL = {  # small widths keep the suite fast; depth and topology are unchanged
@@ -143,15 +144,19 @@ def test_save_load_roundtrip_and_export(found, tmp_path):
 def test_select_meets_budgets_exactly(found):
     name, model, x, structures = found
     scores = torch.rand(len(structures), generator=torch.Generator().manual_seed(3))
+    # the paper setting (raw scores, collapse guard only) and the defaults (group-normalised, capped)
+    settings = {"paper": ({"group_norm": None, "max_group_ratio": None}, _admissible_order(structures, scores)),
+                "defaults": ({}, _admissible_order(structures, group_normalize(structures, scores, DEFAULT_GROUP_NORM),
+                                                   DEFAULT_MAX_GROUP_RATIO))}
     for key in ("structures", "params", "macs"):
-        plan = prunekit.select(structures, scores, prunekit.Budget(**{key: 0.3}))
-        assert plan.achieved[key] >= 0.3
-        # the plan is the shortest admissible prefix: one structure fewer misses the target
-        order = _admissible_order(structures, scores)
-        k = len(plan.removed)
-        assert sorted(order[:k]) == plan.removed
-        shorter = PruningPlan.from_removed(structures, order[: k - 1])
-        assert shorter.achieved[key] < 0.3
+        for options, order in settings.values():
+            plan = prunekit.select(structures, scores, prunekit.Budget(**{key: 0.3}), **options)
+            assert plan.achieved[key] >= 0.3
+            # the plan is the shortest admissible prefix: one structure fewer misses the target
+            k = len(plan.removed)
+            assert sorted(order[:k]) == plan.removed
+            shorter = PruningPlan.from_removed(structures, order[: k - 1])
+            assert shorter.achieved[key] < 0.3
     # the collapse guard: every group keeps a member even when asking for almost everything
     plan = prunekit.select(structures, scores, prunekit.Budget(structures=0.01))
     big = PruningPlan.from_removed(structures, _admissible_order(structures, scores))
