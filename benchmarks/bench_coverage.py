@@ -8,9 +8,10 @@ documented options, derived from the model the way a user would:
 * ``output_transform``: every tensor of the output (HF ``ModelOutput`` and nested
   tuples/dicts flattened, caches and other objects dropped), so that every output head
   is traced, not only the main one;
-* ``ignored_layers``: the layer that produces the main output (found with forward hooks:
-  the parametrised module whose output tensor is, or shares storage with, the main output;
-  else the last one called whose last dimension equals the main output's);
+* ``ignored_layers``: the layer that produces the main output (found with forward hooks on
+  the layers, i.e. modules holding parameters with no child holding any: the last one whose
+  output tensor is, or shares storage with, the main output; else the last one called whose
+  output's last dimension equals the main output's);
 * ``num_heads``: for each module holding q/k/v Linear layers (``query``/``key``/``value``,
   ``q_proj``/..., ``q``/``k``/``v``, ``q_lin``/...) or one fused qkv Linear (``qkv``,
   ``qkv_proj``, ``query_key_value``, ``Wqkv``; only when it splits in three equal
@@ -33,8 +34,9 @@ Fields per architecture:
 * ``analyses``: ``tp.DependencyGraph().build_dependency`` ran without an exception;
   ``analysis_s`` its wall time (one thread).
 * ``prunes``: ``tp.pruner.MetaPruner(..., importance=tp.importance.RandomImportance(),
-  pruning_ratio=0.3)`` (local: 30 % of every group, seed 0) ran its ``step()`` and the
-  pruned model still runs on the same inputs.
+  pruning_ratio=0.3)`` (local: 30 % of every group, seed 0) ran its ``step()``, pruned at
+  least one group, and the pruned model still runs on the same inputs (``params_removed``:
+  the fraction of parameters it removed).
 * ``exact``: the pruned model's main output equals (rtol 1e-4, atol 1e-5·(1 + max|y|)) the
   main output of the *dense* model in which every parameter entry that the pruning deleted
   is set to zero (the entries are found by replaying the pruning history on a copy whose
@@ -46,12 +48,15 @@ Fields per architecture:
   the pruned dimension such as LayerNorm/GroupNorm/RMSNorm statistics or a softmax —
   ``groups`` tells which: every pruned group is also pruned alone on a fresh copy and
   checked the same way (``exact``, ``max_diff``, ``norm``: the group touches a layer
-  normalising over the pruned dimension). ``max_diff`` is the whole model's.
+  normalising over the pruned dimension). ``max_diff`` is the whole model's; ``exact`` is
+  ``None`` when nothing was pruned.
 * ``prunable_share``: parameter entries that belong to at least one group Torch-Pruning
   offers for pruning (``DG.get_all_groups`` with the ignored layers, root types Conv,
-  Linear, LSTM), divided by all parameter entries. A group's entries are found by pruning
-  its channels in two halves on index-valued copies; groups whose pruning raises count
-  as not prunable (``share_errors``).
+  Linear, LSTM, as MetaPruner enumerates them), divided by all parameter entries. A group's
+  entries are found by pruning its channels in two halves on index-valued copies (each half
+  takes the same offsets in every channel group MetaPruner sees: grouped convolutions,
+  GroupNorm groups, heads); groups whose pruning raises count as not prunable
+  (``share_errors``).
 * ``error``: the first exception (type: message, truncated); ``warnings``: Torch-Pruning's
   warnings (unknown operations and the like), deduplicated.
 
@@ -110,10 +115,15 @@ def tensors_of(out) -> list:
 
 
 def output_layers(case) -> list[str]:
-    """Names of the parametrised modules that produce the main output (see the module docstring)."""
+    """Names of the parametrised modules that produce the main output (see the module docstring).
+
+    Candidates are modules that hold parameters and have no child holding any (layers, not containers).
+    """
     calls = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: calls.append((n, o)))
-             for n, m in case.model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    leaves = [(n, m) for n, m in case.model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))
+              and not any(True for c in m.children() for _ in c.parameters())]
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: calls.append((n, o))) for n, m in leaves]
     try:
         with torch.no_grad():
             y = case.run()
@@ -129,7 +139,7 @@ def output_layers(case) -> list[str]:
 
 
 def attention_layers(model: nn.Module) -> dict:
-    """``{attention module: (q/k/v or qkv Linear layers, query heads, key/value heads)}`` found by attributes."""
+    """``{attention module: (q/k/v or qkv Linear layers, query heads, key/value heads, head_dim)}`` by attributes."""
     found = {}
     for m in model.modules():
         children = dict(m.named_children())
@@ -141,9 +151,9 @@ def attention_layers(model: nn.Module) -> dict:
             if all(isinstance(x, nn.Linear) for x in layers):
                 q, k, _ = layers
                 if head_dim:
-                    found[m] = (layers, q.out_features // head_dim, k.out_features // head_dim)
+                    found[m] = (layers, q.out_features // head_dim, k.out_features // head_dim, head_dim)
                 elif heads:
-                    found[m] = (layers, heads, kv_heads or heads)
+                    found[m] = (layers, heads, kv_heads or heads, q.out_features // heads)
                 break
         else:
             for n in QKV_NAMES:
@@ -151,7 +161,7 @@ def attention_layers(model: nn.Module) -> dict:
                 if isinstance(qkv, nn.Linear) and (heads or head_dim):
                     heads = heads or qkv.out_features // (3 * head_dim)
                     if qkv.out_features % (3 * heads) == 0 and (kv_heads or heads) == heads:  # three equal parts
-                        found[m] = ([qkv], heads, heads)
+                        found[m] = ([qkv], heads, heads, qkv.out_features // (3 * heads))
                     break
     return found
 
@@ -179,7 +189,7 @@ def tp_options(case, model, tp) -> dict:
     names = dict(model.named_modules())
     attention = attention_layers(model)
     num_heads = {}
-    for layers, heads, kv_heads in attention.values():
+    for layers, heads, kv_heads, _ in attention.values():
         for i, layer in enumerate(layers):
             num_heads[layer] = heads if i == 0 or len(layers) == 1 else kv_heads
     mha = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
@@ -189,17 +199,19 @@ def tp_options(case, model, tp) -> dict:
             "num_heads": num_heads, "round_to": max(mha) if mha else None, "attention": attention}
 
 
-def refresh_attention_attributes(attention: dict, pruner) -> list[str]:
-    """After head pruning, update each attention module's head-count and width attributes that held the old values."""
+def refresh_attention_attributes(attention: dict) -> list[str]:
+    """After head pruning, update each attention module's head-count and width attributes that held the old values.
+
+    ``attention`` comes from :func:`attention_layers` before pruning; head_dim is unchanged (whole heads are pruned).
+    """
     changed = []
-    for m, (layers, heads, kv_heads) in attention.items():
-        new_heads = pruner.num_heads[layers[0]]
-        new_kv = pruner.num_heads[layers[1]] if len(layers) > 1 else new_heads
+    for m, (layers, heads, kv_heads, head_dim) in attention.items():
+        parts = 3 if len(layers) == 1 else 1
+        new_heads = layers[0].out_features // (parts * head_dim)
+        new_kv = layers[1].out_features // head_dim if len(layers) > 1 else new_heads
         updates = {a: (heads, new_heads) for a in HEADS_ATTRS} | {a: (kv_heads, new_kv) for a in KV_HEADS_ATTRS}
         updates["num_key_value_groups"] = (heads // kv_heads, new_heads // max(new_kv, 1))
-        if len(layers) > 1 and new_heads:
-            head_dim = layers[0].out_features // new_heads
-            updates |= {a: (heads * head_dim, new_heads * head_dim) for a in WIDTH_ATTRS}
+        updates |= {a: (heads * head_dim, new_heads * head_dim) for a in WIDTH_ATTRS}
         for attr, (old, new) in updates.items():
             if getattr(m, attr, None) == old and old != new:
                 setattr(m, attr, new)
@@ -243,6 +255,15 @@ def fresh_graph(model, case, tp):
     return m, dg
 
 
+def replay(model, case, history, tp):
+    """A copy of ``model`` pruned by ``history`` (``load_pruning_history``), attention attributes refreshed."""
+    m, dg = fresh_graph(model, case, tp)
+    attention = attention_layers(m)
+    dg.load_pruning_history(history)
+    refresh_attention_attributes(attention)
+    return m
+
+
 def deleted_by(model, case, history, tp) -> set:
     """Indices of the parameter entries that replaying the pruning ``history`` on a copy of ``model`` deletes.
 
@@ -271,6 +292,16 @@ def zero_entries(model, indices: set):
 def group_history(dg, group, idxs) -> list:
     root = group[0].dep.target.module
     return [[dg._module2name[root], dg.is_out_channel_pruning_fn(group[0].dep.handler), list(idxs)]]
+
+
+def halves(n: int, ch_groups: int) -> list[list[int]]:
+    """Two index sets covering ``range(n)``, each taking the same offsets in every one of ``ch_groups`` segments
+    (grouped convolutions, GroupNorm, heads: what MetaPruner itself keeps consistent)."""
+    seg = n // ch_groups
+    if seg < 2:  # one channel per segment: split the segments instead
+        return [list(range(n // 2)), list(range(n // 2, n))] if n > 1 else [list(range(n))]
+    first = [s * seg + j for s in range(ch_groups) for j in range(seg // 2)]
+    return [first, sorted(set(range(n)) - set(first))]
 
 
 def touches_norm(dg, history_entry) -> bool:
@@ -314,23 +345,23 @@ def run_tp(case, report=lambda row: None) -> dict:
     import torch_pruning as tp
 
     row = {"analyses": False, "prunes": False, "exact": False}
-    model = case.model
+    model = case.model  # never traced: copies of it are (tracing can leave autograd tensors in module caches)
 
     def stage(name):
         row["stage"] = name
         report(row)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            stage("analysis")
             base = copy.deepcopy(model)
             opts = tp_options(case, base, tp)
             names = {m: n for n, m in base.named_modules()}
             row["output_layer"] = [names[m] for m in opts["ignored_layers"]]
             row["attention_layers"] = len(opts["attention"])
-            row["unwrapped"] = [n for n, p in base.named_parameters() if any(p is q for q, _ in opts["unwrapped_parameters"])]
-            ignored = [s for m in opts["ignored_layers"] for s in m.modules()]
-
-            stage("analysis")
+            row["unwrapped"] = [n for n, p in base.named_parameters()
+                                if any(p is q for q, _ in opts["unwrapped_parameters"])]
             start = time.perf_counter()
             dg = tp.DependencyGraph().build_dependency(
                 base, opts["example_inputs"], output_transform=opts["output_transform"],
@@ -338,28 +369,7 @@ def run_tp(case, report=lambda row: None) -> dict:
             row["analysis_s"] = time.perf_counter() - start
             row["analyses"] = True
 
-            stage("groups")  # prunable share: each offered group pruned in two halves on index-valued copies
-            groups = list(dg.get_all_groups(ignored_layers=ignored,
-                                            root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR,
-                                                               tp.ops.TORCH_LSTM]))
-            total = sum(p.numel() for _, p in unique_params(base))
-            stage("share")
-            covered, share_errors = set(), []
-            for g in groups:
-                idxs = sorted(set(g[0].idxs))
-                halves = [idxs[: len(idxs) // 2], idxs[len(idxs) // 2:]] if len(idxs) > 1 else [idxs]
-                try:
-                    for half in halves:
-                        if half:
-                            covered |= deleted_by(base, case, group_history(dg, g, half), tp)
-                except Exception as exc:  # noqa: BLE001 - recorded
-                    share_errors.append(f"{dg._module2name.get(g[0].dep.target.module, '?')}: "
-                                        f"{type(exc).__name__}: {exc}"[:200])
-            row["groups_offered"] = len(groups)
-            row["prunable_share"] = len(covered) / total
-            row["share_errors"] = share_errors
-
-            stage("prune")  # MetaPruner, random importance, 30 % of every group
+            stage("groups")  # the groups MetaPruner offers, and its channel grouping of each
             pruned = copy.deepcopy(model)
             opts = tp_options(case, pruned, tp)
             torch.manual_seed(0)
@@ -368,18 +378,38 @@ def run_tp(case, report=lambda row: None) -> dict:
                 ignored_layers=opts["ignored_layers"], num_heads=opts["num_heads"], prune_num_heads=True,
                 prune_head_dims=False, head_pruning_ratio=RATIO, round_to=opts["round_to"],
                 output_transform=opts["output_transform"], unwrapped_parameters=opts["unwrapped_parameters"])
+            offered = [(group_history(pruner.DG, g, [])[0][:2], len(g[0].idxs), pruner._get_channel_groups(g))
+                       for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                         root_module_types=pruner.root_module_types)]
+            row["groups_offered"] = len(offered)
+
+            stage("share")  # each offered group pruned in two halves on index-valued copies
+            total = sum(p.numel() for _, p in unique_params(model))
+            covered, share_errors = set(), []
+            for (root, is_out), n, ch_groups in offered:
+                try:
+                    for half in halves(n, ch_groups):
+                        covered |= deleted_by(model, case, [[root, is_out, half]], tp)
+                except Exception as exc:  # noqa: BLE001 - recorded
+                    share_errors.append(f"{root}: {type(exc).__name__}: {exc}"[:200])
+            row["prunable_share"] = len(covered) / total
+            row["share_errors"] = share_errors
+
+            stage("prune")  # random importance, 30 % of every group (whole heads in attention groups)
             pruner.step()
-            row["attributes_updated"] = refresh_attention_attributes(opts["attention"], pruner)
+            row["attributes_updated"] = refresh_attention_attributes(opts["attention"])
             history = pruner.pruning_history()
             row["groups_pruned"] = len(history)
             row["params_removed"] = 1 - sum(p.numel() for _, p in unique_params(pruned)) / total
+            if not history:
+                raise RuntimeError("Torch-Pruning offered no group to prune")
             pruned.eval()
             with torch.no_grad():
                 out = case.run(pruned)
             row["prunes"] = True
 
             stage("exact")  # the whole pruning, then every group alone
-            zeroed = zero_entries(model, deleted_by(base, case, history, tp))
+            zeroed = zero_entries(model, deleted_by(model, case, history, tp))
             with torch.no_grad():
                 ref = case.run(zeroed)
             row["exact"], row["max_diff"] = close(out, ref)
@@ -388,18 +418,18 @@ def run_tp(case, report=lambda row: None) -> dict:
                 g = {"root": entry[0], "out": entry[1], "pruned": len(entry[2])}
                 try:
                     g["norm"] = touches_norm(dg, entry)
-                    m, mg = fresh_graph(base, case, tp)
-                    mg.load_pruning_history([entry])
-                    zeroed = zero_entries(model, deleted_by(base, case, [entry], tp))
+                    alone = replay(model, case, [entry], tp)
+                    zeroed = zero_entries(model, deleted_by(model, case, [entry], tp))
                     with torch.no_grad():
-                        a, b = case.run(m), case.run(zeroed)
-                    g["exact"], g["max_diff"] = close(a, b)
+                        g["exact"], g["max_diff"] = close(case.run(alone), case.run(zeroed))
                 except Exception as exc:  # noqa: BLE001 - recorded
                     g["exact"], g["error"] = False, f"{type(exc).__name__}: {exc}"[:200]
                 row["groups"].append(g)
         except Exception as exc:  # noqa: BLE001 - recorded as the row's error
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
             row["traceback"] = traceback.format_exc(limit=-4)[-1500:]
+    if not row["prunes"]:
+        row["exact"] = None  # nothing to compare
     seen = []
     for w in caught:
         text = str(w.message).split("\n")[0][:200]
@@ -451,6 +481,8 @@ def run_isolated(name: str, timeout: float) -> dict:
         row["tp"]["error"] = f"{error} (stage: {row['tp']['stage']})"
     elif not rows:
         row["tp"]["error"] = error
+    if not row["tp"]["prunes"]:
+        row["tp"]["exact"] = None
     row["total_s"] = time.perf_counter() - start
     return row
 
@@ -466,16 +498,20 @@ def markdown(result) -> str:
     rows = result["rows"]
     ok = lambda r, k: sum(1 for x in rows if x["tp"].get(k))
     lines = [f"# Coverage: Torch-Pruning {result['versions']['torch_pruning']} on the conformance zoo", "",
-             "Command: `" + result["command"] + "`", "",
+             "Commands (in order; a later one re-ran the architectures it names): "
+             + ", ".join(f"`{c}`" for c in result["commands"]), "",
              f"Machine: {result['machine']}, {result['threads']} thread per architecture; torch "
              f"{result['versions']['torch']}, transformers {result['versions']['transformers']}.", "",
              f"{len(rows)} architectures: analyses {ok(rows, 'analyses')}, prunes {ok(rows, 'prunes')}, "
              f"exact {ok(rows, 'exact')}. Definitions: `benchmarks/bench_coverage.py` docstring. "
              "groups exact = pruned groups exact when pruned alone / pruned groups "
-             "(n: of the inexact ones, those touching a LayerNorm/GroupNorm/RMSNorm-like weight).", "",
-             "| id | kind | params | analyses | prunes | exact | groups exact | share | analysis (s) | error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    yes = lambda v: "yes" if v else "no"
+             "(n: of the inexact ones, those touching a LayerNorm/GroupNorm/RMSNorm-like weight); "
+             "share = prunable share of the parameters; removed = parameters removed by the 30 % pruning; "
+             "– = not applicable (nothing pruned).", "",
+             "| id | kind | params | analyses | prunes | exact | groups exact | share | removed | analysis (s) "
+             "| error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    yes = lambda v: "–" if v is None else "yes" if v else "no"
     for r in rows:
         t = r["tp"]
         groups = t.get("groups") or []
@@ -483,10 +519,11 @@ def markdown(result) -> str:
         g_norm = sum(1 for g in groups if not g.get("exact") and g.get("norm"))
         gcol = f"{g_exact}/{len(groups)}" + (f" (n {g_norm})" if g_norm else "") if groups else ""
         share = f"{t['prunable_share']:.0%}" if "prunable_share" in t else ""
-        secs = f"{t['analysis_s']:.2f}" if "analysis_s" in t else ""
+        secs = f"{t['analysis_s']:.3f}" if "analysis_s" in t else ""
+        removed = f"{t['params_removed']:.0%}" if t.get("prunes") else ""
         err = (t.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120]
         lines.append(f"| {r['id']} | {r.get('kind', '')} | {r.get('params', '')} | {yes(t['analyses'])} | "
-                     f"{yes(t['prunes'])} | {yes(t['exact'])} | {gcol} | {share} | {secs} | {err} |")
+                     f"{yes(t['prunes'])} | {yes(t['exact'])} | {gcol} | {share} | {removed} | {secs} | {err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -509,10 +546,12 @@ def main():
     unknown = [i for i in ids if i not in zoo.ZOO]
     if unknown:
         p.error(f"unknown ids {unknown}; known: {' '.join(zoo.ZOO)}")
-    previous = {}
+    previous, commands = {}, []
     if a.only and out.exists():
-        previous = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
-    result = {"benchmark": "coverage", "command": "python " + " ".join(shlex.quote(s) for s in sys.argv),
+        old = json.loads(out.read_text())
+        previous, commands = {r["id"]: r for r in old["rows"]}, old["commands"]
+    command = "python " + " ".join(shlex.quote(s) for s in sys.argv)
+    result = {"benchmark": "coverage", "commands": commands + [command],
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpus": os.cpu_count(),
               "threads": 1, "timeout_s": a.timeout, "pruning_ratio": RATIO, "versions": versions(), "rows": []}
     out.parent.mkdir(parents=True, exist_ok=True)
