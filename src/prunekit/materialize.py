@@ -117,6 +117,25 @@ def _slice_tensors(small: nn.Module, structures: Structures, removed) -> None:
                 module._buffers[attr] = new
 
 
+def _replace_norms(small: nn.Module, structures: Structures, removed) -> None:
+    """LayerNorms whose width lost channels keep their statistics over the original width."""
+    from .pruned_layers import PrunedLayerNorm
+    ext = structures._removed_ext(removed)
+    for mname, closure in structures._plan_data["norms"].items():
+        if closure.kept(ext) == closure.n:
+            continue
+        parent_name, _, attr = mname.rpartition(".")
+        parent = small.get_submodule(parent_name) if parent_name else None
+        norm = small.get_submodule(mname)
+        if parent is None or not isinstance(norm, nn.LayerNorm) or isinstance(norm, PrunedLayerNorm):
+            raise MaterializeError(f"cannot replace LayerNorm {mname!r} by a PrunedLayerNorm")
+        new = PrunedLayerNorm.replacing(norm, closure.n)
+        for name, module in small.named_modules(remove_duplicate=False):  # shared norms: every owner
+            for child_name, child in list(module.named_children()):
+                if child is norm:
+                    setattr(module, child_name, new)
+
+
 def _fix_attributes(small: nn.Module, structures: Structures, removed) -> None:
     modules = dict(small.named_modules(remove_duplicate=False))
     for key in structures._plan_data["attrs"]:
@@ -161,6 +180,7 @@ def _materialize(model: nn.Module, structures: Structures, removed, plan: Prunin
         _apply_entry_masks(small, plan)
     _slice_tensors(small, structures, removed)
     _fix_attributes(small, structures, removed)
+    _replace_norms(small, structures, removed)
     return small
 
 
@@ -226,6 +246,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
     try:
         _slice_tensors(small, structures, removed)
         _fix_attributes(small, structures, removed)
+        _replace_norms(small, structures, removed)
     except Exception as error:
         raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
                                f"{type(error).__name__}: {error}") from error

@@ -55,8 +55,8 @@ def report():
 
 
 KNOWN = {  # honest failures: the reason, and the issue to fix them in
-    "levit": "LeViT: the materialized output is exact, but its counted MACs differ from the plan's "
-             "(attention-subsample bmm); under investigation",
+    "levit": "LeViT caches its attention biases in a dict on the first eval forward (state the trace does not "
+             "own): the materialized model reuses a stale cache, outputs exact but MACs differ from the plan's",
 }
 
 

