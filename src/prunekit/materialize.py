@@ -109,10 +109,12 @@ def _slice_tensors(small: nn.Module, structures: Structures, removed) -> None:
             if idx is not None:
                 new = new.index_select(dim, idx.to(new.device))
         new = new.clone()
+        if isinstance(old, nn.Parameter):  # one object for every owner: tied weights stay tied
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
         for mname, attr in owners[name]:
             module = modules[mname]
             if isinstance(old, nn.Parameter):
-                setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+                setattr(module, attr, new)
             else:
                 module._buffers[attr] = new
 
@@ -134,6 +136,16 @@ def _replace_norms(small: nn.Module, structures: Structures, removed) -> None:
             for child_name, child in list(module.named_children()):
                 if child is norm:
                     setattr(module, child_name, new)
+
+
+def _rescale_rms_norms(small: nn.Module, structures: Structures, removed) -> None:
+    """RMS norms whose width lost channels keep their mean over the original width (hooks)."""
+    from .pruned_layers import FullWidthRMS
+    ext = structures._removed_ext(removed)
+    for mname, closure in structures._plan_data.get("rms_norms", {}).items():
+        kept = closure.kept(ext)
+        if kept < closure.n:
+            FullWidthRMS(kept, closure.n).attach(small.get_submodule(mname))
 
 
 def _fix_attributes(small: nn.Module, structures: Structures, removed) -> None:
@@ -181,6 +193,7 @@ def _materialize(model: nn.Module, structures: Structures, removed, plan: Prunin
     _slice_tensors(small, structures, removed)
     _fix_attributes(small, structures, removed)
     _replace_norms(small, structures, removed)
+    _rescale_rms_norms(small, structures, removed)
     return small
 
 
@@ -247,6 +260,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
         _slice_tensors(small, structures, removed)
         _fix_attributes(small, structures, removed)
         _replace_norms(small, structures, removed)
+        _rescale_rms_norms(small, structures, removed)
     except Exception as error:
         raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
                                f"{type(error).__name__}: {error}") from error

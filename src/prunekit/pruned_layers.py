@@ -1,4 +1,10 @@
-"""Layers that materialize swaps in where a pruned width must keep its original statistics.
+"""Layers and hooks that materialize adds where a pruned width must keep its original statistics.
+
+:class:`FullWidthRMS` is a pair of forward hooks for an RMS norm
+``y = g(x / √(mean(x²) + ε))`` (``g`` multiplies by the weight, as in Llama's, T5's, Gemma's
+norms) whose width lost ``r`` zero channels: scaling the input by ``s = √(D'/D)`` makes the
+norm's own mean over ``D'`` entries equal the mean over ``D``, and dividing the output by
+``s`` restores it — exactly, ``ε`` included, with the module's code unchanged.
 
 :class:`PrunedLayerNorm` replaces an ``nn.LayerNorm`` whose normalised width lost ``r``
 channels that were exactly zero in the masked model. The masked model normalises over
@@ -22,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PrunedLayerNorm"]
+__all__ = ["PrunedLayerNorm", "FullWidthRMS"]
 
 
 class PrunedLayerNorm(nn.LayerNorm):
@@ -56,3 +62,22 @@ class PrunedLayerNorm(nn.LayerNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", full_features={self.full_features}"
+
+
+class FullWidthRMS:
+    """Forward pre-hook and hook (one object) keeping an RMS norm's mean over ``full`` channels."""
+
+    def __init__(self, kept: int, full: int):
+        self.kept, self.full = int(kept), int(full)
+        self.scale = (self.kept / self.full) ** 0.5
+
+    def pre(self, module, args, kwargs):
+        return (args[0] * self.scale,) + tuple(args[1:]), kwargs
+
+    def post(self, module, args, kwargs, output):
+        return output / self.scale
+
+    def attach(self, module: nn.Module) -> None:
+        module.register_forward_pre_hook(self.pre, with_kwargs=True)
+        module.register_forward_hook(self.post, with_kwargs=True)
+        module.prunekit_full_width = self.full

@@ -507,6 +507,17 @@ def index_select(tr, func, args, kwargs, out):
     _set(tr, out, dims, xi.dirty, xi.zero)
 
 
+def _rms_norm(tr, x) -> bool:
+    """Is the running module an RMS norm (``x / sqrt(mean(x²) + ε)`` times a weight) over ``x``'s last dim?"""
+    module = tr.t.modules.get(tr.module())
+    if module is None:
+        return False
+    name = type(module).__name__
+    weight = getattr(module, "weight", None)
+    return ((name.endswith("RMSNorm") or name == "T5LayerNorm" or isinstance(module, torch.nn.RMSNorm))
+            and isinstance(weight, torch.Tensor) and weight.dim() == 1 and weight.shape[0] == x.shape[-1])
+
+
 def _passthrough_with_frozen(tr, x, out, frozen_dims, reason, dirty=None):
     xi = tr.get(x)
     for d in frozen_dims:
@@ -593,6 +604,9 @@ def reduce(tr, func, args, kwargs, out):
         if len(xi.dims[d]) > 1 and _labelled(tr, xi.dims[d]):
             if name in ("sum", "nansum") and not xi.dirty[d]:
                 continue  # a sum over zeroed entries is exact
+            if name == "mean" and d == x.dim() - 1 and len(ds) == 1 and not xi.dirty[d] and _rms_norm(tr, x):
+                tr.t.rms_norms.append((tr.module(), xi.dims[d].copy()))
+                continue  # materialize rescales the norm's input to keep the mean over the full width
             A.freeze_array(xi.dims[d], f"reduced ({name}) in module {tr.module() or '<model>'}")
     for y in flatten_tensors(out):
         if keepdim:
