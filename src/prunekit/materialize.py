@@ -190,11 +190,16 @@ def _materialize(model: nn.Module, structures: Structures, removed, plan: Prunin
     small = copy.deepcopy(unwrap(model))
     if plan is not None:
         _apply_entry_masks(small, plan)
+    _shrink(small, structures, removed)
+    return small
+
+
+def _shrink(small: nn.Module, structures: Structures, removed) -> None:
+    """Slice ``small`` in place: tensors, width attributes, LayerNorms, RMS norms."""
     _slice_tensors(small, structures, removed)
     _fix_attributes(small, structures, removed)
     _replace_norms(small, structures, removed)
     _rescale_rms_norms(small, structures, removed)
-    return small
 
 
 def output_error(reference, candidate) -> float:
@@ -257,10 +262,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
     except Exception as error:
         raise MaterializeError(f"the masked model does not run: {type(error).__name__}: {error}") from error
     try:
-        _slice_tensors(small, structures, removed)
-        _fix_attributes(small, structures, removed)
-        _replace_norms(small, structures, removed)
-        _rescale_rms_norms(small, structures, removed)
+        _shrink(small, structures, removed)
     except Exception as error:
         raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
                                f"{type(error).__name__}: {error}") from error

@@ -432,13 +432,6 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     A = t.atoms
     for root in extra_frozen:
         A.freeze(root, "removing it broke the forward (probe)")
-    leaves_cache: dict[int, list[int]] = {}
-
-    def leaves(root: int) -> list[int]:
-        if root not in leaves_cache:
-            leaves_cache[root] = A.leaves(root)
-        return leaves_cache[root]
-
     # slices of every class (base atom root) in every labelled tensor
     names = list(t.labels)
     # module order, then parameter name: independent of registration order (a removed
@@ -485,7 +478,6 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     sid_of: dict[int, int] = {}
     groups: dict[tuple, GroupInfo] = {}
     group_list: list[GroupInfo] = []
-    modules_of = {}
     leaf_by_sid: list[int] = []
     block_cache: dict = {}
     for leaf in sorted(per_class, key=sort_key.__getitem__):
@@ -514,7 +506,6 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
         leaf_by_sid.append(leaf)
         g.members.append(sid)
         g.size += 1
-        modules_of[sid] = modules
 
     closure_cache: dict[bytes, _Closure] = {}
 
