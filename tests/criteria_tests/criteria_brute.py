@@ -195,7 +195,7 @@ def cached(name):
 
 
 def expected(ref, method, curvature="gauss-newton", first_order=True):
-    """Brute-force scores from the METHODS.md formulas."""
+    """Brute-force scores from the docs/methods.md formulas."""
     Th, g = ref["Theta"], ref["g"]
     gt = Th @ g
     if method == "taylor":

@@ -9,7 +9,7 @@ import pytest
 
 from prunekit.data import DataFormatError, FPHA_CLASSES, load_fpha, read_fpha_file, read_fpha_split, write_fpha
 
-# Copied by hand from shared/DATA.md (label order 0..44).
+# Copied by hand from docs/data.md (label order 0..44).
 DATA_MD_CLASSES = """open_juice_bottle close_juice_bottle pour_juice_bottle open_peanut_butter close_peanut_butter
 prick sprinkle scoop_spoon put_sugar stir open_milk close_milk pour_milk drink_mug put_tea_bag put_salt
 open_liquid_soap close_liquid_soap pour_liquid_soap wash_sponge flip_sponge scratch_sponge squeeze_sponge

@@ -9,7 +9,7 @@ import pytest
 
 from prunekit.data import DataFormatError, SBU_CLASSES, SBU_SETS, load_sbu, read_sbu_file, write_sbu
 
-# Copied by hand from shared/DATA.md, not from the package, so the test checks the constants.
+# Copied by hand from docs/data.md, not from the package, so the test checks the constants.
 DATA_MD_SETS = ("s01s02 s01s03 s01s07 s02s01 s02s03 s02s06 s02s07 s03s02 s03s04 s03s05 s03s06 s04s02 s04s03 "
                 "s04s06 s05s02 s05s03 s06s02 s06s03 s06s04 s07s01 s07s03").split()
 DATA_MD_FOLDS = {

@@ -17,7 +17,7 @@ hold exactly, also for structures that overlap (an attention head and an output 
 of the same layer share entries). Direction ``1`` (all ones) moves θ along
 ``θ_P = Σ_s θ_s``.
 
-prunekit's formulation: METHODS.md suggests "α multiplies every slice of its
+prunekit's formulation: docs/methods.md suggests "α multiplies every slice of its
 structure". For structures that do not overlap this *is* slice-wise multiplication.
 Where structures overlap, a product ``θ_i Π_{s∋i} α_s`` would add spurious
 ``θ_i g_i`` terms to the second derivatives; the additive form above keeps every

@@ -15,7 +15,7 @@ with ``w_e = 1`` (``cost="params"``) or the MACs of entry ``e`` per sample (``co
 over every weight of dimension ≥ 2 except the classifier's; the last quarter of the epochs
 then trains the weights under the frozen binary masks.
 
-prunekit's formulation (**[ours]** where METHODS.md §3 leaves room). Measured on the
+prunekit's formulation (**[ours]** where docs/methods.md §3 leaves room). Measured on the
 synthetic-SBU attention GCN (16, 32, 32) of ``benchmarks/bench_ctf.py``, fold 1, from the
 same dense checkpoint (test accuracy 94.0 %; the test fold has 67 sequences, one = 1.5
 points, and one seed moves a result by up to ±10 points at 0.95–0.99). Accuracies are

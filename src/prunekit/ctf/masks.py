@@ -11,7 +11,7 @@ with every factor a band-stop gate of a magnitude,
 
 ≈ 0 for ``|u| < a`` and ≈ 1 above (``b_0 ≡ 1`` exactly, since ``σ(x) + σ(−x) = 1``).
 
-prunekit's formulation (**[ours]** where METHODS.md leaves room):
+prunekit's formulation (**[ours]** where docs/methods.md leaves room):
 
 * **Layout.** A weight of shape ``[K·Cc, R, *kernel]`` is viewed as
   ``[K blocks, Cc columns (output units), R rows (input units), kernel]``: block ``k``

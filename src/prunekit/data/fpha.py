@@ -1,6 +1,6 @@
 """Reader for FPHA (First-Person Hand Action Benchmark) hand poses and its 1:1 split.
 
-Layout (``shared/DATA.md``)::
+Layout (``docs/data.md``)::
 
     root/data_split_action_recognition.txt
     root/Hand_pose_annotation_v1/Subject_<k>/<action>/<seq>/skeleton.txt   (or ..._v1_1)
@@ -46,7 +46,7 @@ FPHA_CLASSES = (
     "light_candle", "charge_cell_phone", "unfold_glasses", "clean_glasses", "open_wallet", "give_coin",
     "receive_coin", "give_card", "pour_wine", "toast_wine", "handshake", "high_five",
 )
-#: Sequences known to be bad (``shared/DATA.md``); skipped with ``skip_known_bad=True``.
+#: Sequences known to be bad (``docs/data.md``); skipped with ``skip_known_bad=True``.
 FPHA_KNOWN_BAD = ("Subject_2/close_milk/4", "Subject_2/put_tea_bag/2", "Subject_4/flip_sponge/2")
 
 _COLUMNS = 1 + 21 * 3
@@ -255,7 +255,7 @@ def load_fpha(root: str | os.PathLike, *, skip_known_bad: bool = False, annotati
                 raise DataFormatError(f"split entry points at a missing sequence ({path} not found)",
                                       path=split_path, line=line, entry=entry)
             if skip_known_bad and entry in FPHA_KNOWN_BAD:
-                skipped.append((str(path), "known bad sequence (shared/DATA.md), skip_known_bad=True"))
+                skipped.append((str(path), "known bad sequence (docs/data.md), skip_known_bad=True"))
                 continue
             try:
                 data = read_fpha_file(path)

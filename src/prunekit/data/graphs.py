@@ -1,6 +1,6 @@
 """Skeleton layouts as named graphs, and the adjacency subsets GCNs aggregate over.
 
-A :class:`Graph` names the joints and bones of a skeleton (from ``shared/DATA.md``)
+A :class:`Graph` names the joints and bones of a skeleton (from ``docs/data.md``)
 and builds the ST-GCN "spatial" partition of the normalised adjacency into
 ``K = 3`` subsets: the self loop, the edges pointing towards the root
 (centripetal) and the edges pointing away from it (centrifugal)::

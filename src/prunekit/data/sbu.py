@@ -1,6 +1,6 @@
 """Reader for SBU Kinect Interaction v2.0 (clean version) and its 5-fold protocol.
 
-Layout (``shared/DATA.md``): ``<set>/<action 01..08>/<seq>/skeleton_pos.txt``, possibly
+Layout (``docs/data.md``): ``<set>/<action 01..08>/<seq>/skeleton_pos.txt``, possibly
 under wrapper folders; every ``skeleton_pos.txt`` below ``root`` is found and its set,
 action and sequence are taken from the last three folder names. Each line is one
 frame: 91 comma-separated numbers, the frame number then person A's 15 joints

@@ -8,7 +8,7 @@ The generator exercises the real readers end to end: :func:`write_sbu` writes th
 and set ``.synthetic = True``.
 
 Motions are procedural and class-dependent, computed by forward kinematics on the
-real skeletons (bones of ``shared/DATA.md``):
+real skeletons (bones of ``docs/data.md``):
 
 * SBU: two persons facing each other; per-class joint-angle and translation curves
   (walk cycles for approaching / departing, leg swing for kicking, arm thrusts for

@@ -175,7 +175,7 @@ class MergePersons:
 
 
 class SBUToMillimetres:
-    """Convert SBU's normalised ``(x, y, z)`` to millimetres (``shared/DATA.md``).
+    """Convert SBU's normalised ``(x, y, z)`` to millimetres (``docs/data.md``).
 
     ``X = 1280 − 2560·x``, ``Y = 960 − 1920·y``, ``Z = 10000·z / 7.8125``: SBU's raw
     units differ per axis, so convert before any length-based normalisation.
