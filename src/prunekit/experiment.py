@@ -1,6 +1,6 @@
 """Experiments: data from a spec, training from a config, pruning a checkpoint, and the demo.
 
-The pipeline of ``DESIGN.md`` in one place::
+The pipeline in one place::
 
     config ─► data ─► model ─► train ─► criterion ─► plan ─► materialize ─► fine-tune ─► measure ─► report
 

@@ -187,9 +187,7 @@ def _fix_known(m: nn.Module) -> None:
 
 
 def _materialize(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None) -> nn.Module:
-    small = copy.deepcopy(unwrap(model))
-    if plan is not None:
-        _apply_entry_masks(small, plan)
+    small = _masked(model, structures, removed, plan)  # zeroed entries are exactly the ones sliced away
     _shrink(small, structures, removed)
     return small
 

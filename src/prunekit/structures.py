@@ -569,9 +569,9 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
         rms_norms.setdefault(mname, closure(arr))
     plan_data = {"norms": norms, "rms_norms": rms_norms, "all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
                  "layer_closures": layer_closures, "layer_rows": layer_rows, "leaves": leaf_by_sid}
-    if abs(sum(c * math.prod(x.n for x in cl) for c, cl in terms) - t.mac_formula_total) > 0:
-        log.warning("MAC terms (%d) differ from the counted MACs (%d)",
-                    sum(c * math.prod(x.n for x in cl) for c, cl in terms), t.mac_formula_total)
+    modelled = sum(c * math.prod(x.n for x in cl) for c, cl in terms)
+    if modelled != t.mac_formula_total:
+        log.warning("MAC terms (%d) differ from the counted MACs (%d)", modelled, t.mac_formula_total)
     return Structures(items, group_list, tensors, terms, constant, input_spec_of(example_inputs),
                       type(model).__name__, frozen, ignored, plan_data)
 

@@ -48,12 +48,6 @@ def _run(model, inputs):
         return prunekit.measure.call_model(model.eval(), inputs)
 
 
-@pytest.fixture(scope="module")
-def report():
-    rows = {}
-    yield rows
-
-
 KNOWN = {  # honest failures: the reason, and the issue to fix them in
     "levit": "LeViT caches its attention biases in a dict on the first eval forward (state the trace does not "
              "own): the materialized model reuses a stale cache, outputs exact but MACs differ from the plan's",

@@ -37,7 +37,6 @@ def test_ctf_trains_and_finalizes_on_foreign_architectures(arch):
     torch.manual_seed(0)
     case = ZOO[arch]()
     model, inputs = case.model, case.inputs
-    dense = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FrozenWarning)
         ctf = CTF(model, 0.5, example_inputs=inputs, hard=0.0)
@@ -61,4 +60,3 @@ def test_ctf_trains_and_finalizes_on_foreign_architectures(arch):
         assert output_error(_run(trained, inputs), _run(replay, inputs)) <= 1e-6
         small = prunekit.materialize(trained, plan, example_inputs=inputs)
         assert output_error(_run(replay, inputs), _run(small, inputs)) <= 1e-5
-    assert output_error(_run(dense, inputs), _run(dense, inputs)) == 0.0

@@ -139,12 +139,6 @@ class Atoms:
             return NONE
         return r
 
-    def is_composite(self, a: int) -> bool:
-        return self.left[self.find(a)] >= 0
-
-    def is_frozen(self, a: int) -> bool:
-        return self.find(a) == NONE
-
     def freeze(self, a: int, reason: str) -> None:
         """Freeze atom ``a`` (and, for a product, both factors): it becomes ``NONE``, never removed."""
         stack = [a]
@@ -249,18 +243,4 @@ class Atoms:
         out[~comp, 0] = r[~comp]
         out[comp, :left.shape[1]] = left
         out[comp, left.shape[1]:] = right
-        return out
-
-    def leaves(self, atom: int) -> list[int]:
-        """The base (non-product), unfrozen atoms whose removal removes index ``atom``."""
-        out, stack, seen = [], [atom], set()
-        while stack:
-            r = self.find(stack.pop())
-            if r == NONE or r in seen:
-                continue
-            seen.add(r)
-            if self.left[r] >= 0:
-                stack.extend((int(self.left[r]), int(self.right[r])))
-            else:
-                out.append(r)
         return out

@@ -88,7 +88,6 @@ class Trace:
     unknown: dict = field(default_factory=lambda: defaultdict(int))  # (op, module) -> count
     modules: dict = field(default_factory=dict)          # name -> module
     owners: dict = field(default_factory=dict)           # param/buffer name -> [(module name, attr)]
-    output_labels: list = field(default_factory=list)
 
 
 def flatten_tensors(obj) -> list[torch.Tensor]:
@@ -351,8 +350,6 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
             h.remove()
     t = tracer.t
     for y in flatten_tensors(output):
-        info = tracer.get(y)
-        t.output_labels.append(info.dims)
-        for d in info.dims:
+        for d in tracer.get(y).dims:
             t.atoms.freeze_array(d, "reaches the model output")
     return t
