@@ -120,22 +120,15 @@ def _slice_tensors(small: nn.Module, structures: Structures, removed) -> None:
 
 
 def _replace_norms(small: nn.Module, structures: Structures, removed) -> None:
-    """LayerNorms whose width lost channels keep their statistics over the original width."""
-    from .pruned_layers import PrunedLayerNorm
+    """LayerNorms and GroupNorms whose width lost channels keep their statistics over the original width."""
+    from .pruned_layers import make_full_width
     ext = structures._removed_ext(removed)
+    done = set()  # a norm shared under two names is converted once
     for mname, closure in structures._plan_data["norms"].items():
-        if closure.kept(ext) == closure.n:
-            continue
-        parent_name, _, attr = mname.rpartition(".")
-        parent = small.get_submodule(parent_name) if parent_name else None
-        norm = small.get_submodule(mname)
-        if parent is None or not isinstance(norm, nn.LayerNorm) or isinstance(norm, PrunedLayerNorm):
-            raise MaterializeError(f"cannot replace LayerNorm {mname!r} by a PrunedLayerNorm")
-        new = PrunedLayerNorm.replacing(norm, closure.n)
-        for name, module in small.named_modules(remove_duplicate=False):  # shared norms: every owner
-            for child_name, child in list(module.named_children()):
-                if child is norm:
-                    setattr(module, child_name, new)
+        kept, norm = closure.kept_indices(ext), small.get_submodule(mname)
+        if len(kept) < closure.n and id(norm) not in done:
+            make_full_width(norm, closure.n, kept)
+            done.add(id(norm))
 
 
 def _rescale_rms_norms(small: nn.Module, structures: Structures, removed) -> None:

@@ -156,6 +156,11 @@ class _Closure:
             return self.n
         return self.n - int(removed_ext[self.matrix].any(axis=1).sum())
 
+    def kept_indices(self, removed_ext: np.ndarray) -> np.ndarray:
+        if self.matrix.shape[1] == 0:
+            return np.arange(self.n)
+        return np.nonzero(~removed_ext[self.matrix].any(axis=1))[0]
+
 
 class Structures(Sequence[Structure]):
     """The prunable structures of a model, with an exact cost model.

@@ -640,10 +640,10 @@ def along_dim(tr, func, args, kwargs, out):
 
 @rule("native_layer_norm")
 def layer_norm(tr, func, args, kwargs, out):
-    """LayerNorm over the last dims. Their atoms stay prunable only for an ``nn.LayerNorm`` over one
-    dim whose removed entries are exactly zero in the masked model: materialize then swaps in
-    :class:`prunekit.pruned_layers.PrunedLayerNorm`, which keeps the statistics over the original
-    width. Otherwise the normalised width is frozen."""
+    """LayerNorm over the last dims. Their atoms stay prunable only for an ``nn.LayerNorm`` (or
+    subclass) over one dim whose removed entries are exactly zero in the masked model:
+    materialize then gives it its full-width class (:class:`prunekit.pruned_layers.PrunedLayerNorm`),
+    which keeps the statistics over the original width. Otherwise the normalised width is frozen."""
     x, shape, w, b = args[0], list(args[1]), args[2], args[3]
     xi = tr.get(x)
     A = tr.t.atoms
@@ -671,14 +671,25 @@ def layer_norm(tr, func, args, kwargs, out):
 
 @rule("native_group_norm")
 def group_norm(tr, func, args, kwargs, out):
+    """GroupNorm over channels (dim 1). Prunable channel by channel for an ``nn.GroupNorm`` whose
+    input has exact zeros at removed channels: materialize turns it into its full-width class
+    (:class:`prunekit.pruned_layers.PrunedGroupNorm`), whose group statistics still cover every
+    original channel. Otherwise the channels are frozen."""
     x, w, b = args[0], args[1], args[2]
     xi = tr.get(x)
     A = tr.t.atoms
+    module = tr.module()
+    exact = isinstance(tr.t.modules.get(module), torch.nn.GroupNorm) and not xi.dirty[1]
     for p in (w, b):
         if p is not None:
             A.unify_arrays(tr.get(p).dims[0], xi.dims[1])
-    A.freeze_array(xi.dims[1], f"normalised by GroupNorm in module {tr.module() or '<model>'}")
-    _set(tr, out[0], xi.dims, [True] * x.dim())
+    if not exact:
+        A.freeze_array(xi.dims[1], f"normalised by GroupNorm in module {module or '<model>'}")
+    elif _labelled(tr, xi.dims[1]):
+        tr.t.norms.append((module, xi.dims[1].copy()))
+    dirty = [True] * x.dim()
+    dirty[1] = not (exact and isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor))
+    _set(tr, out[0], xi.dims, dirty)
     tr.none_out(out[1:])
 
 

@@ -83,7 +83,7 @@ class Trace:
     mac_formula_total: int = 0
     sizes: list = field(default_factory=list)            # SizeRecord
     attrs: list = field(default_factory=list)            # (module name, attribute, atom array)
-    norms: list = field(default_factory=list)            # (nn.LayerNorm name, atoms of its width)
+    norms: list = field(default_factory=list)            # (LayerNorm/GroupNorm name, atoms of its width)
     rms_norms: list = field(default_factory=list)        # (RMS-norm module name, atoms of its width)
     unknown: dict = field(default_factory=lambda: defaultdict(int))  # (op, module) -> count
     modules: dict = field(default_factory=dict)          # name -> module
