@@ -73,8 +73,9 @@ def _apply_entry_masks(model: nn.Module, plan: PruningPlan) -> None:
             params[name].mul_(mask.to(params[name].dtype))
 
 
-def _masked(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None) -> nn.Module:
-    masked = copy.deepcopy(unwrap(model))
+def _masked(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None,
+            inplace: bool = False) -> nn.Module:
+    masked = unwrap(model) if inplace else copy.deepcopy(unwrap(model))
     if plan is not None:
         _apply_entry_masks(masked, plan)
     _zero_slices(masked, structures, removed)
@@ -129,6 +130,56 @@ def _replace_norms(small: nn.Module, structures: Structures, removed) -> None:
         if len(kept) < closure.n and id(norm) not in done:
             make_full_width(norm, closure.n, kept)
             done.add(id(norm))
+
+
+def _replace_attention(small: nn.Module, structures: Structures, removed) -> None:
+    """Every ``nn.MultiheadAttention`` that lost rows or columns becomes a PrunedMultiheadAttention.
+
+    ``in_proj_weight`` ``[3E, E]`` (and ``in_proj_bias``) was sliced as one tensor: how many rows
+    each of the q, k and v blocks kept is read off the plan (its kept row indices, cut at ``E``
+    and ``2E``; the sliced shape alone cannot tell ``2·d_qk + d_v`` apart); the head count is
+    ``num_heads``, which the plan already updated (the views pass it). The attention scale stays
+    ``1/√head_dim`` of the unpruned module. Every parent holding the module gets the new one (a
+    model that is itself the attention is converted in place).
+    """
+    from .pruned_attention import PrunedMultiheadAttention
+    names: dict[int, list[str]] = {}
+    for name, module in small.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.MultiheadAttention):
+            names.setdefault(id(module), []).append(name)
+    keep = structures.keep_indices(removed) if names else {}
+
+    def kept(mnames, tensor):
+        return next((keep[k] for k in (f"{m}.{tensor}" if m else tensor for m in mnames) if k in keep), None)
+
+    for mnames in names.values():
+        mha = small.get_submodule(mnames[0])
+        dims = {t: kept(mnames, t) for t in ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight",
+                                             "v_proj_weight", "out_proj.weight", "out_proj.bias")}
+        if all(k is None for d in dims.values() if d for k in d):
+            continue  # untouched: it keeps its own (fast) forward
+        packed = dims["in_proj_weight"] or dims["in_proj_bias"]
+        E = mha.embed_dim
+        if packed is not None:
+            rows = packed[0] if packed[0] is not None else torch.arange(3 * E)
+            counts = [int(((rows >= i * E) & (rows < (i + 1) * E)).sum()) for i in range(3)]
+        else:  # separate q/k/v weights and no bias: their shapes say it
+            counts = [mha.q_proj_weight.shape[0], mha.k_proj_weight.shape[0], mha.v_proj_weight.shape[0]]
+        new = PrunedMultiheadAttention.replacing(mha, num_heads=mha.num_heads, q_rows=counts[0],
+                                                 k_rows=counts[1], v_rows=counts[2])
+        if mnames[0] == "":
+            mha.__dict__.clear()
+            mha.__dict__.update(new.__dict__)
+            mha.__class__ = PrunedMultiheadAttention
+            continue
+        for module in small.modules():
+            for child_name, child in list(module.named_children()):
+                if child is mha:
+                    setattr(module, child_name, new)
+    for module in small.modules():  # the nested-tensor fast path needs the packed nn.MultiheadAttention
+        if isinstance(module, nn.TransformerEncoder) and any(
+                isinstance(getattr(layer, "self_attn", None), PrunedMultiheadAttention) for layer in module.layers):
+            module.use_nested_tensor = False
 
 
 def _rescale_rms_norms(small: nn.Module, structures: Structures, removed) -> None:
@@ -186,10 +237,11 @@ def _materialize(model: nn.Module, structures: Structures, removed, plan: Prunin
 
 
 def _shrink(small: nn.Module, structures: Structures, removed) -> None:
-    """Slice ``small`` in place: tensors, width attributes, LayerNorms, RMS norms."""
+    """Slice ``small`` in place: tensors, width attributes, LayerNorms, attention, RMS norms."""
     _slice_tensors(small, structures, removed)
     _fix_attributes(small, structures, removed)
     _replace_norms(small, structures, removed)
+    _replace_attention(small, structures, removed)
     _rescale_rms_norms(small, structures, removed)
 
 
@@ -234,12 +286,13 @@ def _describe(structures: Structures, removed) -> str:
 
 
 def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True,
-                         tolerance: float = TOLERANCE) -> nn.Module:
+                         tolerance: float = TOLERANCE, inplace: bool = False) -> nn.Module:
     """Materialize, then compare with the masked model on ``example_inputs``.
 
     The masked copy runs first and is then sliced in place into the small model (one
-    copy of the model, not two); a difference above ``tolerance`` in float32 is decided
-    again in float64, so float noise never raises.
+    copy of the model, not two; none with ``inplace``, which consumes ``model``); a
+    difference above ``tolerance`` in float32 is decided again in float64, so float noise
+    never raises.
     """
     if not check:
         try:
@@ -247,7 +300,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
         except Exception as error:
             raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
                                    f"{type(error).__name__}: {error}") from error
-    small = _masked(model, structures, removed, plan)
+    small = _masked(model, structures, removed, plan, inplace=inplace)
     try:
         reference = _run(small, example_inputs)
     except Exception as error:
@@ -259,7 +312,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
                                f"{type(error).__name__}: {error}") from error
     try:
         err = output_error(reference, _run(small, example_inputs))
-        if err > tolerance:  # float32 noise or a real difference: decide in float64
+        if err > tolerance and not inplace:  # float32 noise or a real difference: decide in float64
             masked64 = _masked(model, structures, removed, plan).double()
             err = output_error(_run(masked64, _to_double(example_inputs)),
                                _run(copy.deepcopy(small).double(), _to_double(example_inputs)))

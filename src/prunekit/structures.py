@@ -378,12 +378,18 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
 
 def _tie_size_arguments(t) -> None:
     """A module attribute passed as a size to several views/splits (``head_dim`` for q, k and v) holds
-    one number: the widths that read it keep the same count, so tie them position by position."""
+    one number: the widths that read it keep the same count, so tie them position by position.
+    An attribute also used as a number in ``forward`` (``/ math.sqrt(self.head_dim)``) keeps its
+    value, so the widths it sizes are frozen."""
     A = t.atoms
     by_tag = defaultdict(list)
     for rec in t.sizes:
         by_tag[rec.tag].append(rec.labels)
     for (mname, attr), arrays in by_tag.items():
+        if (mname, attr) in t.value_uses:
+            for arr in arrays:
+                A.freeze_array(arr, f"{mname}.{attr} is used as a number in forward (a scale), not only as a size")
+            continue
         for other in arrays[1:]:
             if len(other) == len(arrays[0]):
                 A.unify_arrays(arrays[0], other)
@@ -393,24 +399,30 @@ def _tie_size_arguments(t) -> None:
         t.attrs.append((mname, attr, arrays[0]))
 
 
-def _randomized(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters are seeded random values of unit-ish scale (BatchNorm
-    statistics reset): the probe then depends on the architecture only, and no unit is dead."""
+def _randomized(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A copy of ``model`` in ``dtype`` whose parameters are seeded random values of unit-ish scale
+    (BatchNorm statistics reset): the probe then depends on the architecture only, and no unit is dead.
+
+    The copy is made with the new tensors in place of the old ones (no copy of the old values).
+    """
     import copy
-    probe = copy.deepcopy(model)
     import zlib
-    with torch.no_grad():
-        for name, p in probe.named_parameters():
-            if not p.is_floating_point():
-                continue
+    memo = {}
+    for name, p in model.named_parameters():
+        if p.is_floating_point():
             # seeded by name: the same values whatever order the parameters were registered in
             generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            noise = torch.randn(p.shape, generator=generator, dtype=dtype)
             if p.dim() > 1:
                 noise /= math.sqrt(max(1, p[0].numel()))
             else:
                 noise = noise * 0.5 + (1.0 if name.endswith("weight") else 0.0)
-            p.copy_(noise.to(p.dtype))
+            memo[id(p)] = nn.Parameter(noise.to(p.device), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if b.is_floating_point():
+            memo[id(b)] = b.detach().to(dtype=dtype, copy=True)
+    probe = copy.deepcopy(model, memo)
+    with torch.no_grad():
         for module in probe.modules():  # trained statistics with random weights can kill every unit
             if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
                 module.running_mean.zero_()
@@ -594,17 +606,20 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
         if not bad:
             return structures
         return _refreeze(model, t, example_inputs, ignored, structures, extra_frozen, bad)
-    probe_model = _randomized(model).double()  # compared in float64 at once
+    probe_model = _randomized(model)  # compared in float64 at once
     inputs = _to_double(inputs_from_spec(input_spec_of(example_inputs), probe_model))
 
-    def fails(group_ids) -> bool:
+    def fails(group_ids, last: bool = False) -> bool:
         # group g loses 1, 2 or 3 members (g mod 3): two widths the code silently needs equal
         # (one sized from the other's shape) then differ, so the probe sees it
+        nonlocal probe_model
         checker = structures.collapse_checker()
         removed = [sid for g in group_ids for sid in structures.groups[g].members[::-1][:1 + g % 3]
                    if checker.admit(sid)]
+        target = probe_model if probe_model is not None else _randomized(model)
+        probe_model = None if last else target  # the last use masks and slices the copy itself
         try:
-            _materialize_checked(probe_model, structures, removed, inputs, tolerance=PROBE_TOLERANCE)
+            _materialize_checked(target, structures, removed, inputs, tolerance=PROBE_TOLERANCE, inplace=last)
         except MaterializeError:
             return True
         return False
@@ -612,8 +627,8 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
     candidates = [g.id for g in structures.groups if len(g.members) > 1]
     bad: list[int] = []
 
-    def search(ids):
-        if not ids or not fails(ids):
+    def search(ids, last=False):
+        if not ids or not fails(ids, last):
             return
         if len(ids) == 1:
             bad.append(ids[0])
@@ -627,7 +642,7 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
         bad.extend(g for g in candidates if fails([g]))
         search([g for g in candidates if g not in bad])  # and the survivors together
     else:
-        search(candidates)
+        search(candidates, last=True)  # one pass when nothing fails; a bisection re-randomizes
     _PROBE_CACHE[key] = list(bad)
     if not bad:
         return structures

@@ -13,7 +13,9 @@ What the pass records:
 * why atoms were frozen (unknown ops are reported; model inputs/outputs are not).
 
 Modules with their own rule (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) are followed at
-module level; ``nn.MultiheadAttention`` and ignored modules are opaque (frozen).
+module level; ``nn.MultiheadAttention`` runs the attention materialize puts in its place
+(:mod:`prunekit.analysis.attention`; opaque if it uses ``bias_k``/``bias_v`` or
+``add_zero_attn``); ignored modules are opaque (frozen).
 
 Example:
     >>> import torch
@@ -82,6 +84,7 @@ class Trace:
     mac_terms: list = field(default_factory=list)        # (constant, [atom arrays])
     mac_formula_total: int = 0
     sizes: list = field(default_factory=list)            # SizeRecord
+    value_uses: set = field(default_factory=set)         # attribute tags used as numbers (a scale)
     attrs: list = field(default_factory=list)            # (module name, attribute, atom array)
     norms: list = field(default_factory=list)            # (LayerNorm/GroupNorm name, atoms of its width)
     rms_norms: list = field(default_factory=list)        # (RMS-norm module name, atoms of its width)
@@ -112,12 +115,40 @@ _USER_SIZES = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Ten
 
 
 class _Tagged(int):
-    """An ``int`` module attribute that remembers where it lives, so a size passed to a view names it."""
+    """An ``int`` module attribute that remembers where it lives, so a size passed to a view names it.
+
+    Turned into a float (``math.sqrt(self.head_dim)``, ``self.head_dim ** -0.5``, ``d / self.n``)
+    it is used as a number, not only as a size: its tag goes to ``_Tagged.value_uses``.
+    """
+
+    value_uses: set | None = None  # set by trace() while it runs
 
     def __new__(cls, value: int, tag: tuple):
         obj = super().__new__(cls, value)
         obj.tag = tag
         return obj
+
+    def _used(self):
+        if _Tagged.value_uses is not None:
+            _Tagged.value_uses.add(self.tag)
+
+    def __float__(self):
+        self._used()
+        return int(self).__float__()
+
+    def __truediv__(self, other):
+        self._used()
+        return int(self) / other
+
+    def __rtruediv__(self, other):
+        self._used()
+        return other / int(self)
+
+    def __pow__(self, other, mod=None):
+        result = pow(int(self), other, mod)
+        if isinstance(result, float):
+            self._used()
+        return result
 
 
 def _size_args(func, args) -> list:
@@ -190,6 +221,7 @@ class Tracer(TorchDispatchMode):
         self.ignored = ignored
         self.param_names: dict[int, str] = {}
         self.param_kind: dict[int, str] = {}
+        self.followed: set[int] = set()  # ids of the nn.MultiheadAttention modules followed (analysis.attention)
         for mname, module in model.named_modules(remove_duplicate=False):
             self.t.modules.setdefault(mname, module)
             kind = _kind_of(module)
@@ -288,9 +320,9 @@ class Tracer(TorchDispatchMode):
             else:
                 self.opaque += 1
             return
-        if name in self.ignored or isinstance(module, nn.MultiheadAttention):
+        if name in self.ignored or (isinstance(module, nn.MultiheadAttention) and id(module) not in self.followed):
             reason = (f"module {name} is ignored" if name in self.ignored
-                      else f"{type(module).__name__} {name} has no rule (its widths are fixed by its own checks)")
+                      else f"{type(module).__name__} {name} uses bias_k/bias_v or add_zero_attn (no rule)")
             for x in flatten_tensors((args, kwargs)):
                 self.freeze_tensor(x, reason)
             if name not in self.ignored:
@@ -315,7 +347,7 @@ class Tracer(TorchDispatchMode):
 def _kind_of(module: nn.Module) -> str:
     if isinstance(module, nn.modules.conv._ConvNd):
         return "channel"
-    if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+    if isinstance(module, (nn.Linear, nn.MultiheadAttention)) or type(module).__name__ == "Conv1D":
         return "neuron"
     if isinstance(module, nn.Embedding):
         return "embedding"
@@ -327,6 +359,7 @@ def _kind_of(module: nn.Module) -> str:
 def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
     """One forward pass of ``model`` on ``example_inputs`` under the analysis (model in eval mode)."""
     from ..measure import call_model
+    from .attention import follow
     ignored = set(ignore or ())
     flag = _PythonCalls()
     tracer = Tracer(model, ignored, flag)
@@ -339,10 +372,12 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
     was_training = model.training
     model.eval()
     restore = _tag_attributes(model)
+    _Tagged.value_uses = tracer.t.value_uses
     try:
-        with torch.no_grad(), flag, tracer:
+        with torch.no_grad(), flag, tracer, follow(tracer, model, ignored):
             output = call_model(model, example_inputs)
     finally:
+        _Tagged.value_uses = None
         for module, attr, value in restore:
             module.__dict__[attr] = value
         model.train(was_training)
