@@ -185,6 +185,22 @@ def identity(tr, func, args, kwargs, out):
         tr.none_out(flatten_tensors(out)[1:])
 
 
+@rule("as_strided", "as_strided_")
+def as_strided(tr, func, args, kwargs, out):
+    """Only the restride that keeps every entry where it is (strides of size-1 dims; reductions on
+    non-contiguous inputs emit it): identity. Any other ``as_strided`` has no rule."""
+    x, size, stride = args[0], list(args[1]), list(args[2])
+    offset = args[3] if len(args) > 3 else kwargs.get("storage_offset")
+    shape, x_stride, x_offset = (tr.layout_before if func._overloadpacket.__name__ == "as_strided_"
+                                 else (tuple(x.shape), x.stride(), x.storage_offset()))
+    same = (list(shape) == size and (offset is None or offset == x_offset)
+            and all(n == 1 or st == xs for n, st, xs in zip(size, stride, x_stride)))
+    if not same:
+        raise NotImplementedError("as_strided that moves entries")
+    xi = tr.get(x)
+    _set(tr, out, xi.dims, xi.dirty, xi.zero, xi.src)
+
+
 @rule("fill_")
 def fill_(tr, func, args, kwargs, out):
     xi = tr.get(args[0])

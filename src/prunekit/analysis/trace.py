@@ -219,6 +219,7 @@ class Tracer(TorchDispatchMode):
         self.opaque = 0     # inside an opaque module: everything frozen
         self.chunk = chunk_flag
         self.ignored = ignored
+        self.layout_before = None  # (shape, stride, offset) of an in-place restride's input
         self.param_names: dict[int, str] = {}
         self.param_kind: dict[int, str] = {}
         self.followed: set[int] = set()  # ids of the nn.MultiheadAttention modules followed (analysis.attention)
@@ -287,6 +288,8 @@ class Tracer(TorchDispatchMode):
     # ---------------------------------------------------------------- dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.ops.aten.as_strided_.default:  # its rule needs the layout before the op
+            self.layout_before = (tuple(args[0].shape), args[0].stride(), args[0].storage_offset())
         out = func(*args, **kwargs)
         from ..measure import MAC_FORMULAS, _output_of
         formula = MAC_FORMULAS.get(func._overloadpacket)
