@@ -604,6 +604,11 @@ REDUCE_ARGS = {"sum": (1, 2), "mean": (1, 2), "amax": (1, 2), "amin": (1, 2), "m
                "linalg_vector_norm": (2, 3), "norm": (2, 3), "nansum": (1, 2), "count_nonzero": (1, None)}
 
 
+def _norm_order(args, kwargs):
+    p = args[1] if len(args) > 1 else kwargs.get("ord", kwargs.get("p", 2))
+    return 2 if p is None else (float(p) if isinstance(p, (int, float)) else None)
+
+
 @rule(*REDUCE_ARGS)
 def reduce(tr, func, args, kwargs, out):
     name = func._overloadpacket.__name__
@@ -620,6 +625,8 @@ def reduce(tr, func, args, kwargs, out):
         if len(xi.dims[d]) > 1 and _labelled(tr, xi.dims[d]):
             if name in ("sum", "nansum") and not xi.dirty[d]:
                 continue  # a sum over zeroed entries is exact
+            if name in ("linalg_vector_norm", "norm") and not xi.dirty[d] and _norm_order(args, kwargs) in (1, 2, math.inf):
+                continue  # so is a 1-, 2- or max-norm: zeros add nothing
             if name == "mean" and d == x.dim() - 1 and len(ds) == 1 and not xi.dirty[d] and _rms_norm(tr, x):
                 tr.t.rms_norms.append((tr.module(), xi.dims[d].copy()))
                 continue  # materialize rescales the norm's input to keep the mean over the full width
@@ -637,7 +644,7 @@ def reduce(tr, func, args, kwargs, out):
         _set(tr, y, dims, dirty if name in ("sum", "nansum", "mean", "amax", "max") else [True] * y.dim())
 
 
-@rule("_softmax", "_log_softmax", "softmax", "log_softmax", "cumsum", "cumprod", "sort", "topk", "logcumsumexp")
+@rule("_softmax", "_log_softmax", "softmax", "log_softmax", "_safe_softmax", "cumsum", "cumprod", "sort", "topk", "logcumsumexp")
 def along_dim(tr, func, args, kwargs, out):
     """Ops that mix the entries along one dim: that dim's atoms are frozen, the others pass."""
     name = func._overloadpacket.__name__
@@ -726,6 +733,21 @@ def batch_norm(tr, func, args, kwargs, out):
     dirty[c] = not clean
     y = out[0] if isinstance(out, (tuple, list)) else out
     _set(tr, y, xi.dims, dirty)
+    if isinstance(out, (tuple, list)):
+        tr.none_out(out[1:])
+
+
+@rule("_weight_norm_interface", "_weight_norm")
+def weight_norm(tr, func, args, kwargs, out):
+    """``w = v · g / ‖v‖`` with the norm over every dim but ``dim``: zeroed entries of ``v`` add
+    nothing to the norm, so every dim of ``v`` passes; ``g`` shares ``v``'s ``dim``."""
+    v, g = args[0], args[1]
+    dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % v.dim()
+    vi = tr.get(v)
+    if g.dim() == v.dim() and g.shape[dim] == v.shape[dim] > 1:
+        tr.t.atoms.unify_arrays(tr.get(g).dims[dim], vi.dims[dim])
+    w = out[0] if isinstance(out, (tuple, list)) else out
+    _set(tr, w, vi.dims, vi.dirty, vi.zero)
     if isinstance(out, (tuple, list)):
         tr.none_out(out[1:])
 
