@@ -125,3 +125,37 @@ def test_restride_of_size_one_dims_is_followed_and_other_as_strided_is_frozen():
     assert err <= 1e-6
     with pytest.warns(prunekit.structures.FrozenWarning, match="as_strided"):
         assert len(prunekit.find_structures(Pooled(restride=False).eval(), x)) == 0
+
+
+def test_weight_norm_parametrization_and_l2_normalize_keep_widths_prunable():
+    class Audio(nn.Module):  # wav2vec2's positional conv (weight norm over dim 2) and an L2-normalised embedding
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv1d(4, 12, 3, padding=1)
+            self.pos = nn.utils.parametrizations.weight_norm(nn.Conv1d(12, 12, 5, padding=2, groups=3), dim=2)
+            self.proj = nn.Linear(12, 6)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            h = h + self.pos(h)
+            return F.normalize(self.proj(h.mean(-1)), dim=1)
+
+    x = torch.randn(2, 4, 9)
+    structures = prunekit.find_structures(Audio().eval(), x)
+    assert {"a"} <= {s.layer for s in structures}
+    assert structures.frozen["share"] < 0.2  # only proj's outputs (they reach the output) stay
+    small, err = _exact_at(Audio().eval(), x, fraction=0.5)
+    assert err <= 1e-6
+
+
+def test_a_norm_over_a_pruned_width_of_another_order_is_frozen():
+    class P3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h / torch.linalg.vector_norm(h, ord=3, dim=1, keepdim=True))
+
+    assert len(prunekit.find_structures(P3().eval(), torch.randn(3, 4))) == 0
