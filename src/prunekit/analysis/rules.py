@@ -138,7 +138,7 @@ def pointwise(tr, func, args, kwargs, out):
     single = len(inputs) == 1
     for k in range(nd):
         arrs, flags, contributing, first = [], [], 0, None
-        broadcast_nonzero = False
+        broadcast_nonzero, sized = False, []
         for i, (x, info) in enumerate(zip(inputs, infos)):
             off = x.dim() - (nd - k)
             if off < 0:
@@ -146,7 +146,9 @@ def pointwise(tr, func, args, kwargs, out):
                     broadcast_nonzero = broadcast_nonzero or bool(x.detach().ne(0).any())
                 continue
             if x.shape[off] == y.shape[k] and y.shape[k] > 1:
-                if info.zero:
+                if info.zero:  # adds nothing; but a width it was sized by must follow the others
+                    if _labelled(tr, info.dims[off]):
+                        sized.append(info.dims[off])
                     continue
                 arrs.append(info.dims[off])
                 flags.append(info.dirty[off])
@@ -155,9 +157,9 @@ def pointwise(tr, func, args, kwargs, out):
                     first = info.dirty[off]
             elif not info.zero:
                 broadcast_nonzero = True
-        for a in arrs[1:]:
-            A.unify_arrays(arrs[0], a)
-        dims.append(A.roots(arrs[0]) if arrs else _zeros(y.shape[k]))
+        for a in arrs[1:] + (sized if arrs else sized[1:]):
+            A.unify_arrays(arrs[0] if arrs else sized[0], a)
+        dims.append(A.roots(arrs[0]) if arrs else (A.roots(sized[0]) if sized else _zeros(y.shape[k])))
         if not arrs:
             dirty.append(True)
         elif name in MUL_LIKE:
@@ -212,10 +214,19 @@ def fill_(tr, func, args, kwargs, out):
 @rule("zeros", "ones", "full", "empty", "arange", "scalar_tensor", "randn", "rand", "randint", "eye", "linspace",
       "new_zeros", "new_ones", "new_empty", "new_full", "empty_strided", "randperm", "normal", "tensor")
 def factory(tr, func, args, kwargs, out):
+    """A new tensor. A dim sized by a module attribute (``torch.zeros(1, self.n_heads, L, S)``) gets
+    its own atoms, tied to every other width that attribute sizes."""
     name = func._overloadpacket.__name__
     zero = name in ("zeros", "new_zeros") or (name in ("full", "new_full") and args[-1] == 0)
+    tags = tr.chunk.tags if tr.chunk.explicit else []
     for y in flatten_tensors(out):
-        _set(tr, y, [_zeros(n) for n in y.shape], [False] * y.dim(), zero)
+        dims = [_zeros(n) for n in y.shape]
+        if len(tags) == y.dim():
+            for j, tag in enumerate(tags):
+                if tag is not None and y.shape[j] > 1:
+                    dims[j] = tr.t.atoms.fresh(y.shape[j], "channel")
+                    tr.t.sizes.append(SizeRecord(tag, y.shape[j], dims[j].copy(), name))
+        _set(tr, y, dims, [False] * y.dim(), zero)
 
 
 @rule("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like")

@@ -151,8 +151,17 @@ class _Tagged(int):
         return result
 
 
+_FACTORIES = (torch.zeros, torch.ones, torch.empty, torch.full, torch.randn, torch.rand)
+_NEW_FACTORIES = (torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_empty, torch.Tensor.new_full)
+
+
 def _size_args(func, args) -> list:
-    rest = list(args[1:2]) if func in (torch.Tensor.split, torch.split) else list(args[1:])
+    if func in _FACTORIES:  # torch.zeros(2, 3) / torch.zeros((2, 3)) / torch.full((2, 3), v)
+        rest = list(args[:1]) if func is torch.full else list(args)
+    elif func in _NEW_FACTORIES:
+        rest = list(args[1:2]) if func is torch.Tensor.new_full else list(args[1:])
+    else:
+        rest = list(args[1:2]) if func in (torch.Tensor.split, torch.split) else list(args[1:])
     if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
         rest = list(rest[0])
     return rest
@@ -171,7 +180,7 @@ def _tag_attributes(model: nn.Module) -> list:
 
 class _PythonCalls(TorchFunctionMode):
     """Which Python-level call issued an ATen op: sizes passed explicitly by the model's code to
-    ``view``/``reshape``/``expand``/``split`` may come from its attributes; sizes that ``chunk``,
+    ``view``/``reshape``/``expand``/``split`` or to a factory (``torch.zeros``) may come from its attributes; sizes that ``chunk``,
     ``flatten`` or library code (einsum, matmul) compute are not."""
 
     def __init__(self):
@@ -188,7 +197,7 @@ class _PythonCalls(TorchFunctionMode):
                 return func(*args, **kwargs)
             finally:
                 self.depth -= 1
-        if func in _USER_SIZES:
+        if func in _USER_SIZES or func in _FACTORIES or func in _NEW_FACTORIES:
             self.user += 1
             saved = self.tags
             self.tags = [getattr(v, "tag", None) for v in _size_args(func, args)]
