@@ -74,8 +74,8 @@ def _apply_entry_masks(model: nn.Module, plan: PruningPlan) -> None:
 
 
 def _masked(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None,
-            inplace: bool = False) -> nn.Module:
-    masked = unwrap(model) if inplace else copy.deepcopy(unwrap(model))
+            inplace: bool = False, copy_fn=copy.deepcopy) -> nn.Module:
+    masked = unwrap(model) if inplace else copy_fn(unwrap(model))
     if plan is not None:
         _apply_entry_masks(masked, plan)
     _zero_slices(masked, structures, removed)
@@ -286,7 +286,7 @@ def _describe(structures: Structures, removed) -> str:
 
 
 def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True,
-                         tolerance: float = TOLERANCE, inplace: bool = False) -> nn.Module:
+                         tolerance: float = TOLERANCE, inplace: bool = False, copy_fn=copy.deepcopy) -> nn.Module:
     """Materialize, then compare with the masked model on ``example_inputs``.
 
     The masked copy runs first and is then sliced in place into the small model (one
@@ -300,7 +300,7 @@ def _materialize_checked(model, structures, removed, example_inputs, plan=None, 
         except Exception as error:
             raise MaterializeError(f"materialize failed removing structures of {_describe(structures, removed)}: "
                                    f"{type(error).__name__}: {error}") from error
-    small = _masked(model, structures, removed, plan, inplace=inplace)
+    small = _masked(model, structures, removed, plan, inplace=inplace, copy_fn=copy_fn)
     try:
         reference = _run(small, example_inputs)
     except Exception as error:
