@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,162 @@ def test_prune_with_ctf_needs_a_rate_and_criteria_refuse_a_config(tmp_path, caps
     assert "--rate" in capsys.readouterr().err
     assert main(["prune", "--method", "l1", "--budget-macs", "0.5", str(config)]) == 2
     assert "--method ctf" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a user's own model
+
+USER_MODEL = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=8, classes=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class TwoInputs(nn.Module):
+    """Token ids and float features: several inputs, an integer dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.proj = nn.Linear(4, 8)
+        self.hidden = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, ids, feats):
+        return self.out(torch.relu(self.hidden(self.emb(ids) + self.proj(feats))))
+
+
+def build(width=8):
+    torch.manual_seed(0)
+    return Net(width=width)
+
+
+def broken():
+    raise RuntimeError("no GPU here")
+'''
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """``tmp_path/prunekit_cli_user.py``, importable as a module too."""
+    path = tmp_path / "prunekit_cli_user.py"
+    path.write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "prunekit_cli_user", raising=False)
+    return path
+
+
+def _load_user(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prunekit_cli_user_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inspect_a_user_model_by_file_path_with_weights(user_model, tmp_path, capsys):
+    from safetensors.torch import save_file
+    model = _load_user(user_model).build(width=4)
+    save_file(model.state_dict(), tmp_path / "net.safetensors")
+    assert main(["inspect", f"{user_model}:build", "--arg", "width=4", "--weights", str(tmp_path / "net.safetensors"),
+                 "--input-shape", "1,3,16,16"]) == 0
+    out = capsys.readouterr().out
+    assert "Structures(Net" in out and "conv1" in out and "conv2" in out and "frozen:" in out
+    # strict: a file of another width names the first mismatching key, in one line
+    assert main(["inspect", f"{user_model}:build", "--weights", str(tmp_path / "net.safetensors"),
+                 "--input-shape", "1,3,16,16"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "net.safetensors") in err and "'conv1.weight'" in err and err.count("\n") == 1
+
+
+def test_inspect_by_import_path_with_several_integer_and_float_inputs(user_model, capsys):
+    assert main(["inspect", "prunekit_cli_user:TwoInputs", "--input-shape", "2,5", "--input-shape", "2,5,4",
+                 "--input-dtype", "long", "--input-dtype", "float"]) == 0
+    out = capsys.readouterr().out
+    assert "Structures(TwoInputs" in out and "hidden" in out
+
+
+def test_prune_a_user_model_then_a_folder_saved_from_one(user_model, tmp_path, capsys):
+    module = _load_user(user_model)
+    x = torch.randn(1, 3, 16, 16)
+    # by reference: random-initialised factory output, pruned and saved
+    assert main(["prune", "prunekit_cli_user:build", "--input-shape", "1,3,16,16", "--method", "l1",
+                 "--budget-macs", "0.4", "--out", str(tmp_path / "small")]) == 0
+    assert '"method": "l1"' in capsys.readouterr().out
+    small = prunekit.load(tmp_path / "small", model=module.build())
+    assert prunekit.count(small, x)["macs"] <= 0.6 * prunekit.count(module.build(), x)["macs"]
+    # the pruned folder inspects with --model (its input shape comes from the plan) ...
+    assert main(["inspect", str(tmp_path / "small"), "--model", "prunekit_cli_user:build"]) == 0
+    assert "Structures(Net" in capsys.readouterr().out
+    # ... and says what to pass without it
+    assert main(["inspect", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "built by prunekit_cli_user:build" in err
+    # a dense model the user saved with prunekit.save: rebuilt with --model, pruned, reloadable
+    dense = module.build()
+    prunekit.save(dense, tmp_path / "dense")
+    assert main(["prune", str(tmp_path / "dense"), "--model", f"{user_model}:build", "--input-shape", "1,3,16,16",
+                 "--method", "l2", "--budget-params", "0.3", "--out", str(tmp_path / "dense_l2")]) == 0
+    pruned = prunekit.load(tmp_path / "dense_l2", model=module.build())
+    assert prunekit.count(pruned, x)["params"] <= 0.7 * prunekit.count(dense, x)["params"]
+    assert main(["prune", str(tmp_path / "dense"), "--method", "l1", "--budget-macs", "0.3"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "missing_file.py:build", "--input-shape", "1,3,8,8"], "missing_file.py: no such file"),
+    (["inspect", "{path}:nothing", "--input-shape", "1,3,8,8"], "has no attribute 'nothing'"),
+    (["inspect", "{path}:broken", "--input-shape", "1,3,8,8"], "RuntimeError: no GPU here"),
+    (["inspect", "prunekit_cli_no_such_module:build"], "No module named"),
+    (["inspect", "{path}:build"], "--input-shape"),
+    (["inspect", "{path}:build", "--input-shape", "1,3,x,8"], "expected comma-separated integers"),
+    (["inspect", "{path}:build", "--input-shape", "1,3,8,8", "--weights", "w.pt"], "w.pt: no such file"),
+    (["inspect", "{path}:build", "--input-shape", "1,3,8,8", "--weights", "{path}"], "safetensors files only"),
+    (["inspect", "no_such_model"], "unknown model"),
+    (["prune", "{path}:build", "--input-shape", "1,3,8,8", "--method", "taylor", "--budget-macs", "0.5"], "--config"),
+])
+def test_errors_are_one_line_with_exit_code_2(user_model, capsys, argv, message):
+    argv = [a.replace("{path}", str(user_model)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"prunekit {version('prunekit')}" == f"prunekit {prunekit.__version__}"
+
+
+def test_every_argument_has_help_text():
+    import argparse
+
+    from prunekit.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help, f"{path} {choice.dest}: no help"
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+                continue
+            yield path, action
+
+    missing = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in walk(build_parser(), "prunekit")
+               if not (a.help or "").strip()]
+    assert missing == []

@@ -21,7 +21,12 @@ from .plan import Budget, BudgetError, PruningPlan, select
 from .sparse import sparsify
 from .structures import Structure, Structures, UnsupportedModelError, find_structures
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("prunekit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
