@@ -159,3 +159,30 @@ def test_a_norm_over_a_pruned_width_of_another_order_is_frozen():
             return self.b(h / torch.linalg.vector_norm(h, ord=3, dim=1, keepdim=True))
 
     assert len(prunekit.find_structures(P3().eval(), torch.randn(3, 4))) == 0
+
+
+def test_a_tensor_cache_filled_by_forward_is_recomputed_not_reused():
+    class CachedBias(nn.Module):  # LeViT: per-head attention biases cached in a dict on the first eval call
+        def __init__(self, heads=4, n=5):
+            super().__init__()
+            self.heads, self.qkv = heads, nn.Linear(8, 3 * heads * 2)
+            self.bias = nn.Parameter(torch.randn(heads, n, n))
+            self.out = nn.Linear(heads * 2, 3)
+            self.cache = {}
+
+        def forward(self, x):
+            B, N, _ = x.shape
+            q, k, v = self.qkv(x).view(B, N, 3, self.heads, 2).permute(2, 0, 3, 1, 4)
+            if "b" not in self.cache:
+                self.cache["b"] = self.bias * 1.0
+            scores = (q @ k.transpose(-1, -2) + self.cache["b"]).softmax(-1)
+            return self.out((scores @ v).transpose(1, 2).reshape(B, N, -1))
+
+    model, x = CachedBias().eval(), torch.randn(2, 5, 8)
+    model(x)  # the cache is filled before the analysis, as in a user's session
+    cached = model.cache["b"]
+    structures = prunekit.find_structures(model, x)
+    assert [g.size for g in structures.groups] == [4]  # the heads, with the bias (head dims: a literal 2)
+    assert model.cache["b"] is cached  # the user's cache is back
+    small, err = _exact_at(model, x, fraction=0.5)
+    assert err <= 1e-6 and small.cache["b"].shape[0] == small.bias.shape[0] < 4

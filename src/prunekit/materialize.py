@@ -73,9 +73,23 @@ def _apply_entry_masks(model: nn.Module, plan: PruningPlan) -> None:
             params[name].mul_(mask.to(params[name].dtype))
 
 
+def _drop_caches(model: nn.Module, structures: Structures) -> None:
+    """Empty the tensor caches that ``forward`` fills (found by the analysis), so they are recomputed."""
+    for mname, attr in structures._plan_data.get("caches", ()):
+        setattr(model.get_submodule(mname), attr, {})
+
+
 def _masked(model: nn.Module, structures: Structures, removed, plan: PruningPlan | None = None,
-            inplace: bool = False, copy_fn=copy.deepcopy) -> nn.Module:
-    masked = unwrap(model) if inplace else copy_fn(unwrap(model))
+            inplace: bool = False, copy_fn=None) -> nn.Module:
+    model = unwrap(model)
+    if inplace:
+        masked = model
+    elif copy_fn is None:  # a deep copy, without the caches (they may hold tensors deepcopy refuses)
+        memo = {id(getattr(model.get_submodule(m), a)): {} for m, a in structures._plan_data.get("caches", ())}
+        masked = copy.deepcopy(model, memo)
+    else:
+        masked = copy_fn(model)
+    _drop_caches(masked, structures)  # recomputed from the zeroed tensors
     if plan is not None:
         _apply_entry_masks(masked, plan)
     _zero_slices(masked, structures, removed)
@@ -237,12 +251,13 @@ def _materialize(model: nn.Module, structures: Structures, removed, plan: Prunin
 
 
 def _shrink(small: nn.Module, structures: Structures, removed) -> None:
-    """Slice ``small`` in place: tensors, width attributes, LayerNorms, attention, RMS norms."""
+    """Slice ``small`` in place: tensors, width attributes, LayerNorms, attention, RMS norms, caches."""
     _slice_tensors(small, structures, removed)
     _fix_attributes(small, structures, removed)
     _replace_norms(small, structures, removed)
     _replace_attention(small, structures, removed)
     _rescale_rms_norms(small, structures, removed)
+    _drop_caches(small, structures)
 
 
 def output_error(reference, candidate) -> float:
@@ -286,7 +301,7 @@ def _describe(structures: Structures, removed) -> str:
 
 
 def _materialize_checked(model, structures, removed, example_inputs, plan=None, check=True,
-                         tolerance: float = TOLERANCE, inplace: bool = False, copy_fn=copy.deepcopy) -> nn.Module:
+                         tolerance: float = TOLERANCE, inplace: bool = False, copy_fn=None) -> nn.Module:
     """Materialize, then compare with the masked model on ``example_inputs``.
 
     The masked copy runs first and is then sliced in place into the small model (one

@@ -635,7 +635,7 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
     rms_norms = {}
     for mname, arr in t.rms_norms:
         rms_norms.setdefault(mname, closure(arr))
-    plan_data = {"norms": norms, "rms_norms": rms_norms, "all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
+    plan_data = {"norms": norms, "rms_norms": rms_norms, "caches": list(t.caches), "all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
                  "layer_closures": layer_closures, "layer_rows": layer_rows, "leaves": leaf_by_sid}
     modelled = sum(c * math.prod(x.n for x in cl) for c, cl in terms)
     if modelled != t.mac_formula_total:

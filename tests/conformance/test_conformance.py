@@ -49,8 +49,8 @@ def _run(model, inputs):
 
 
 KNOWN = {  # honest failures: the reason, and the issue to fix them in
-    "levit": "LeViT caches its attention biases in a dict on the first eval forward (state the trace does not "
-             "own): the materialized model reuses a stale cache, outputs exact but MACs differ from the plan's",
+    "levit": "LeViT: outputs exact (its attention-bias cache is now emptied for the analysis and the materialized "
+             "model), but the counted MACs of the materialized model differ from the plan's at 50 % (cause not found)",
 }
 
 

@@ -27,8 +27,7 @@ def _run(model, inputs):
     return prunekit.measure.call_model(model, inputs)
 
 
-KNOWN = {"levit": "LeViT fills an attention-bias cache on its first eval forward: analyses before and after "
-                  "differ (state mutated inside forward is not followed)"}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.xfail(reason=KNOWN[a], strict=True))

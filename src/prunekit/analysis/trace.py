@@ -85,6 +85,7 @@ class Trace:
     mac_formula_total: int = 0
     sizes: list = field(default_factory=list)            # SizeRecord
     value_uses: set = field(default_factory=set)         # attribute tags used as numbers (a scale)
+    caches: list = field(default_factory=list)           # (module name, dict attribute) refilled by forward
     attrs: list = field(default_factory=list)            # (module name, attribute, atom array)
     norms: list = field(default_factory=list)            # (LayerNorm/GroupNorm name, atoms of its width)
     rms_norms: list = field(default_factory=list)        # (RMS-norm module name, atoms of its width)
@@ -176,6 +177,20 @@ def _tag_attributes(model: nn.Module) -> list:
                 module.__dict__[attr] = _Tagged(value, (name, attr))
                 restore.append((module, attr, value))
     return restore
+
+
+def _empty_tensor_caches(model: nn.Module) -> list:
+    """Non-empty dict attributes holding only tensors (caches that ``forward`` fills, LeViT's attention
+    biases) are emptied for the pass, so that ``forward`` recomputes them where the analysis sees
+    it; returns ``(module name, module, attribute, old dict)`` to restore."""
+    emptied = []
+    for name, module in model.named_modules():
+        for attr, value in list(vars(module).items()):
+            if (type(value) is dict and value and not attr.startswith("_")
+                    and all(isinstance(v, torch.Tensor) for v in value.values())):
+                module.__dict__[attr] = {}
+                emptied.append((name, module, attr, value))
+    return emptied
 
 
 class _PythonCalls(TorchFunctionMode):
@@ -384,6 +399,7 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
     was_training = model.training
     model.eval()
     restore = _tag_attributes(model)
+    emptied = _empty_tensor_caches(model)
     _Tagged.value_uses = tracer.t.value_uses
     try:
         with torch.no_grad(), flag, tracer, follow(tracer, model, ignored):
@@ -391,6 +407,10 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
     finally:
         _Tagged.value_uses = None
         for module, attr, value in restore:
+            module.__dict__[attr] = value
+        for name, module, attr, value in emptied:
+            if getattr(module, attr, None):  # refilled by forward: a cache, dropped when materializing
+                tracer.t.caches.append((name, attr))
             module.__dict__[attr] = value
         model.train(was_training)
         for h in handles:
