@@ -55,9 +55,19 @@ Fields per architecture:
   Linear, LSTM, as MetaPruner enumerates them), divided by all parameter entries. A group's
   entries are found by pruning its channels in two halves on index-valued copies (each half
   takes the same offsets in every channel group MetaPruner sees: grouped convolutions,
-  GroupNorm groups, heads); groups whose pruning raises count as not prunable
+  GroupNorm groups, heads); groups whose pruning (of either half) raises count as not prunable
   (``share_errors``).
-* ``error``: the first exception (type: message, truncated); ``warnings``: Torch-Pruning's
+* ``exact_share``: the same count restricted to the offered groups whose removal is exact:
+  each half of the group is pruned alone on a fresh copy and its main output compared with
+  the dense model's in which that half's entries are zeroed (as for ``exact``); a group is
+  exact when both halves are (and neither raises). Attention groups (those holding a layer of
+  ``num_heads``) are checked on whole heads, as MetaPruner prunes them here
+  (``prune_head_dims=False``): rooted at the downstream layer MetaPruner uses, first half of the
+  heads, then the rest; their prunable entries are still those of the halves above.
+  ``inexact_groups``: root names of the offered groups that are not exact (the first 20;
+  ``inexact_count``: all of them).
+* ``error``: the first exception (type: message, truncated), or the time limit with the stage
+  it stopped in (``share k/n``: k of the n offered groups done); ``warnings``: Torch-Pruning's
   warnings (unknown operations and the like), deduplicated.
 
 Results: ``--out`` (JSON: machine, versions, one row per architecture; with ``--only``, rows
@@ -279,14 +289,44 @@ def deleted_by(model, case, history, tp) -> set:
 def zero_entries(model, indices: set):
     """A copy of ``model`` with the parameter entries of global index in ``indices`` set to zero."""
     m = copy.deepcopy(model)
+    wanted = torch.tensor(sorted(indices), dtype=torch.int64)
     offset = 0
     with torch.no_grad():
         for _, p in unique_params(m):
-            idx = [i - offset for i in indices if offset <= i < offset + p.numel()]
-            if idx:
-                p.view(-1)[torch.tensor(idx)] = 0
+            idx = wanted[(wanted >= offset) & (wanted < offset + p.numel())] - offset
+            if idx.numel():
+                p.view(-1)[idx] = 0
             offset += p.numel()
     return m
+
+
+def pruned_and_deleted(model, case, history, tp):
+    """``(replay(model, case, history, tp), deleted_by(model, case, history, tp))`` from one traced copy.
+
+    The copy is pruned with its parameters holding their indices (as in :func:`deleted_by`); every entry
+    that remains still holds its index, so the real values are put back from those indices afterwards.
+    Pruning that changes values other than by deleting entries (no integer left) falls back to :func:`replay`.
+    """
+    m, dg = fresh_graph(model, case, tp)
+    attention = attention_layers(m)
+    real = torch.cat([p.detach().reshape(-1).double() for _, p in unique_params(m)])
+    total = fill_with_indices(m)
+    dg.load_pruning_history(history)
+    refresh_attention_attributes(attention)
+    kept, restored = set(), True
+    with torch.no_grad():
+        for _, p in unique_params(m):
+            values = p.detach().reshape(-1).double()
+            idx = values.long()
+            if not (torch.equal(idx.double(), values) and (idx.numel() == 0 or (idx.min() >= 0 and idx.max() < total))):
+                restored = False
+                break
+            kept.update(idx.tolist())
+            p.copy_(real[idx].view_as(p).to(p.dtype))
+    deleted = set(range(total)) - kept
+    if not restored:
+        return replay(model, case, history, tp), deleted_by(model, case, history, tp)
+    return m, deleted
 
 
 def group_history(dg, group, idxs) -> list:
@@ -302,6 +342,24 @@ def halves(n: int, ch_groups: int) -> list[list[int]]:
         return [list(range(n // 2)), list(range(n // 2, n))] if n > 1 else [list(range(n))]
     first = [s * seg + j for s in range(ch_groups) for j in range(seg // 2)]
     return [first, sorted(set(range(n)) - set(first))]
+
+
+def head_halves(pruner, group) -> list | None:
+    """For an attention group, the histories of its two halves of whole heads, as MetaPruner prunes heads
+    (``prune_num_heads=True, prune_head_dims=False``): rooted at the downstream layer MetaPruner re-roots it
+    to, head ``h`` = channels ``h*head_dim ... (h+1)*head_dim`` with MetaPruner's ``head_dim``. ``None`` for
+    other groups (and attention groups MetaPruner cannot re-root)."""
+    is_attention, qkv = pruner._is_atten_group(group)
+    if not is_attention:
+        return None
+    rooted = pruner._downstream_node_as_root_if_attention(group)
+    if rooted is None:
+        return None
+    root, is_out = group_history(pruner.DG, rooted, [])[0][:2]
+    heads = max(pruner.num_heads[m] for m in qkv)
+    head_dim = qkv[0].out_features // (pruner.num_heads[qkv[0]] * (3 if len(qkv) == 1 else 1))
+    parts = [range(heads // 2), range(heads // 2, heads)] if heads > 1 else [range(heads)]
+    return [[[root, is_out, [h * head_dim + j for h in part for j in range(head_dim)]]] for part in parts]
 
 
 def touches_norm(dg, history_entry) -> bool:
@@ -330,6 +388,16 @@ def close(a, b) -> tuple[bool, float]:
         return False, float("inf")
     diff = (a - b).abs().max().item() if a.numel() else 0.0
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + b.abs().max().item()))), diff
+
+
+def half_exact(model, case, pruned, deleted: set) -> bool:
+    """Does ``pruned`` give the main output of ``model`` with the entries ``deleted`` zeroed (False if it raises)?"""
+    try:
+        zeroed = zero_entries(model, deleted)
+        with torch.no_grad():
+            return close(case.run(pruned), case.run(zeroed))[0]
+    except Exception:  # noqa: BLE001 - the pruned model does not run: not exact
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,22 +446,43 @@ def run_tp(case, report=lambda row: None) -> dict:
                 ignored_layers=opts["ignored_layers"], num_heads=opts["num_heads"], prune_num_heads=True,
                 prune_head_dims=False, head_pruning_ratio=RATIO, round_to=opts["round_to"],
                 output_transform=opts["output_transform"], unwrapped_parameters=opts["unwrapped_parameters"])
-            offered = [(group_history(pruner.DG, g, [])[0][:2], len(g[0].idxs), pruner._get_channel_groups(g))
+            offered = [(group_history(pruner.DG, g, [])[0][:2], len(g[0].idxs), pruner._get_channel_groups(g),
+                        head_halves(pruner, g))
                        for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                          root_module_types=pruner.root_module_types)]
             row["groups_offered"] = len(offered)
 
-            stage("share")  # each offered group pruned in two halves on index-valued copies
+            # each offered group pruned in two halves on index-valued copies; each half's exactness checked
             total = sum(p.numel() for _, p in unique_params(model))
-            covered, share_errors = set(), []
-            for (root, is_out), n, ch_groups in offered:
+            covered, covered_exact, share_errors, inexact = set(), set(), [], []
+            for i, ((root, is_out), n, ch_groups, head_histories) in enumerate(offered):
+                stage(f"share {i}/{len(offered)}")
+                entries, exact = set(), True
                 try:
                     for half in halves(n, ch_groups):
-                        covered |= deleted_by(model, case, [[root, is_out, half]], tp)
+                        alone, deleted = pruned_and_deleted(model, case, [[root, is_out, half]], tp)
+                        entries |= deleted
+                        if head_histories is None:
+                            exact = exact and half_exact(model, case, alone, deleted)
                 except Exception as exc:  # noqa: BLE001 - recorded
                     share_errors.append(f"{root}: {type(exc).__name__}: {exc}"[:200])
+                    continue
+                for history in head_histories or []:  # attention: whole heads
+                    try:
+                        exact = exact and half_exact(model, case, *pruned_and_deleted(model, case, history, tp))
+                    except Exception:  # noqa: BLE001 - pruning the heads raised: not exact
+                        exact = False
+                covered |= entries
+                if exact:
+                    covered_exact |= entries
+                else:
+                    inexact.append(root)
+            stage("share")
             row["prunable_share"] = len(covered) / total
             row["share_errors"] = share_errors
+            row["exact_share"] = len(covered_exact) / total
+            row["inexact_groups"] = inexact[:20]
+            row["inexact_count"] = len(inexact)
 
             stage("prune")  # random importance, 30 % of every group (whole heads in attention groups)
             pruner.step()
@@ -418,8 +507,8 @@ def run_tp(case, report=lambda row: None) -> dict:
                 g = {"root": entry[0], "out": entry[1], "pruned": len(entry[2])}
                 try:
                     g["norm"] = touches_norm(dg, entry)
-                    alone = replay(model, case, [entry], tp)
-                    zeroed = zero_entries(model, deleted_by(model, case, [entry], tp))
+                    alone, deleted = pruned_and_deleted(model, case, [entry], tp)
+                    zeroed = zero_entries(model, deleted)
                     with torch.no_grad():
                         g["exact"], g["max_diff"] = close(case.run(alone), case.run(zeroed))
                 except Exception as exc:  # noqa: BLE001 - recorded
@@ -506,11 +595,12 @@ def markdown(result) -> str:
              f"exact {ok(rows, 'exact')}. Definitions: `benchmarks/bench_coverage.py` docstring. "
              "groups exact = pruned groups exact when pruned alone / pruned groups "
              "(n: of the inexact ones, those touching a LayerNorm/GroupNorm/RMSNorm-like weight); "
-             "share = prunable share of the parameters; removed = parameters removed by the 30 % pruning; "
+             "share = prunable share of the parameters, exact share = the part of it in groups whose removal "
+             "is exact; removed = parameters removed by the 30 % pruning; "
              "– = not applicable (nothing pruned).", "",
-             "| id | kind | params | analyses | prunes | exact | groups exact | share | removed | analysis (s) "
-             "| error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| id | kind | params | analyses | prunes | exact | groups exact | share | exact share | removed "
+             "| analysis (s) | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     yes = lambda v: "–" if v is None else "yes" if v else "no"
     for r in rows:
         t = r["tp"]
@@ -519,11 +609,13 @@ def markdown(result) -> str:
         g_norm = sum(1 for g in groups if not g.get("exact") and g.get("norm"))
         gcol = f"{g_exact}/{len(groups)}" + (f" (n {g_norm})" if g_norm else "") if groups else ""
         share = f"{t['prunable_share']:.0%}" if "prunable_share" in t else ""
+        exact_share = f"{t['exact_share']:.0%}" if "exact_share" in t else ""
         secs = f"{t['analysis_s']:.3f}" if "analysis_s" in t else ""
         removed = f"{t['params_removed']:.0%}" if t.get("prunes") else ""
         err = (t.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120]
         lines.append(f"| {r['id']} | {r.get('kind', '')} | {r.get('params', '')} | {yes(t['analyses'])} | "
-                     f"{yes(t['prunes'])} | {yes(t['exact'])} | {gcol} | {share} | {removed} | {secs} | {err} |")
+                     f"{yes(t['prunes'])} | {yes(t['exact'])} | {gcol} | {share} | {exact_share} | {removed} | "
+                     f"{secs} | {err} |")
     return "\n".join(lines) + "\n"
 
 

@@ -100,21 +100,27 @@ def markdown(result: dict, tp: dict | None) -> str:
     tcount = lambda k: sum(1 for r in rows if tp_rows.get(r["id"], {}).get(k))
     lines = [
         "| id | kind | params | prunekit analyses / prunes / exact | prunekit share | prunekit analysis s "
-        "| TP analyses / prunes / exact | TP share | TP analysis s |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "| TP analyses / prunes / exact | TP share | TP exact share | TP analysis s |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     yn = lambda v: "yes" if v else "**no**"
     for r in rows:
         p, t = r["pk"], tp_rows.get(r["id"], {})
-        share = lambda d: f"{d['prunable_share']:.0%}" if "prunable_share" in d else ""
+        share = lambda d, k="prunable_share": f"{d[k]:.0%}" if k in d else ""
         secs = lambda d, k: f"{d[k]:.2f}" if k in d else ""
         tcell = (f"{yn(t.get('analyses'))} / {yn(t.get('prunes'))} / {yn(t.get('exact'))}" if t else "not run")
         lines.append(f"| {r['id']} | {r['kind']} | {r.get('params', '')} | {yn(p['analyses'])} / {yn(p['prunes'])} / "
                      f"{yn(p['exact'])} | {share(p)} | {secs(p, 'analysis_s')} | {tcell} | {share(t)} | "
-                     f"{secs(t, 'analysis_s')} |")
+                     f"{share(t, 'exact_share')} | {secs(t, 'analysis_s')} |")
     head = (f"{len(rows)} architectures. prunekit: analyses {count('analyses')}, prunes {count('prunes')}, "
             f"exact {count('exact')}. Torch-Pruning {tp['versions']['torch_pruning'] if tp else '?'}: analyses "
             f"{tcount('analyses')}, prunes {tcount('prunes')}, exact {tcount('exact')}. prunekit's first analysis "
             f"in a process costs {result['first_call_s']:.2f} s more (one time).")
+    for key, what in (("prunable_share", "share"), ("exact_share", "exact share (groups whose removal is exact)")):
+        both = [(r["pk"].get("prunable_share", 0.0), tp_rows[r["id"]][key]) for r in rows
+                if key in tp_rows.get(r["id"], {})]
+        geq = sum(1 for pk_share, tp_share in both if pk_share >= tp_share - 1e-9)
+        head += (f" prunekit's share ≥ Torch-Pruning's {what} on {geq} of the {len(both)} architectures where "
+                 "Torch-Pruning reports one.")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
