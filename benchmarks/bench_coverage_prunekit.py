@@ -16,8 +16,9 @@ The one-time cost of the first analysis in a process (imports, dispatcher warm-u
 separately on a two-layer MLP (``first_call_s``).
 
 The Markdown table merges ``benchmarks/results/coverage.json`` (Torch-Pruning's side, from
-``benchmarks/bench_coverage.py``). A prunable share is not a like-for-like figure: Torch-Pruning
-offers widths normalised by LayerNorm/RMSNorm (pruned inexactly), prunekit freezes them.
+``benchmarks/bench_coverage.py``). Torch-Pruning's raw share includes groups it removes inexactly
+(its "exact share" column counts only those whose removal equals zeroing them); prunekit offers
+only widths it removes exactly.
 
 Usage: ``python benchmarks/bench_coverage_prunekit.py [--only ID ...] [--out PATH] [--table]``
 """

@@ -186,3 +186,23 @@ def test_a_tensor_cache_filled_by_forward_is_recomputed_not_reused():
     assert model.cache["b"] is cached  # the user's cache is back
     small, err = _exact_at(model, x, fraction=0.5)
     assert err <= 1e-6 and small.cache["b"].shape[0] == small.bias.shape[0] < 4
+
+
+def test_grouped_matmul_contracts_its_inner_width_and_counts_its_macs():
+    class MoE(nn.Module):  # transformers' grouped-mm experts: rows sorted by expert, one matrix per expert
+        def __init__(self):
+            super().__init__()
+            self.up = nn.Linear(8, 16)
+            self.experts = nn.Parameter(torch.randn(2, 16, 8) / 4)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):  # x: (T, 8), the first half of the rows to expert 0
+            h = torch.relu(self.up(x))
+            offs = torch.tensor([x.shape[0] // 2, x.shape[0]], dtype=torch.int32)
+            return self.head(torch._grouped_mm(h, self.experts, offs=offs))
+
+    model, x = MoE().eval(), torch.randn(8, 8)
+    structures = prunekit.find_structures(model, x, probe=False)
+    assert {g.root for g in structures.groups} >= {"up"}  # up's 16 units feed the grouped contraction
+    assert prunekit.count(model, x)["macs"] == 8 * 8 * 16 + 8 * 16 * 8 + 8 * 8 * 3
+    assert structures.total_macs == prunekit.count(model, x)["macs"]

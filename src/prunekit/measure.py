@@ -118,6 +118,15 @@ def _sdpa(q, k, v, *_, **__) -> int:
     return math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
+def _grouped_mm(a, b, *_, out=None, **__) -> int:
+    # (T, K) x (G, K, N) with offsets: every row meets one group's matrix -> T·K·N; (G, M, K) x (G, K, N) -> G·M·K·N
+    if a.dim() == 2 and b.dim() == 3:
+        return a.shape[0] * a.shape[1] * b.shape[2]
+    if a.dim() == 3 and b.dim() == 3:
+        return a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    return 0
+
+
 def _packets(*names: str) -> list:
     return [getattr(aten, n) for n in names if hasattr(aten, n)]
 
@@ -128,6 +137,7 @@ for _ops, _f in (
     (("mm", "_int_mm", "_scaled_mm"), _mm),
     (("addmm", "_addmm_activation"), _addmm),
     (("bmm",), _bmm),
+    (("_grouped_mm",), _grouped_mm),
     (("baddbmm", "addbmm"), _baddbmm),
     (("mv",), _mv),
     (("addmv",), _addmv),

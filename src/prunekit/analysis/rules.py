@@ -801,6 +801,24 @@ def mm(tr, func, args, kwargs, out, bias=None):
     _set(tr, out, dims, dirty)
 
 
+@rule("_grouped_mm")
+def grouped_mm(tr, func, args, kwargs, out):
+    """Mixture-of-experts GEMM: ``(T, K) × (G, K, N)`` with row offsets per group, or ``(G, M, K) × (G, K, N)``.
+    ``K`` is contracted, ``N`` passes on; the group dim (experts) is not a width here."""
+    a, b = args[0], args[1]
+    ai, bi = tr.get(a), tr.get(b)
+    if b.dim() != 3 or a.dim() not in (2, 3) or len(args) > 3 and args[3] is not None or kwargs.get("bias") is not None:
+        raise NotImplementedError("grouped mm layout")
+    tr.t.atoms.freeze_array(bi.dims[0], f"experts (a grouped matmul) in module {tr.module() or '<model>'}")
+    if a.dim() == 3:
+        tr.t.atoms.unify_arrays(ai.dims[0], bi.dims[0])
+    _contract(tr, ai, a.dim() - 1, bi, 1, f"contracted between two activations in module {tr.module() or '<model>'}")
+    dims = [ai.dims[d] for d in range(a.dim() - 1)] + [bi.dims[2]]
+    dirty = [ai.dirty[d] for d in range(a.dim() - 1)] + [bi.dirty[2]]
+    _mac(tr, 1, [ai.dims[d] for d in range(a.dim())] + [bi.dims[2]])
+    _set(tr, out, dims, dirty)
+
+
 def _add_bias(tr, bias, dims, dirty):
     bi = tr.get(bias)
     for j in range(bias.dim()):
