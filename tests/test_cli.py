@@ -68,6 +68,11 @@ def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
     assert main(["train", str(config)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", str(config), "--resume"]) == 0  # nothing left to do: resumes at the end
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2  # a second run into the same folder is refused, in one line
+    err = capsys.readouterr().err
+    assert "--overwrite" in err or "overwrite" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", str(config), "--overwrite"]) == 0
     assert main(["prune", str(tmp_path / "run" / "model"), "--method", "sosp-h", "--budget-params", "0.3",
                  "--config", str(config), "--num-samples", "64", "--out", str(tmp_path / "pruned")]) == 0
     out = capsys.readouterr().out

@@ -7,12 +7,21 @@ A checkpoint is a pair of files with one stem::
                          numpy/python RNG states, your ``extra`` dict, and the SHA-256
                          of the ``.safetensors`` file it belongs to
 
-Both are written atomically (temporary file in the same folder, ``fsync``,
-``os.replace``); the JSON is the commit record and is replaced last. Saving into a
-*directory* names the checkpoint ``epoch-NNNN`` and then atomically rewrites the
-directory's ``latest`` pointer file, so an interruption at any moment leaves
-``latest`` naming the last complete checkpoint. Loading never executes code from a
-file: JSON is parsed with :mod:`json`, tensors with :mod:`safetensors`.
+The JSON is the commit record: the tensors go to a file that no committed JSON
+names (``<stem>.safetensors``, or ``<stem>.<token>.safetensors`` when that name is
+taken), then the JSON is replaced with ``os.replace`` and the folder fsynced, so a
+writer killed at any moment leaves the previous version of the checkpoint loadable.
+Saving into a *directory* names the checkpoint ``epoch-NNNN`` and then atomically
+rewrites the directory's ``latest`` pointer file; a missing pointer falls back to the
+newest complete checkpoint. Writers of one folder take turns on the lock file
+``.prunekit.lock`` (:class:`FolderLockedError` after ``lock_timeout`` seconds);
+temporaries of killed writers are removed by the next write; files get ``0o666``
+minus the umask.
+
+Loading never executes code from a file: JSON is parsed with :mod:`json`, tensors
+with :mod:`safetensors`. The tensor file a JSON names must be a plain name in the
+same folder and a regular file of the recorded size; every problem raises
+:class:`CheckpointError` naming the file.
 
 Non-JSON values inside optimizer/scheduler states or ``extra`` are encoded with
 small tags: tensors become ``{"__tensor__": key}`` (the tensor lives in the
@@ -35,10 +44,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
-import tempfile
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -48,19 +58,30 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from ._atomic import FolderLockedError, clean_stale, folder_lock, fsync_dir, read_regular_file, token, write_temp
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
     "LATEST",
+    "FolderLockedError",
 ]
+
+log = logging.getLogger("prunekit")
 
 FORMAT = "prunekit.checkpoint"
 VERSION = 1
 LATEST = "latest"
 _SUFFIXES = (".safetensors", ".json")
 _EPOCH_RE = re.compile(r"^epoch-(\d+)\.json$")
+_TENSORS_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,@-][A-Za-z0-9_.+=,@-]*\.safetensors$")
+_TOKEN_RE = re.compile(r"\.[0-9a-f]{16}$")
+#: seconds a writer waits for another writer of the same folder
+LOCK_TIMEOUT_S = 60.0
+MAX_JSON_BYTES = 256 << 20
+_READ_ATTEMPTS = 20
 
 
 class CheckpointError(RuntimeError):
@@ -94,7 +115,8 @@ def _resolve_stem(path: str | os.PathLike, epoch: int | None) -> tuple[Path, boo
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The JSON file of the last complete checkpoint in ``directory``, or ``None``.
 
-    Reads the ``latest`` pointer written by :func:`save_checkpoint`.
+    Reads the ``latest`` pointer written by :func:`save_checkpoint`; without one, the
+    newest ``epoch-NNNN`` checkpoint that loads completely (logged as a warning).
 
     Example:
         >>> import tempfile
@@ -103,10 +125,20 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """
     d = Path(directory)
     pointer = d / LATEST
-    if not pointer.exists():
+    try:
+        raw = read_regular_file(pointer, 4096)
+    except FileNotFoundError:
+        found = newest_complete_checkpoint(d)
+        if found is not None:
+            log.warning("%s: no '%s' pointer; using the newest complete checkpoint %s", d, LATEST, found.name)
+        return found
+    except NotADirectoryError:
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
-    if not name or "/" in name or "\\" in name or not name.endswith(".json"):
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{pointer}: cannot read the latest pointer ({e})") from None
+    name = raw.decode("utf-8", "replace").strip()
+    if not name or "/" in name or "\\" in name or "\x00" in name or not name.endswith(".json") \
+            or name.startswith("."):
         raise CheckpointError(f"{pointer}: malformed latest pointer {name!r}")
     target = d / name
     if not target.exists():
@@ -114,34 +146,35 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return target
 
 
+def _epoch_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted((int(m.group(1)), directory / n) for n in names if (m := _EPOCH_RE.match(n)))
+
+
+def newest_complete_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The JSON of the newest ``epoch-NNNN`` checkpoint in ``directory`` that verifies, or ``None``."""
+    for _, js in reversed(_epoch_checkpoints(Path(directory))):
+        try:
+            _read_pair(js)
+        except CheckpointError as e:
+            log.warning("skipping incomplete checkpoint %s", e)
+            continue
+        return js
+    return None
+
+
 # --------------------------------------------------------------------------- atomic I/O
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def _write_temp(final: Path, data: bytes) -> Path:
     """Write ``data`` to a fsynced temporary file beside ``final``; return its path."""
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+    return write_temp(final, data)
 
 
 def _atomic_write(final: Path, data: bytes) -> None:
@@ -267,6 +300,7 @@ def save_checkpoint(
     epoch: int,
     extra: dict | None = None,
     keep_last: int | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
 ) -> Path:
     """Write a checkpoint atomically and return the path of its ``.json`` file.
 
@@ -280,6 +314,8 @@ def save_checkpoint(
         extra: JSON-friendly dict (tensors, tuples and int keys are allowed too).
         keep_last: directory form only: keep this many newest ``epoch-*``
             checkpoints and delete older ones (``None`` keeps all).
+        lock_timeout: seconds to wait for another writer of the folder before
+            raising :class:`FolderLockedError`.
 
     The torch, numpy and python global RNG states are always stored; restore them
     with ``load_checkpoint(..., restore_rng=True)``.
@@ -292,6 +328,8 @@ def save_checkpoint(
         'best.json'
     """
     stem, dir_form = _resolve_stem(path, epoch)
+    if keep_last is not None and keep_last < 1:
+        raise ValueError("keep_last must be >= 1")
     stem.parent.mkdir(parents=True, exist_ok=True)
     st_path, js_path = _sibling(stem, ".safetensors"), _sibling(stem, ".json")
 
@@ -318,65 +356,85 @@ def save_checkpoint(
     blob = _st_save(enc.tensors, metadata={"format": FORMAT})
     meta["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
     meta["tensors_bytes"] = len(blob)
-    text = json.dumps(meta, indent=1).encode("utf-8")
     del enc
 
-    # Both temporaries are fully written and fsynced before anything is replaced; the
-    # JSON (the commit record holding the tensors' hash) is replaced last.
-    tmp_st = _write_temp(st_path, blob)
-    try:
-        tmp_js = _write_temp(js_path, text)
-    except BaseException:
-        tmp_st.unlink(missing_ok=True)
-        raise
-    try:
-        os.replace(tmp_st, st_path)
-        os.replace(tmp_js, js_path)
-    except BaseException:
-        tmp_st.unlink(missing_ok=True)
-        tmp_js.unlink(missing_ok=True)
-        raise
-    _fsync_dir(stem.parent)
+    with folder_lock(stem.parent, lock_timeout, what="checkpoint writer"):
+        clean_stale(stem.parent)
+        if os.path.lexists(st_path):  # never overwrite a tensor file a committed JSON may name
+            st_path = _sibling(stem, f".{token()}.safetensors")
+        meta["tensors_file"] = st_path.name
+        text = json.dumps(meta, indent=1).encode("utf-8")
+        # Both temporaries are fully written and fsynced before anything is replaced; the
+        # JSON (the commit record naming the tensor file and holding its hash) is replaced last.
+        tmp_st = _write_temp(st_path, blob)
+        try:
+            tmp_js = _write_temp(js_path, text)
+        except BaseException:
+            tmp_st.unlink(missing_ok=True)
+            raise
+        try:
+            os.replace(tmp_st, st_path)
+            os.replace(tmp_js, js_path)
+        except BaseException:
+            tmp_st.unlink(missing_ok=True)
+            tmp_js.unlink(missing_ok=True)
+            raise
+        _fsync_dir(stem.parent)
+        for old in _tensor_files(stem):
+            if old != st_path:
+                old.unlink(missing_ok=True)
 
-    if dir_form:
-        _atomic_write(stem.parent / LATEST, (js_path.name + "\n").encode("utf-8"))
-        if keep_last is not None:
-            _prune_old(stem.parent, keep_last, js_path)
+        if dir_form:
+            _atomic_write(stem.parent / LATEST, (js_path.name + "\n").encode("utf-8"))
+            if keep_last is not None:
+                _prune_old(stem.parent, keep_last, js_path)
     return js_path
+
+
+def _tensor_files(stem: Path) -> list[Path]:
+    """``<stem>.safetensors`` and ``<stem>.<token>.safetensors`` files present."""
+    pattern = re.compile(re.escape(stem.name) + r"(\.[0-9a-f]{16})?\.safetensors$")
+    try:
+        return [stem.parent / n for n in os.listdir(stem.parent) if pattern.match(n)]
+    except OSError:
+        return []
 
 
 def _prune_old(folder: Path, keep_last: int, current: Path) -> None:
     if keep_last < 1:
         raise ValueError("keep_last must be >= 1")
-    found = sorted((int(m.group(1)), f) for f in folder.iterdir() if (m := _EPOCH_RE.match(f.name)))
-    for _, js in found[:-keep_last]:
+    for _, js in _epoch_checkpoints(folder)[:-keep_last]:
         if js == current:
             continue
         js.unlink(missing_ok=True)  # commit record first: a half-deleted pair is never "complete"
-        _sibling(js.with_suffix(""), ".safetensors").unlink(missing_ok=True)
+        for st in _tensor_files(js.with_suffix("")):
+            st.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- load
 
 
-def _read_pair(path: str | os.PathLike) -> tuple[Path, dict, dict[str, torch.Tensor]]:
-    p = Path(path)
+def _json_path(p: Path) -> Path:
     if p.is_dir():
         js_path = latest_checkpoint(p)
         if js_path is None:
-            raise CheckpointError(f"{p}: no '{LATEST}' pointer; no complete checkpoint in this directory")
-    elif p.suffix in _SUFFIXES:
+            raise CheckpointError(f"{p}: no '{LATEST}' pointer and no complete checkpoint in this directory")
+        return js_path
+    if p.suffix in _SUFFIXES:
         js_path = _sibling(p.with_suffix(""), ".json")
-    elif _sibling(p, ".json").exists():
-        js_path = _sibling(p, ".json")
-    else:
-        raise CheckpointError(f"{p}: no such checkpoint directory or file")
-    if not js_path.exists():
-        raise CheckpointError(f"{js_path}: checkpoint metadata file does not exist")
+        if p.suffix == ".safetensors" and not js_path.exists() and _TOKEN_RE.search(p.stem):
+            js_path = _sibling(p.with_suffix("").with_suffix(""), ".json")  # a <stem>.<token>.safetensors
+        return js_path
+    if _sibling(p, ".json").exists():
+        return _sibling(p, ".json")
+    raise CheckpointError(f"{p}: no such checkpoint directory or file")
+
+
+def _parse_meta(raw: bytes, js_path: Path) -> dict:
     try:
-        meta = json.loads(js_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{js_path}: corrupt or truncated checkpoint metadata ({e})") from e
+        meta = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{js_path}: corrupt or truncated checkpoint metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{js_path}: not a prunekit checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != VERSION:
@@ -384,19 +442,66 @@ def _read_pair(path: str | os.PathLike) -> tuple[Path, dict, dict[str, torch.Ten
     for key in ("epoch", "tensors_file", "tensors_sha256", "rng", "extra"):
         if key not in meta:
             raise CheckpointError(f"{js_path}: missing field {key!r}")
+    name = meta["tensors_file"]
+    if not isinstance(name, str) or not _TENSORS_NAME_RE.match(name):
+        raise CheckpointError(f"{js_path}: field 'tensors_file' must be a plain file name in the same folder "
+                              f"ending in .safetensors, got {str(name)[:100]!r}")
+    if not isinstance(meta["tensors_sha256"], str):
+        raise CheckpointError(f"{js_path}: field 'tensors_sha256' is not a string")
+    size = meta.get("tensors_bytes")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise CheckpointError(f"{js_path}: field 'tensors_bytes' is not a non-negative integer")
+    if not isinstance(meta["epoch"], int) or isinstance(meta["epoch"], bool):
+        raise CheckpointError(f"{js_path}: field 'epoch' is not an integer")
+    return meta
 
-    st_path = js_path.parent / meta["tensors_file"]
-    if not st_path.exists():
-        raise CheckpointError(f"{st_path}: tensor file named by {js_path.name} does not exist")
-    blob = st_path.read_bytes()
-    if len(blob) != meta.get("tensors_bytes", len(blob)) or hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
-        raise CheckpointError(
-            f"{st_path}: corrupt, truncated or mismatched tensor file: its SHA-256 does not match "
-            f"the one recorded in {js_path.name} ({len(blob)} bytes, expected {meta.get('tensors_bytes')})")
+
+def _read_pair(path: str | os.PathLike) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    p = Path(path)
+    for _ in range(_READ_ATTEMPTS):
+        js_path = _json_path(p)
+        try:
+            raw = read_regular_file(js_path, MAX_JSON_BYTES)
+        except FileNotFoundError:
+            if p.is_dir():
+                continue  # the pointer moved on and keep_last removed its old target: follow again
+            raise CheckpointError(f"{js_path}: checkpoint metadata file does not exist") from None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{js_path}: cannot read checkpoint metadata ({e})") from None
+        meta = _parse_meta(raw, js_path)
+        st_path = js_path.parent / meta["tensors_file"]
+        expected = meta.get("tensors_bytes")
+        problem = None
+        try:
+            st = os.stat(st_path)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{st_path}: tensor file named by {js_path.name} is not a regular file")
+            if expected is not None and st.st_size != expected:
+                problem = (f"{st_path}: corrupt, truncated or mismatched tensor file: {st.st_size} bytes, "
+                           f"expected {expected} (recorded in {js_path.name})")
+            else:
+                blob = read_regular_file(st_path, expected)
+                if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
+                    problem = (f"{st_path}: corrupt, truncated or mismatched tensor file: its SHA-256 does not "
+                               f"match the one recorded in {js_path.name} ({len(blob)} bytes, expected {expected})")
+        except FileNotFoundError:
+            problem = f"{st_path}: tensor file named by {js_path.name} does not exist"
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{st_path}: cannot read tensor file ({e})") from None
+        if problem is None:
+            break
+        try:  # a writer replaced this checkpoint meanwhile: read it again
+            changed = read_regular_file(js_path, MAX_JSON_BYTES) != raw
+        except (OSError, ValueError):
+            changed = True
+        if not changed:
+            raise CheckpointError(problem)
+    else:
+        raise CheckpointError(f"{p}: checkpoint kept changing while being read")
     try:
         tensors = _st_load(blob)
-    except Exception as e:
-        raise CheckpointError(f"{st_path}: cannot parse safetensors data ({e})") from e
+    except Exception as e:  # noqa: BLE001 - file content
+        raise CheckpointError(f"{st_path}: cannot parse safetensors data ({e})") from None
     return js_path, meta, tensors
 
 
@@ -437,6 +542,17 @@ def load_checkpoint(
         True
     """
     js_path, meta, tensors = _read_pair(path)
+    try:
+        return _load_into(js_path, meta, tensors, model, optimizer, scheduler, strict, restore_rng)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+            RecursionError) as e:
+        raise CheckpointError(f"{js_path}: malformed checkpoint content ({type(e).__name__}: {e})") from None
+
+
+def _load_into(js_path: Path, meta: dict, tensors: dict, model, optimizer, scheduler, strict: bool,
+               restore_rng: bool) -> dict:
     st_name = meta["tensors_file"]
 
     if model is not None:
@@ -473,7 +589,10 @@ def load_checkpoint(
     if scheduler is not None:
         if meta.get("scheduler") is None:
             raise CheckpointError(f"{js_path}: holds no scheduler state")
-        scheduler.load_state_dict(_decode(meta["scheduler"], tensors, js_path))
+        try:
+            scheduler.load_state_dict(_decode(meta["scheduler"], tensors, js_path))
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{js_path}: scheduler state does not fit this scheduler ({e})") from None
 
     if restore_rng:
         _set_rng_state(meta["rng"], tensors, js_path)

@@ -291,7 +291,7 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from .experiment import train_from_config
 
-    train_from_config(args.config, resume=args.resume)
+    train_from_config(args.config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML training config (model, data, epochs, ...)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in the same output folder (refused otherwise)")
     train.set_defaults(func=cmd_train)
 
     prune = sub.add_parser("prune", help="prune a model with a criterion and a budget, or learn CTF masks",
@@ -503,7 +505,7 @@ def main(argv=None) -> int:
         warnings.showwarning = _show_warning
         try:
             return args.func(args)
-        except (ValueError, FileNotFoundError, RuntimeError) as error:
+        except (ValueError, OSError, RuntimeError) as error:  # incl. FileExistsError, FolderLockedError
             print(f"prunekit {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return 2
 

@@ -101,8 +101,10 @@ def _batches(X, y, batch_size: int):
     return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(X), batch_size)]
 
 
-def train_from_config(path: str | Path, resume: bool = False) -> dict:
-    """Train the model a YAML config describes; saves ``<out_dir>/model`` (safetensors + JSON)."""
+def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train the model a YAML config describes; saves ``<out_dir>/model`` (safetensors + JSON).
+
+    A run folder holding an earlier run is refused unless ``resume`` or ``overwrite``."""
     from .config import load_config
 
     config = load_config(path)
@@ -110,7 +112,7 @@ def train_from_config(path: str | Path, resume: bool = False) -> dict:
     model = config.build_model()
     out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")
     options = {**config.fit_kwargs(), "out_dir": out_dir / "checkpoints"}
-    history = fit(model, (xtr, ytr), (xte, yte), resume=resume, **options)
+    history = fit(model, (xtr, ytr), (xte, yte), resume=resume, overwrite=overwrite, **options)
     save(model, out_dir / "model", extra={"data": info, "config": str(path)})
     result = evaluate(model, (xte, yte))
     print(f"{config.model}: test accuracy {result['accuracy']:.4f} ({info.get('format')}); saved {out_dir / 'model'}")

@@ -99,8 +99,16 @@ def input_spec_of(example_inputs) -> list | dict:
     return [_spec_of_tensor(t) for t in tensors]
 
 
+#: dtype names an input spec may use (plans are read from files: never ``getattr(torch, name)``)
+DTYPES = {name: getattr(torch, name) for name in (
+    "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
+    "uint8", "int8", "int16", "int32", "int64", "bool")}
+
+
 def _tensor_from_spec(item: dict, generator, reference) -> torch.Tensor:
-    dtype = getattr(torch, item["dtype"])
+    if item.get("dtype") not in DTYPES:
+        raise ValueError(f"input spec: unknown dtype {item.get('dtype')!r}; expected one of {sorted(DTYPES)}")
+    dtype = DTYPES[item["dtype"]]
     if dtype.is_floating_point:
         if reference is not None:
             return torch.randn(item["shape"], generator=generator, dtype=reference.dtype).to(reference.device)

@@ -15,9 +15,16 @@ Data may be
   (with ``num_workers=0``, or workers seeded from that RNG).
 
 Resumption: with ``out_dir`` a checkpoint is written atomically after each epoch
-(model, optimizer, scheduler, RNG states, history, callback states), and
-``resume=True`` continues from the latest complete one; training 3 epochs straight
-and training 1, being killed, and resuming for 2 more give bit-identical weights.
+(model, optimizer, scheduler, RNG states, history, callback states, and the resolved
+training configuration), and ``resume=True`` continues from the latest complete one;
+training 3 epochs straight and training 1, being killed, and resuming for 2 more give
+bit-identical weights. Resuming with a different configuration raises
+:class:`ResumeError` naming each changed key; only ``epochs`` (the schedule follows
+the new length), ``device``, ``progress``, ``eval_batch_size``, ``checkpoint_every``,
+``keep_last``, ``eval_data``, ``loss_fn`` and ``callbacks`` may change. An
+``out_dir`` belongs to one run: a new run in a folder holding checkpoints refuses
+unless ``overwrite=True`` (which deletes them), and a second ``fit`` on the same
+folder at the same time fails with :class:`~prunekit.checkpoint.FolderLockedError`.
 
 Distributed: launched with ``torchrun`` (``WORLD_SIZE > 1``) — or inside an already
 initialised process group — ``fit`` initialises the group if needed (``gloo`` on
@@ -41,12 +48,13 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import logging
 import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,11 +65,28 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.checkpoint import _atomic_write, latest_checkpoint, load_checkpoint, save_checkpoint
+from prunekit._atomic import folder_lock
+from prunekit.checkpoint import (
+    _EPOCH_RE,
+    LATEST,
+    CheckpointError,
+    _atomic_write,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
-__all__ = ["fit", "evaluate", "Callback", "make_optimizer", "make_scheduler", "epoch_generator"]
+__all__ = ["fit", "evaluate", "Callback", "make_optimizer", "make_scheduler", "epoch_generator", "ResumeError"]
 
-_RESERVED_EXTRA = ("history", "seed", "epochs", "callbacks")
+log = logging.getLogger("prunekit")
+
+_RESERVED_EXTRA = ("history", "seed", "epochs", "callbacks", "fit_config")
+RUN_LOCK = ".prunekit-run.lock"
+HISTORY = "history.json"
+
+
+class ResumeError(ValueError):
+    """``resume=True`` with a configuration that differs from the checkpointed run's."""
 
 
 class Callback:
@@ -420,6 +445,37 @@ def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256, device: str 
 # --------------------------------------------------------------------------- fit
 
 
+def _fit_config(opt: torch.optim.Optimizer, schedule: Any, warmup_epochs: int, milestones: Any, gamma: float,
+                batch_size: int, drop_last: bool, seed: int, world: int) -> dict:
+    """The resolved configuration a resumed run must share (JSON-friendly)."""
+    cfg: dict[str, Any] = {"optimizer": type(opt).__name__}
+    for key, value in opt.defaults.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if value is None or isinstance(value, (bool, int, float, str)) or \
+                (isinstance(value, list) and all(isinstance(v, (bool, int, float)) for v in value)):
+            cfg[key] = value
+    cfg.update(schedule=schedule if isinstance(schedule, str)
+               else f"function {getattr(schedule, '__qualname__', type(schedule).__name__)}",
+               warmup_epochs=int(warmup_epochs), milestones=[int(m) for m in milestones] if milestones else None,
+               gamma=float(gamma), batch_size=int(batch_size), drop_last=bool(drop_last), seed=int(seed),
+               world_size=int(world))
+    return json.loads(json.dumps(cfg))
+
+
+def _config_changes(saved: dict, now: dict) -> list[str]:
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+
+
+def _run_files(folder: Path) -> list[Path]:
+    """Files of an earlier run in ``folder``: checkpoints, the latest pointer, the history."""
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [folder / n for n in names
+            if n in (LATEST, HISTORY) or _EPOCH_RE.match(n) or (n.startswith("epoch-") and n.endswith(".safetensors"))]
+
+
 def _new_history() -> dict[str, list]:
     return {k: [] for k in ("epoch", "loss", "train_accuracy", "eval_loss", "eval_accuracy",
                             "lr", "seconds", "extra_loss")}
@@ -446,6 +502,7 @@ def fit(
     device: str | torch.device | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     checkpoint_every: int = 1,
     keep_last: int | None = None,
     checkpoint_extra: dict | None = None,
@@ -472,7 +529,13 @@ def fit(
             model's registry name and arguments) is stored in each checkpoint's extra.
         resume: continue from the latest complete checkpoint in ``out_dir`` (model,
             optimizer, scheduler, RNG states, history, callback states); starts from
-            scratch when there is none.
+            scratch when the folder holds no checkpoint; raises :class:`ResumeError`
+            naming each key whose value differs from the checkpointed run's, and
+            :class:`~prunekit.checkpoint.CheckpointError` when checkpoints exist but
+            none is complete (never silently restarts at epoch 0).
+        overwrite: start a new run in an ``out_dir`` that holds an earlier run's
+            checkpoints, deleting them (without it, and without ``resume``, that raises
+            ``FileExistsError``).
         progress: tqdm progress bars (rank 0 only).
         loss_fn: ``loss_fn(logits, targets)`` → batch-mean loss; default cross-entropy.
         callbacks: objects with any of the hooks of :class:`Callback`.
@@ -498,12 +561,39 @@ def fit(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; pass one of them")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir} exists and is not a folder")
     bad = [k for k in (checkpoint_extra or {}) if k in _RESERVED_EXTRA]
     if bad:
         raise ValueError(f"checkpoint_extra may not use the reserved keys {bad}")
     dev = _resolve_device(device, model)
     model.to(dev)
     rank, world = _init_distributed(dev)
+    run_lock = contextlib.ExitStack()
+    if out_dir is not None and rank == 0:  # one run per folder at a time
+        run_lock.enter_context(folder_lock(Path(out_dir), 0.0, name=RUN_LOCK, what="run"))
+    with run_lock:
+        return _fit_locked(**{k: v for k, v in locals().items() if k not in ("run_lock", "bad")})
+
+
+def _fit_locked(*, model, train_data, eval_data, epochs, optimizer, lr, momentum, weight_decay, schedule,
+                warmup_epochs, milestones, gamma, batch_size, eval_batch_size, drop_last, seed, device, out_dir,
+                resume, overwrite, checkpoint_every, keep_last, checkpoint_extra, progress, loss_fn, callbacks,
+                dev, rank, world) -> dict[str, list]:
+    if out_dir is not None:
+        earlier = _run_files(Path(out_dir))
+        if earlier and overwrite:
+            if rank == 0:
+                log.info("%s: overwrite=True: deleting %d files of the earlier run", out_dir, len(earlier))
+                for f in earlier:
+                    f.unlink(missing_ok=True)
+        elif earlier and not resume:
+            raise FileExistsError(
+                f"{out_dir}: holds an earlier run ({', '.join(f.name for f in earlier[:4])}"
+                f"{', ...' if len(earlier) > 4 else ''}); pass resume=True to continue it, "
+                "overwrite=True to replace it, or another out_dir")
     _seed_everything(seed)
     loss_fn = loss_fn or F.cross_entropy
     cbs = list(callbacks or [])
@@ -514,13 +604,26 @@ def fit(
     sched = make_scheduler(opt, schedule, epochs=epochs, warmup_epochs=warmup_epochs,
                            milestones=milestones, gamma=gamma)
 
+    config = _fit_config(opt, schedule, warmup_epochs, milestones, gamma, batch_size, drop_last, seed, world)
     history = _new_history()
     start = 0
     if resume:
         if out_dir is None:
             raise ValueError("resume=True needs out_dir")
-        if latest_checkpoint(out_dir) is not None:
-            info = load_checkpoint(out_dir, model, opt, sched, restore_rng=True)
+        found = latest_checkpoint(out_dir)
+        if found is None and any(_EPOCH_RE.match(f.name) for f in _run_files(Path(out_dir))):
+            raise CheckpointError(f"{out_dir}: holds checkpoints but none is complete; refusing to restart at "
+                                  "epoch 0 over them (pass overwrite=True instead of resume=True to start over)")
+        if found is not None:
+            saved = load_checkpoint(found)["extra"].get("fit_config")
+            if saved is None:
+                log.warning("%s: written without its training configuration; cannot check that resuming "
+                            "uses the same one", found)
+            elif changes := _config_changes(saved, config):
+                raise ResumeError(
+                    f"{found}: cannot resume with a different configuration: {'; '.join(changes)}. Resume "
+                    "with the original values, or start a new run (overwrite=True or another out_dir)")
+            info = load_checkpoint(found, model, opt, sched, restore_rng=True)
             start = info["epoch"]
             # The stored lr came from the schedule of the interrupted run; recompute it from this
             # run's schedule (identical when the arguments are, different when e.g. epochs grew).
@@ -530,9 +633,6 @@ def fit(
             sched._last_lr = lrs
             extra = info["extra"]
             history = {k: list(v) for k, v in extra.get("history", history).items()}
-            if extra.get("seed", seed) != seed:
-                warnings.warn(f"resuming a run started with seed {extra['seed']} using seed {seed}: "
-                              "the result will differ from an uninterrupted run", stacklevel=2)
             for cb, state in zip(cbs, extra.get("callbacks", [])):
                 if state is not None and hasattr(cb, "load_state_dict"):
                     cb.load_state_dict(state)
@@ -624,10 +724,10 @@ def fit(
         if out_dir is not None and (done % checkpoint_every == 0 or done == epochs):
             if rank == 0:
                 extra = dict(checkpoint_extra or {})
-                extra.update(history=history, seed=seed, epochs=epochs,
+                extra.update(history=history, seed=seed, epochs=epochs, fit_config=config,
                              callbacks=[cb.state_dict() if hasattr(cb, "state_dict") else None for cb in cbs])
                 save_checkpoint(out_dir, model, opt, sched, epoch=done, extra=extra, keep_last=keep_last)
-                _atomic_write(Path(out_dir) / "history.json", json.dumps(history, indent=1).encode("utf-8"))
+                _atomic_write(Path(out_dir) / HISTORY, json.dumps(history, indent=1).encode("utf-8"))
             if world > 1:
                 import torch.distributed as dist
 
