@@ -21,6 +21,7 @@ The Markdown table merges ``benchmarks/results/coverage.json`` (Torch-Pruning's 
 only widths it removes exactly.
 
 Usage: ``python benchmarks/bench_coverage_prunekit.py [--only ID ...] [--out PATH] [--table]``
+(``--only`` re-runs those architectures and keeps the other rows of ``--out``.)
 """
 from __future__ import annotations
 
@@ -167,6 +168,13 @@ def main():
             signal.alarm(0)
         result["rows"].append(row)
         print(name, json.dumps(row["pk"])[:200], flush=True)
+    if a.only and out.exists():  # the other architectures' rows are kept, in zoo order
+        previous = json.loads(out.read_text())
+        fresh = {r["id"]: r for r in result["rows"]}
+        result["rows"] = [fresh.get(r["id"], r) for r in previous["rows"]] + [
+            r for r in result["rows"] if r["id"] not in {q["id"] for q in previous["rows"]}]
+        result["command"] = previous.get("command", "") + "; then " + result["command"]
+        result["first_call_s"] = previous.get("first_call_s", first)
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result, tp))
 
