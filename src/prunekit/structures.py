@@ -231,32 +231,38 @@ class Structures(Sequence[Structure]):
         return {"params": int(params), "macs": int(macs)}
 
     def _alone_costs(self) -> None:
-        """``params`` / ``macs`` of every structure: what removing it alone saves."""
-        hits = defaultdict(lambda: defaultdict(int))  # closure id -> sid -> removed indices
-        for c in [c for cl in self._tensors.values() for c in cl] + [c for _, cl in self._terms for c in cl]:
-            if id(c) in hits or c.matrix.shape[1] == 0:
-                continue
-            counts = hits[id(c)]
-            for row in c.matrix:
-                for sid in set(int(s) for s in row if s >= 0):
-                    counts[sid] += 1
-        params = np.zeros(len(self._items))
-        macs = np.zeros(len(self._items))
+        """``params`` / ``macs`` of every structure: what removing it alone saves (vectorised)."""
+        n_items = len(self._items)
+        hits: dict[int, np.ndarray] = {}  # closure id -> per structure: indices it removes there
 
-        def saved(closures, const, out):
-            sids = set()
+        def removed_by(c: _Closure) -> np.ndarray:
+            if id(c) not in hits:
+                m = np.sort(c.matrix, axis=1)
+                first = np.ones(m.shape, dtype=bool)
+                first[:, 1:] = m[:, 1:] != m[:, :-1]  # a structure counted once per index
+                sids = m[(m >= 0) & first]
+                hits[id(c)] = np.bincount(sids, minlength=n_items).astype(np.float64)
+            return hits[id(c)]
+
+        def saved(closures, const) -> np.ndarray:
+            closures = [c for c in closures]
+            full = float(const) * math.prod(c.n for c in closures)
+            kept = np.full(n_items, float(const))
+            touched = np.zeros(n_items, dtype=bool)
             for c in closures:
-                sids.update(hits.get(id(c), {}).keys())
-            full = const * math.prod(c.n for c in closures)
-            for sid in sids:
-                out[sid] += full - const * math.prod(c.n - hits.get(id(c), {}).get(sid, 0) for c in closures)
+                h = removed_by(c) if c.matrix.shape[1] else np.zeros(n_items)
+                touched |= h > 0
+                kept *= c.n - h
+            return np.where(touched, full - kept, 0.0)
 
+        params = np.zeros(n_items)
+        macs = np.zeros(n_items)
         for closures in self._tensors.values():
-            saved(closures, 1, params)
+            params += saved(closures, 1)
         for const, closures in self._terms:
-            saved(closures, const, macs)
+            macs += saved(closures, const)
         for s in self._items:
-            s.params, s.macs = int(params[s.id]), int(macs[s.id])
+            s.params, s.macs = int(round(params[s.id])), int(round(macs[s.id]))
 
     def collapse_checker(self) -> "_CollapseChecker":
         """An incremental check that no producing weight dim (a layer's outputs) becomes empty."""
@@ -724,7 +730,8 @@ def _probe_key(model, example_inputs, ignored, structures) -> str:
     tensors += [(n, tuple(b.shape), str(b.dtype)) for n, b in model.named_buffers()]
     text = json.dumps([type(model).__module__ + "." + type(model).__qualname__, tensors,
                        [type(m).__qualname__ for m in model.modules()], input_spec_of(example_inputs),
-                       sorted(ignored), structures.signature()], default=str)
+                       sorted(ignored), len(structures),
+                       [(g.root, g.kind, g.size) for g in structures.groups]], default=str)  # not signature(): 0.4 s
     return hashlib.sha256(text.encode()).hexdigest()
 
 

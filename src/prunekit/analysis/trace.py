@@ -396,13 +396,15 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
             lambda m, a, k, name=name: tracer.pre_hook(name, m, a, k), with_kwargs=True))
         handles.append(module.register_forward_hook(
             lambda m, a, k, o, name=name: tracer.post_hook(name, m, a, k, o), with_kwargs=True, always_call=True))
-    was_training = model.training
-    model.eval()
+    # eval mode, every module's own flag restored; fused RNN kernels off (their products then reach
+    # the counted ops, as in prunekit.count), only where there is an RNN: they slow convolutions down
+    from ..measure import _EvalNoGrad
+    mode = _EvalNoGrad(model, counting=any(isinstance(m, nn.RNNBase) for m in model.modules()))
     restore = _tag_attributes(model)
     emptied = _empty_tensor_caches(model)
     _Tagged.value_uses = tracer.t.value_uses
     try:
-        with torch.no_grad(), flag, tracer, follow(tracer, model, ignored):
+        with mode, flag, tracer, follow(tracer, model, ignored):
             output = call_model(model, example_inputs)
     finally:
         _Tagged.value_uses = None
@@ -412,7 +414,6 @@ def trace(model: nn.Module, example_inputs, ignore: set | None = None) -> Trace:
             if getattr(module, attr, None):  # refilled by forward: a cache, dropped when materializing
                 tracer.t.caches.append((name, attr))
             module.__dict__[attr] = value
-        model.train(was_training)
         for h in handles:
             h.remove()
     t = tracer.t
