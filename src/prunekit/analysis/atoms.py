@@ -196,7 +196,18 @@ class Atoms:
 
     def unify_arrays(self, x: np.ndarray, y: np.ndarray, reason: str = "tied to a non-prunable index") -> None:
         rx, ry = self.roots(x), self.roots(y)
-        for i in np.nonzero(rx != ry)[0]:
+        d = np.nonzero(rx != ry)[0]
+        if not len(d):
+            return
+        a, b = rx[d], ry[d]
+        if ((a != NONE) & (b != NONE) & (self.left[a] < 0) & (self.left[b] < 0)).all():
+            # base atoms only: one vectorised union when one side is distinct and disjoint from the other
+            # (each of its atoms then gets exactly one parent that is itself a root)
+            for child, par in ((b, a), (a, b)):
+                if len(np.unique(child)) == len(child) and not np.isin(child, par).any():
+                    self.parent[child] = par
+                    return
+        for i in d:
             self.unify(int(rx[i]), int(ry[i]), reason)
 
     # ------------------------------------------------------------- split / merge
@@ -225,8 +236,7 @@ class Atoms:
         elif (left < 0).all() and (r != NONE).all() and len(np.unique(r)) == r.size:
             outer, inner = self.fresh(n_outer, kind), self.fresh(n_inner, self.kind_of(int(r.flat[0])))
             comp = self.product(outer, inner)
-            for a, b in zip(r.flat, comp):
-                self.unify(int(a), int(b))
+            self.parent[r.ravel()] = comp  # distinct base roots onto fresh products: no factor can recur
             return self.roots(outer), self.roots(inner)
         self.freeze_array(r.flatten(), reason)
         return np.zeros(n_outer, dtype=np.int64), np.zeros(n_inner, dtype=np.int64)
