@@ -276,3 +276,45 @@ def test_every_argument_has_help_text():
     missing = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in walk(build_parser(), "prunekit")
                if not (a.help or "").strip()]
     assert missing == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prune", "resnet20", "--method", "l1", "--budget-macs", "0.5", "--num-samples", "-5"],
+     "argument --num-samples: must be >= 1, got -5"),
+    (["prune", "--method", "ctf", "--rate", "0.5", "--epochs", "0", "c.yaml"], "argument --epochs: must be >= 1, got 0"),
+    (["prune", "--method", "ctf", "--rate", "0.5", "--epochs", "-3", "c.yaml"], "argument --epochs: must be >= 1"),
+    (["prune", "--method", "ctf", "--rate", "0.5", "--finetune", "-1", "c.yaml"], "argument --finetune: must be >= 0"),
+    (["prune", "--method", "ctf", "--rate", "1.0", "c.yaml"], "argument --rate: must be a fraction in [0, 1)"),
+    (["prune", "resnet20", "--method", "l1", "--budget-params", "-0.1"], "argument --budget-params: must be a fraction"),
+    (["inspect", "resnet20", "--input-high", "0"], "argument --input-high: must be >= 1, got 0"),
+    (["demo", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["data", "synth", "--format", "sbu", "--out", "x", "--difficulty", "nan"], "argument --difficulty"),
+    (["prune", "resnet20", "--method", "l1", "--budget-macs", "0.5", "--epochs", "ten"], "expected an integer"),
+])
+def test_counts_and_fractions_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_synth_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "sbu")
+    assert main(["data", "synth", "--format", "fpha", "--out", out, "--seed", "1"]) == 0
+    assert main(["data", "synth", "--format", "fpha", "--out", out, "--seed", "2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "synth", "--format", "fpha", "--out", out, "--seed", "2", "--overwrite"]) == 0
+    assert "seed: 2" in (tmp_path / "sbu" / "SYNTHETIC_DATA.txt").read_text()
+
+
+def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
+    import prunekit.cli as cli
+
+    def boom(args):
+        raise KeyError("internal")
+    monkeypatch.setattr(cli, "cmd_inspect", boom)
+    monkeypatch.delenv("PRUNEKIT_TRACEBACK", raising=False)
+    assert main(["inspect", "resnet20"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: KeyError" in err and "PRUNEKIT_TRACEBACK=1" in err

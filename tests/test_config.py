@@ -139,3 +139,88 @@ def test_config_train_checkpoint_do_not_import_models_at_module_level():
             else:
                 continue
             assert not any("models" in n.split(".") for n in names), (mod.__name__, names)
+
+
+# --------------------------------------------------------------------------- issue 15: NaN/inf, nested keys
+
+
+@pytest.mark.parametrize("key", ["lr", "momentum", "weight_decay", "gamma"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_nan_and_inf_are_rejected(tmp_path, key, value):
+    p = _write(tmp_path, f"model: stgcn\nseed: 1\n{key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:3: key '{key}' must be a finite number \(not NaN or infinite\)"):
+        load_config(p)
+
+
+def test_nan_inside_model_kwargs_and_data_is_rejected(tmp_path):
+    p = _write(tmp_path, "model: stgcn\nmodel_kwargs:\n  graph: sbu\n  dropout: .nan\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:4: key 'model_kwargs.dropout' must be a finite number"):
+        load_config(p)
+    p = _write(tmp_path, "model: stgcn\ndata: {format: synthetic-sbu, difficulty: .inf}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: key 'data.difficulty' must be a finite number"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="TrainConfig: key 'lr' must be a finite number"):
+        TrainConfig(model="stgcn", lr=float("nan"))
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("data:\n  format: sbu\n  root: x\n  folds: 2\n", 5, "unknown key 'data.folds' (did you mean 'fold'?)"),
+    ("data: {format: cifar10, root: x, fold: 1}\n", 2, "unknown key 'data.fold'; known keys for format 'cifar10'"),
+    ("data: {format: digits, root: x}\n", 2, "unknown key 'data.root'"),
+    ("data: {format: sbu}\n", 2, "format 'sbu' needs 'data.root'"),
+    ("data: {format: idx}\n", 2, "format 'idx' needs 'data.root'"),
+    ("data: {root: x}\n", 2, "key 'data' needs a 'format'"),
+    ("data: {format: ntu, root: x}\n", 2, "key 'data.format' must be one of sbu, fpha"),
+    ("data:\n  format: sbu\n  root: x\n  fold: 6\n", 5, "key 'data.fold' must be an integer 1..5"),
+    ("data:\n  format: synthetic-sbu\n  length: 0\n", 4, "key 'data.length' must be an integer >= 1"),
+    ("data:\n  format: synthetic-sbu\n  velocity: 1\n", 4, "key 'data.velocity' must be true/false"),
+    ("data:\n  format: fpha\n  root: x\n  protocol: '2:1'\n", 5, "key 'data.protocol' must be '1:1'"),
+    ("data:\n  format: sbu\n  root: x\n  root: y\n", 5, "duplicate key 'data.root' (first on line 4)"),
+])
+def test_data_keys_checked_at_every_level_with_file_and_line(tmp_path, text, line, words):
+    p = _write(tmp_path, "model: stgcn\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert str(info.value).startswith(f"{p}:{line}: "), str(info.value)
+    assert words in str(info.value), str(info.value)
+
+
+def test_every_data_format_accepts_its_documented_keys(tmp_path):
+    from prunekit.config import DATA_KEYS
+
+    for fmt, keys in DATA_KEYS.items():
+        values = {"format": fmt, "root": "x", "fold": 2, "length": 16, "velocity": True, "seed": 3,
+                  "difficulty": 0.5, "protocol": "1:1"}
+        cfg = TrainConfig.from_dict({"model": "stgcn", "data": {k: values[k] for k in keys}})
+        assert set(cfg.data) == keys
+    assert load_config(CONFIGS / "fpha_stgcn.yaml").data["protocol"] == "1:1"
+
+
+def test_config_that_is_a_folder_or_binary(tmp_path):
+    (tmp_path / "c.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"c\.yaml: is a folder, not a YAML config file"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "b.yaml").write_bytes(b"model: stgcn\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"b\.yaml:2: not UTF-8 text \(byte 0xff\)"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_bad_model_kwargs_is_a_config_error_naming_the_line(tmp_path):
+    p = _write(tmp_path, "model: mlp\nseed: 0\nmodel_kwargs: {in_channels: 1, colour: red}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:3: cannot build model 'mlp' from key 'model_kwargs': .*colour"):
+        load_config(p).build_model()
+    p = _write(tmp_path, "model: no_such_model\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:1: cannot build model 'no_such_model' from key 'model'"):
+        load_config(p).build_model()
+
+
+def test_unavailable_device_is_a_config_error(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p = _write(tmp_path, "model: mlp\ndevice: cuda\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: key 'device' is 'cuda' but this PyTorch sees no usable CUDA"):
+        load_config(p).check_device()
+    load_config(_write(tmp_path, "model: mlp\ndevice: cpu\n")).check_device()
+    with pytest.raises(ConfigError, match="key 'device' must be"):
+        load_config(_write(tmp_path, "model: mlp\ndevice: 'cuda:x'\n"))

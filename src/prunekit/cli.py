@@ -20,6 +20,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -48,6 +49,41 @@ def _shape(text: str) -> tuple[int, ...]:
     if any(v < 1 for v in shape):
         raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
     return shape
+
+
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum`` (``--epochs 0`` and ``--num-samples -5`` are refused)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a finite fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _kwargs(items) -> dict:
@@ -298,7 +334,7 @@ def cmd_train(args) -> int:
 def cmd_data_synth(args) -> int:
     from .data.synth import synth_main
 
-    print(synth_main(args.format, args.out, seed=args.seed, difficulty=args.difficulty))
+    print(synth_main(args.format, args.out, seed=args.seed, difficulty=args.difficulty, overwrite=args.overwrite))
     return 0
 
 
@@ -316,6 +352,9 @@ def _registered_folder(args) -> bool:
 
 def cmd_prune(args) -> int:
     from .experiment import prune_checkpoint
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"{args.out}: exists and is not a folder (--out names the folder to save the pruned model in)")
 
     if Path(args.checkpoint).suffix in (".yaml", ".yml") or _registered_folder(args):
         prune_checkpoint(args.checkpoint, method=args.method, out=args.out, budget=_budget(args),
@@ -408,7 +447,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-dtype", action="append", choices=sorted(_DTYPES),
                         help="dtype of the example inputs: one for all, or one per --input-shape (default float; "
                              "long for token ids)")
-    parser.add_argument("--input-high", type=int, default=2, metavar="N",
+    parser.add_argument("--input-high", type=_int_at_least(1), default=2, metavar="N",
                         help="integer inputs are drawn from [0, N) (default 2: valid token, type and mask ids)")
 
 
@@ -425,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: synthetic skeleton data → train → prune with every method → report")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a one-minute version")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     demo.set_defaults(func=cmd_demo)
 
     inspect = sub.add_parser("inspect", help="list the prunable structures of a model, one row per group",
@@ -459,15 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="sosp-h",
                        choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random", "ctf"],
                        help="criterion (default sosp-h; l1, l2 and random need no data) or ctf (learned masks)")
-    prune.add_argument("--budget-macs", type=float, help="fraction of the MACs to remove")
-    prune.add_argument("--budget-params", type=float, help="fraction of the parameters to remove")
-    prune.add_argument("--budget-structures", type=float, help="fraction of the structures to remove")
-    prune.add_argument("--rate", type=float, help="ctf: fraction of the prunable weights to remove")
+    prune.add_argument("--budget-macs", type=_fraction, help="fraction of the MACs to remove")
+    prune.add_argument("--budget-params", type=_fraction, help="fraction of the parameters to remove")
+    prune.add_argument("--budget-structures", type=_fraction, help="fraction of the structures to remove")
+    prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
-    prune.add_argument("--epochs", type=int, help="ctf: epochs with masks (default: the config's, or 10)")
-    prune.add_argument("--finetune", type=int, default=2, help="ctf: fine-tuning epochs after finalize")
+    prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")
+    prune.add_argument("--finetune", type=_int_at_least(0), default=2, help="ctf: fine-tuning epochs after finalize")
     prune.add_argument("--config", help="YAML config naming the data for data-driven criteria")
-    prune.add_argument("--num-samples", type=int, default=512,
+    prune.add_argument("--num-samples", type=_int_at_least(1), default=512,
                        help="training samples the data-driven criteria score on (default 512)")
     prune.add_argument("--out", help="output folder (default runs/<source>_<method>)")
     prune.set_defaults(func=cmd_prune)
@@ -481,8 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_sub.add_parser("synth", help="write a synthetic SBU- or FPHA-format tree (labelled synthetic)")
     synth.add_argument("--format", choices=["sbu", "fpha"], required=True, help="on-disk format to write")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--difficulty", type=float, help="noise / overlap level (default: tuned per format)")
+    synth.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    synth.add_argument("--difficulty", type=_non_negative_float,
+                       help="noise / overlap level (default: tuned per format)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier (or interrupted) synthetic tree in --out; never real data")
     synth.set_defaults(func=cmd_data_synth)
     return parser
 
@@ -508,6 +550,12 @@ def main(argv=None) -> int:
         except (ValueError, OSError, RuntimeError) as error:  # incl. FileExistsError, FolderLockedError
             print(f"prunekit {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return 2
+        except Exception as error:  # a bug, not a user error: still one line; the traceback on request
+            if os.environ.get("PRUNEKIT_TRACEBACK"):
+                raise
+            print(f"prunekit {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+                  "(set PRUNEKIT_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +34,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "check_data_spec", "OPTIMIZERS", "SCHEDULES", "DATA_KEYS"]
+
+#: Largest config file read.
+MAX_CONFIG_BYTES = 1 << 20
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -90,6 +95,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self.__dict__, "TrainConfig", {})
         _check_values(self, "TrainConfig", {})
+        self._source, self._lines = "TrainConfig", {}
 
     # ------------------------------------------------------------------ constructors
 
@@ -129,6 +135,7 @@ class TrainConfig:
             else:
                 setattr(obj, f.name, f.default_factory())
         _check_values(obj, source, lines)
+        obj._source, obj._lines = source, dict(lines)  # not fields: for error messages only
         return obj
 
     def to_dict(self) -> dict:
@@ -180,7 +187,35 @@ class TrainConfig:
         """
         from prunekit.models import create  # lazy: the registry imports every model
 
-        return create(self.model, **self.model_kwargs)
+        try:
+            return create(self.model, **self.model_kwargs)
+        except (TypeError, ValueError, KeyError) as error:  # unknown model, unknown or bad model_kwargs
+            key = "model_kwargs" if self.model_kwargs and isinstance(error, TypeError) else "model"
+            where = _where(getattr(self, "_source", "TrainConfig"), getattr(self, "_lines", {}), key)
+            text = " ".join(str(error).split()) or type(error).__name__
+            raise ConfigError(f"{where}: cannot build model {self.model!r} from key {key!r}: {text}") from error
+
+    def check_device(self) -> None:
+        """Raise :class:`ConfigError` (naming file:line) when ``device`` is not available here.
+
+        Example:
+            >>> TrainConfig(model="mlp", device="cpu").check_device()
+        """
+        import torch
+
+        device = self.device
+        where = _where(getattr(self, "_source", "TrainConfig"), getattr(self, "_lines", {}), "device")
+        if device.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(device[5:]) if device.startswith("cuda:") else 0
+            if index >= count:
+                have = f"{count} CUDA device(s)" if count else "no usable CUDA device (or a CPU-only build)"
+                raise ConfigError(f"{where}: key 'device' is {device!r} but this PyTorch sees {have}; "
+                                  "use 'cpu' or 'auto'")
+        if device == "mps":
+            backend = getattr(torch.backends, "mps", None)
+            if backend is None or not backend.is_available():
+                raise ConfigError(f"{where}: key 'device' is 'mps' but MPS is not available here; use 'cpu' or 'auto'")
 
 
 # --------------------------------------------------------------------------- checks
@@ -232,6 +267,12 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{_where(source, lines, key)}: key {key!r} {why}, got {getattr(c, key)!r}")
 
+    for key in ("lr", "momentum", "weight_decay", "gamma"):  # NaN passes every comparison below
+        if not math.isfinite(getattr(c, key)):
+            raise bad(key, "must be a finite number (not NaN or infinite)")
+    for key in ("model_kwargs", "data"):
+        _reject_nonfinite(getattr(c, key), key, source, lines)
+
     if not c.model:
         raise bad("model", "must name a registered model")
     for key in ("epochs", "batch_size", "checkpoint_every"):
@@ -252,8 +293,99 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:
         raise bad("gamma", "must be in (0, 1]")
     if any(m < 0 for m in c.milestones) or list(c.milestones) != sorted(c.milestones):
         raise bad("milestones", "must be increasing non-negative epochs")
-    if not (c.device in ("cpu", "cuda", "auto", "mps") or c.device.startswith("cuda:")):
+    if not (c.device in ("cpu", "cuda", "auto", "mps") or re.fullmatch(r"cuda:\d+", c.device)):
         raise bad("device", "must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
+    check_data_spec(c.data, source, lines, prefix="data")
+
+
+def _reject_nonfinite(value, key: str, source: str, lines: dict) -> None:
+    """NaN / infinite floats anywhere inside ``value`` raise, naming the dotted key and its line."""
+    todo = [(key, value)]
+    while todo:
+        name, v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            line_key = name
+            while line_key not in lines and "." in line_key:
+                line_key = line_key.rsplit(".", 1)[0]
+            raise ConfigError(f"{_where(source, lines, line_key)}: key {name!r} must be a finite number "
+                              f"(not NaN or infinite), got {v!r}")
+        if isinstance(v, dict):
+            todo.extend((f"{name}.{k}", item) for k, item in v.items())
+        elif isinstance(v, list):
+            todo.extend((f"{name}[{i}]", item) for i, item in enumerate(v))
+
+
+#: Keys a ``data:`` mapping may hold, per ``format`` (what :func:`prunekit.experiment.load_data` reads).
+_SKELETON = {"format", "root", "length", "velocity"}
+DATA_KEYS = {
+    "sbu": _SKELETON | {"fold"},
+    "fpha": _SKELETON | {"protocol"},
+    "synthetic-sbu": _SKELETON | {"fold", "seed", "difficulty"},
+    "synthetic-fpha": _SKELETON | {"protocol", "seed", "difficulty"},
+    "digits": {"format"},
+    "idx": {"format", "root"},
+    "fashion-mnist": {"format", "root"},
+    "cifar10": {"format", "root"},
+}
+_NEEDS_ROOT = ("sbu", "fpha", "idx", "fashion-mnist", "cifar10")
+
+
+def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None, *, prefix: str = "data") -> None:
+    """Validate a data spec (``data:`` of a config): known format, known keys, types and ranges.
+
+    Raises :class:`ConfigError` naming ``source:line`` and the dotted key (``data.root``).
+
+    Example:
+        >>> check_data_spec({"format": "sbu", "root": "data/sbu", "fold": 1})
+        >>> check_data_spec({"format": "sbu", "root": "x", "folds": 1})
+        Traceback (most recent call last):
+        ...
+        prunekit.config.ConfigError: data: unknown key 'data.folds' (did you mean 'fold'?); known keys for format 'sbu': fold, format, length, root, velocity
+    """
+    lines = lines or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{_where(source, lines, prefix)}: key {prefix!r} must be a mapping, got {spec!r}")
+    if not spec:
+        return  # an empty data spec: the caller supplies data itself
+    where = lambda key: _where(source, lines, f"{prefix}.{key}" if key else prefix)  # noqa: E731
+    fmt = spec.get("format")
+    if fmt is None:
+        raise ConfigError(f"{where('')}: key {prefix!r} needs a 'format' ({', '.join(DATA_KEYS)})")
+    if fmt not in DATA_KEYS:
+        raise ConfigError(f"{where('format')}: key '{prefix}.format' must be one of {', '.join(DATA_KEYS)}, "
+                          f"got {fmt!r}")
+    known = DATA_KEYS[fmt]
+    for key in spec:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(f"{where(key)}: unknown key '{prefix}.{key}'"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                              + f"; known keys for format {fmt!r}: {', '.join(sorted(known))}")
+    if fmt in _NEEDS_ROOT and not spec.get("root"):
+        raise ConfigError(f"{where('')}: format {fmt!r} needs '{prefix}.root', the folder holding the data")
+
+    def bad(key, why):
+        return ConfigError(f"{where(key)}: key '{prefix}.{key}' {why}, got {spec[key]!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if "root" in spec and not isinstance(spec["root"], str):
+        raise bad("root", "must be a string (a folder)")
+    if "fold" in spec and (not is_int(spec["fold"]) or not 1 <= spec["fold"] <= 5):
+        raise bad("fold", "must be an integer 1..5 (SBU's 5-fold cross-validation)")
+    if "length" in spec and (not is_int(spec["length"]) or spec["length"] < 1):
+        raise bad("length", "must be an integer >= 1 (frames)")
+    if "velocity" in spec and not isinstance(spec["velocity"], bool):
+        raise bad("velocity", "must be true/false")
+    if "seed" in spec and not is_int(spec["seed"]):
+        raise bad("seed", "must be an integer")
+    if "difficulty" in spec:
+        v = spec["difficulty"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise bad("difficulty", "must be a finite number >= 0")
+    if "protocol" in spec and spec["protocol"] != "1:1":
+        raise bad("protocol", "must be '1:1' (FPHA's official split; the only one implemented)")
 
 
 # --------------------------------------------------------------------------- YAML
@@ -262,7 +394,8 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:
 def _compose(text: str, source: str) -> tuple[Any, dict]:
     """Parse YAML safely, returning ``(data, {top-level key: 1-based line})``.
 
-    Duplicate top-level keys are an error (plain ``yaml.safe_load`` keeps the last).
+    Nested keys are recorded as dotted paths (``"data.root"``). Duplicate keys, at any
+    level, are an error (plain ``yaml.safe_load`` keeps the last).
     """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -272,13 +405,19 @@ def _compose(text: str, source: str) -> tuple[Any, dict]:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from e
     lines: dict = {}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
+
+    def walk(mapping: yaml.MappingNode, prefix: str) -> None:
+        for k, v in mapping.value:
+            key = prefix + str(k.value)
             if key in lines:
                 raise ConfigError(f"{source}:{k.start_mark.line + 1}: duplicate key {key!r} "
                                   f"(first on line {lines[key]})")
             lines[key] = k.start_mark.line + 1
+            if isinstance(v, yaml.MappingNode):
+                walk(v, key + ".")
+
+    if isinstance(node, yaml.MappingNode):
+        walk(node, "")
     return data, lines
 
 
@@ -303,7 +442,19 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         prunekit.config.ConfigError: ...c.yaml:2: unknown key 'epoch' (did you mean 'epochs'?)...
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: is not a regular file (a FIFO or device?), not a YAML config file")
+    with open(path, "rb") as fh:  # FileNotFoundError for a missing file
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes: not a training config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}): not a YAML config") from None
     data, lines = _compose(text, str(path))
     if data is None:
         raise ConfigError(f"{path}: the file is empty")

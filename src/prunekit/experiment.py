@@ -68,6 +68,8 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
     if kind in ("synthetic-sbu", "synthetic-fpha", "sbu", "fpha"):
         layout = kind.replace("synthetic-", "")
         difficulty = float(spec.get("difficulty", data.default_difficulty(layout)))
+        if kind in ("sbu", "fpha") and not spec.get("root"):
+            raise ValueError(f"data spec {spec}: format {kind!r} needs 'root', the folder holding the data")
         root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}-difficulty{difficulty:g}")
         if kind.startswith("synthetic") and not root.exists():
             writer = data.write_sbu if layout == "sbu" else data.write_fpha
@@ -87,6 +89,8 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
         prep = lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0  # noqa: E731
         return (prep(xtr), torch.as_tensor(ytr)), (prep(xte), torch.as_tensor(yte)), {"format": kind, "classes": 10}
     if kind in ("idx", "fashion-mnist", "cifar10"):
+        if not spec.get("root"):
+            raise ValueError(f"data spec {spec}: format {kind!r} needs 'root', the folder holding the data")
         loader = data.load_cifar10 if kind == "cifar10" else data.load_idx
         (xtr, ytr), (xte, yte) = loader(spec["root"])
 
@@ -108,6 +112,11 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
     from .config import load_config
 
     config = load_config(path)
+    config.check_device()  # before loading data: `device: cuda` on a CPU build is a config error
+    out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")
+    for folder in (out_dir, out_dir / "checkpoints", out_dir / "model"):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: exists and is not a folder (out_dir of {path})")
     (xtr, ytr), (xte, yte), info = load_data(config.data)
     model = config.build_model()
     out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")

@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import DataFormatError, SkeletonDataset, SkeletonSequence, is_synthetic, parse_numeric_lines
+from .records import (
+    DataFormatError, SkeletonDataset, SkeletonSequence, check_synthetic_complete, find_data_files, is_synthetic,
+    parse_numeric_lines,
+)
 
 __all__ = ["load_fpha", "read_fpha_file", "read_fpha_split", "FPHA_CLASSES", "FPHA_KNOWN_BAD", "FPHA_SPLIT_FILE",
            "FPHA_ANNOTATION_DIRS", "FPHA_FILE"]
@@ -219,7 +222,10 @@ def load_fpha(root: str | os.PathLike, *, skip_known_bad: bool = False, annotati
         annotation: force the annotation folder name.
         errors: ``"raise"`` (default) raises on the first bad ``skeleton.txt``;
             ``"skip"`` records it with its error in ``.skipped`` and goes on. Split file
-            errors and split entries pointing at missing sequences always raise.
+            errors and split entries pointing at missing sequences always raise. A
+            ``skeleton.txt`` that is a folder or not a regular file, and symbolic links back
+            to a folder already visited (loops), are never read and always listed in
+            ``.skipped``; an interrupted synthetic tree (marker ``status: incomplete``) raises.
 
     Returns:
         ``(train, test)`` :class:`SkeletonDataset` (graph ``"fpha"``, 45 classes in
@@ -240,7 +246,9 @@ def load_fpha(root: str | os.PathLike, *, skip_known_bad: bool = False, annotati
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError("FPHA root folder does not exist", path=root)
+    check_synthetic_complete(root)
     split_path, ann = _find_layout(root, annotation)
+    check_synthetic_complete(split_path.parent)
     split = read_fpha_split(split_path)
 
     listed: set[str] = set()
@@ -251,6 +259,10 @@ def load_fpha(root: str | os.PathLike, *, skip_known_bad: bool = False, annotati
         for entry, label, line in split[part]:
             listed.add(entry)
             path = ann.joinpath(*entry.split("/"), FPHA_FILE)
+            if path.is_dir() or (path.exists() and not path.is_file()):
+                kind = "a folder named like a data file, not a file" if path.is_dir() else "not a regular file"
+                skipped.append((str(path), f"{kind} (listed in {split_path.name}, line {line})"))
+                continue
             if not path.is_file():
                 raise DataFormatError(f"split entry points at a missing sequence ({path} not found)",
                                       path=split_path, line=line, entry=entry)
@@ -267,13 +279,13 @@ def load_fpha(root: str | os.PathLike, *, skip_known_bad: bool = False, annotati
             sequences.append(SkeletonSequence(data, label, entry.split("/")[0], str(path)))
         results[part] = (sequences, skipped)
 
-    unlisted = []
-    for folder, dirs, files in os.walk(ann, followlinks=True):
-        dirs.sort()
-        if FPHA_FILE in files:
-            rel = Path(folder).relative_to(ann).as_posix()
-            if rel not in listed:
-                unlisted.append((str(Path(folder, FPHA_FILE)), f"not listed in {split_path.name}"))
+    reported = {p for part in results.values() for p, _ in part[1]}
+    files, walk_skips = find_data_files(ann, FPHA_FILE)
+    unlisted = [(p, reason) for p, reason in walk_skips if p not in reported]
+    for path in files:
+        rel = path.parent.relative_to(ann).as_posix()
+        if rel not in listed:
+            unlisted.append((str(path), f"not listed in {split_path.name}"))
     synthetic = is_synthetic(root, split_path.parent)
     return tuple(
         SkeletonDataset(results[part][0], list(FPHA_CLASSES), "fpha", results[part][1] + unlisted, synthetic)

@@ -3,13 +3,14 @@
 * :func:`load_idx`: MNIST / Fashion-MNIST IDX files (plain or gzip), e.g. the files the
   Debian package ``dataset-fashion-mnist`` installs under ``/usr/share/datasets/fashion-mnist/``.
 * :func:`load_cifar10`: CIFAR-10's python-pickle batches (``data_batch_1..5``,
-  ``test_batch``). The batches are pickles, and unpickling can run arbitrary code, so
-  they are read with a *restricted* unpickler (:class:`SafeUnpickler`): plain
-  containers and scalars come from pickle opcodes, and the only globals it resolves are
-  NumPy's array / dtype reconstruction functions (and ``_codecs.encode`` restricted to
-  latin-1, which Python 3 uses to pickle ``bytes`` at protocol 2). Any other global
-  (``os.system``, ``builtins.eval``, ...) raises :class:`DataFormatError`; the result is
-  then checked to be a dict holding a uint8 array and integer labels.
+  ``test_batch``). Unpickling can run arbitrary code, so the batches are *not*
+  unpickled: :func:`~prunekit.data.plainpickle.parse_plain_pickle` interprets the
+  opcode stream as plain data (dict, list, str, bytes, int and C-contiguous NumPy
+  arrays whose declared size equals the bytes stored), never resolving or calling a
+  global, so a malicious file can neither run code nor change process state. Each
+  batch is capped at :data:`CIFAR_MAX_BATCH_BYTES` (``max_bytes``) and must be a
+  regular file; the result is then checked to be a dict holding a uint8 array and
+  integer labels.
 * :func:`load_digits`: scikit-learn's bundled 8×8 digits, split reproducibly.
 
 Every function returns ``((X_train, y_train), (X_test, y_test))`` NumPy arrays.
@@ -22,17 +23,21 @@ Example:
 from __future__ import annotations
 
 import gzip
-import io
 import os
-import pickle
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import read_regular_file
+from .plainpickle import parse_plain_pickle
 from .records import DataFormatError
 
-__all__ = ["read_idx", "load_idx", "load_cifar10", "load_digits", "SafeUnpickler", "CIFAR10_CLASSES"]
+__all__ = ["read_idx", "load_idx", "load_cifar10", "load_digits", "SafeUnpickler", "CIFAR10_CLASSES",
+           "CIFAR_MAX_BATCH_BYTES"]
+
+#: Size cap of one CIFAR pickle batch (a real CIFAR-10 batch is 31 MB, CIFAR-100's train file 158 MB).
+CIFAR_MAX_BATCH_BYTES = 256 * 2**20
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -136,13 +141,12 @@ def load_idx(folder: str | os.PathLike):
     return tuple(out)
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only NumPy array reconstruction globals.
+class SafeUnpickler:
+    """Compatibility wrapper: ``SafeUnpickler(file, path=...).load()`` is :func:`parse_plain_pickle`.
 
-    Dicts, lists, tuples, bytes, str, int and float need no globals; the allowed
-    globals are ``numpy.ndarray``, ``numpy.dtype``, ``numpy[._]core.multiarray._reconstruct``,
-    ``numpy[._]core.numeric._frombuffer`` and ``_codecs.encode`` (latin-1 only). Anything
-    else raises :class:`DataFormatError`.
+    Not a :class:`pickle.Unpickler`: the stream is interpreted as plain data (dicts,
+    lists, str, bytes, ints, contiguous NumPy arrays) and no global is ever resolved or
+    called; see :mod:`prunekit.data.plainpickle`.
 
     Example:
         >>> import io, pickle, numpy as np
@@ -155,47 +159,30 @@ class SafeUnpickler(pickle.Unpickler):
         prunekit.data.records.DataFormatError: x: refusing to unpickle global 'builtins.print' ...
     """
 
-    def __init__(self, file, *, path: str | os.PathLike):
-        super().__init__(file, encoding="bytes")
+    def __init__(self, file, *, path: str | os.PathLike, max_bytes: int | None = None):
+        self.file = file
         self.path = path
+        self.max_bytes = CIFAR_MAX_BATCH_BYTES if max_bytes is None else max_bytes
 
-    def find_class(self, module: str, name: str):
-        from numpy._core import multiarray, numeric  # numpy >= 2
-
-        allowed = {
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-            ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer,
-            ("numpy._core.numeric", "_frombuffer"): numeric._frombuffer,
-            ("_codecs", "encode"): _latin1_encode,
-        }
-        try:
-            return allowed[(module, name)]
-        except KeyError:
-            raise DataFormatError(f"refusing to unpickle global '{module}.{name}' (only NumPy arrays and plain types "
-                                  "are allowed)", path=self.path) from None
+    def load(self):
+        raw = self.file.read(self.max_bytes + 1)
+        if len(raw) > self.max_bytes:
+            raise DataFormatError(f"more than the {self.max_bytes} bytes allowed for a pickle batch", path=self.path)
+        return parse_plain_pickle(raw, path=self.path)
 
 
-def _latin1_encode(text, encoding="utf-8", errors="strict"):
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is only allowed with latin-1 on a str")
-    return text.encode("latin-1")
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    max_bytes = CIFAR_MAX_BATCH_BYTES if max_bytes is None else max_bytes
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, max_bytes)
     except OSError as exc:
         raise DataFormatError(f"cannot read file ({exc.strerror or exc})", path=path) from None
+    except ValueError as exc:  # not a regular file, or over the size cap
+        raise DataFormatError(f"not read as a CIFAR-10 batch: {exc}", path=path) from None
     try:
-        obj = SafeUnpickler(io.BytesIO(raw), path=path).load()
-    except DataFormatError:
-        raise
-    except Exception as exc:  # truncated or corrupt pickle stream
-        raise DataFormatError(f"not a readable CIFAR-10 pickle batch ({type(exc).__name__}: {exc})",
-                              path=path) from None
+        obj = parse_plain_pickle(raw, path=path)
+    except DataFormatError as exc:
+        raise DataFormatError(f"not a readable CIFAR-10 pickle batch: {exc.reason}", path=path) from None
     if not isinstance(obj, dict):
         raise DataFormatError(f"expected a dict batch, got {type(obj).__name__}", path=path)
     batch = {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
@@ -221,7 +208,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def load_cifar10(folder: str | os.PathLike):
+def load_cifar10(folder: str | os.PathLike, *, max_bytes: int | None = None):
     """Load CIFAR-10 from its python-pickle batches, safely (see :class:`SafeUnpickler`).
 
     ``folder`` holds ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` (or is the
@@ -245,8 +232,8 @@ def load_cifar10(folder: str | os.PathLike):
     missing = [n for n in names + ["test_batch"] if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing CIFAR-10 batch files {missing}")
-    train = [_read_cifar_batch(folder / n) for n in names]
-    test = _read_cifar_batch(folder / "test_batch")
+    train = [_read_cifar_batch(folder / n, max_bytes) for n in names]
+    test = _read_cifar_batch(folder / "test_batch", max_bytes)
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])), test
 
 

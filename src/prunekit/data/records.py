@@ -26,10 +26,14 @@ import numpy as np
 
 from .graphs import Graph, get_graph
 
-__all__ = ["DataFormatError", "SkeletonSequence", "SkeletonDataset", "SYNTHETIC_MARKER"]
+__all__ = ["DataFormatError", "SkeletonSequence", "SkeletonDataset", "SYNTHETIC_MARKER", "find_data_files",
+           "synthetic_status", "check_synthetic_complete"]
 
-#: File the synthetic generator writes at the root of every tree it produces.
+#: File the synthetic generator writes at the root of every tree it produces. It is written
+#: (atomically) *before* any data file with ``status: incomplete`` and rewritten with
+#: ``status: complete`` after the last one, so an interrupted generation is recognised.
 SYNTHETIC_MARKER = "SYNTHETIC_DATA.txt"
+_MARKER_MAX_BYTES = 64 * 1024
 
 
 class DataFormatError(ValueError):
@@ -196,6 +200,98 @@ class SkeletonDataset:
 def is_synthetic(*folders: str | os.PathLike) -> bool:
     """True when any of ``folders`` holds the generator's marker file."""
     return any(Path(f, SYNTHETIC_MARKER).is_file() for f in folders if f is not None)
+
+
+def synthetic_status(folder: str | os.PathLike) -> str | None:
+    """``"complete"``, ``"incomplete"`` or ``None`` (no marker) for a synthetic tree's root.
+
+    A marker without a ``status:`` line (written by versions that wrote it last) counts
+    as complete; an unreadable or oversized marker as incomplete.
+
+    Example:
+        >>> import tempfile
+        >>> synthetic_status(tempfile.mkdtemp()) is None
+        True
+    """
+    path = Path(folder, SYNTHETIC_MARKER)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MARKER_MAX_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "incomplete"
+    if len(raw) > _MARKER_MAX_BYTES:
+        return "incomplete"
+    for line in text.splitlines():
+        if line.startswith("status:"):
+            return "complete" if line.split(":", 1)[1].strip() == "complete" else "incomplete"
+    return "complete"
+
+
+def check_synthetic_complete(*folders: str | os.PathLike) -> None:
+    """Raise :class:`DataFormatError` when one of ``folders`` holds an interrupted synthetic tree."""
+    for folder in folders:
+        if folder is not None and synthetic_status(folder) == "incomplete":
+            raise DataFormatError("incomplete synthetic tree: its generation was interrupted, so files may be "
+                                  "missing or truncated; regenerate it with `prunekit data synth --overwrite`",
+                                  path=Path(folder, SYNTHETIC_MARKER))
+
+
+def find_data_files(root: str | os.PathLike, filename: str) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every regular file named ``filename`` below ``root``, and what was skipped on the way.
+
+    Symbolic links to folders are followed, but each real folder is entered once: a link
+    back to a folder already visited (a loop, or a second link to the same folder) is
+    not followed and is reported. An entry named ``filename`` that is a folder, a FIFO,
+    a device or a broken link is reported too. Returns ``(sorted files, [(path, reason)])``.
+
+    Example:
+        >>> import tempfile, os
+        >>> root = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(root, "a", "skeleton.txt"))
+        >>> os.symlink(root, os.path.join(root, "a", "up"))
+        >>> files, skipped = find_data_files(root, "skeleton.txt")
+        >>> files, [reason.split(":")[0] for _, reason in skipped]
+        ([], ['a folder named like a data file, not a file', 'link to a folder already visited'])
+    """
+    found: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    visited: set[tuple[int, int]] = set()
+    todo = [Path(root)]
+    while todo:
+        folder = todo.pop()
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                skipped.append((str(folder), "link to a folder already visited: not followed (a symlink loop, or a "
+                                             "second link to the same folder)"))
+                continue
+            visited.add(key)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((str(folder), f"cannot read folder ({exc.strerror or exc})"))
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:  # pragma: no cover - racing deletions
+                is_dir = is_file = False
+            if entry.name == filename:
+                if is_file:
+                    found.append(Path(entry.path))
+                elif is_dir:
+                    skipped.append((entry.path, f"a folder named like a data file, not a file: {filename} must be "
+                                                "a regular file"))
+                else:
+                    skipped.append((entry.path, "not a regular file (a FIFO, socket, device or broken link)"))
+            elif is_dir:
+                subfolders.append(Path(entry.path))
+        todo.extend(reversed(subfolders))
+    return sorted(found), skipped
 
 
 def parse_numeric_lines(path: str | os.PathLike, *, sep: str | None, columns: int) -> np.ndarray:

@@ -27,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import DataFormatError, SkeletonDataset, SkeletonSequence, is_synthetic, parse_numeric_lines
+from .records import (
+    DataFormatError, SkeletonDataset, SkeletonSequence, check_synthetic_complete, find_data_files, is_synthetic,
+    parse_numeric_lines,
+)
 
 __all__ = ["load_sbu", "read_sbu_file", "SBU_CLASSES", "SBU_SETS", "SBU_FOLDS", "SBU_FILE"]
 
@@ -85,13 +88,15 @@ def _line_of_row(path, row: int) -> int:
     return row + 1  # pragma: no cover
 
 
-def _find_files(root: Path) -> list[Path]:
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        if SBU_FILE in files:
-            found.append(Path(folder, SBU_FILE))
-    return sorted(found)
+def _find_files(root: Path) -> tuple[list[Path], list[tuple[str | None, tuple[str, str]]]]:
+    """Files, and ``(set or None, (path, reason))`` for what the walk skipped (loops, folders named like files)."""
+    files, walk_skips = find_data_files(root, SBU_FILE)
+    skipped = []
+    for path, reason in walk_skips:
+        parents = Path(path).parents
+        set_name = parents[2].name if len(parents) > 2 and Path(path).name == SBU_FILE else None
+        skipped.append((set_name if set_name in SBU_SETS else None, (path, reason)))
+    return files, skipped
 
 
 def _parse_action(name: str) -> int | None:
@@ -109,7 +114,10 @@ def load_sbu(root: str | os.PathLike, fold: int | None = 1, *, errors: str = "ra
             sets (:data:`SBU_FOLDS`); ``None`` returns one dataset with everything.
         errors: ``"raise"`` (default) raises :class:`DataFormatError` on the first bad
             file; ``"skip"`` records each bad file with its error in ``.skipped`` and
-            goes on. Bad folder names and duplicate sequences always raise.
+            goes on. Bad folder names and duplicate sequences always raise. Folders
+            named ``skeleton_pos.txt``, non-regular files, and symbolic links back to a
+            folder already visited (loops) are never read and always listed in ``.skipped``.
+            An interrupted synthetic tree (marker ``status: incomplete``) raises.
 
     Returns:
         ``(train, test)`` :class:`SkeletonDataset` pairs (graph ``"sbu"``: persons A then B,
@@ -133,12 +141,13 @@ def load_sbu(root: str | os.PathLike, fold: int | None = 1, *, errors: str = "ra
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError("SBU root folder does not exist", path=root)
-    files = _find_files(root)
+    check_synthetic_complete(root)
+    files, skipped = _find_files(root)  # skipped: (set or None for every set, (path, reason))
     if not files:
-        raise DataFormatError(f"no {SBU_FILE} found below this folder (empty or not an SBU root)", path=root)
+        extra = f"; skipped: {skipped[0][1][0]}: {skipped[0][1][1]}" if skipped else ""
+        raise DataFormatError(f"no {SBU_FILE} found below this folder (empty or not an SBU root){extra}", path=root)
 
     sequences: list[tuple[tuple[str, int, str], SkeletonSequence]] = []
-    skipped: list[tuple[str, tuple[str, str]]] = []  # (set, (path, reason))
     seen: dict[tuple[str, int, str], Path] = {}
     set_parents: set[Path] = set()
     for path in files:
@@ -167,11 +176,12 @@ def load_sbu(root: str | os.PathLike, fold: int | None = 1, *, errors: str = "ra
         sequences.append((key, SkeletonSequence(data, label, set_name, str(path))))
 
     sequences.sort(key=lambda item: item[0])
+    check_synthetic_complete(*sorted(set_parents))
     synthetic = is_synthetic(root, *sorted(set_parents))
 
     def make(keep_sets) -> SkeletonDataset:
         seqs = [s for (set_name, _, _), s in sequences if set_name in keep_sets]
-        skips = [item for set_name, item in skipped if set_name in keep_sets]
+        skips = [item for set_name, item in skipped if set_name is None or set_name in keep_sets]
         return SkeletonDataset(seqs, list(SBU_CLASSES), "sbu", skips, synthetic)
 
     if fold is None:
