@@ -13,12 +13,17 @@ Protocol (small enough for 2 shared cores, one thread):
   skeleton inputs ``[3, 16 frames, 30 joints]``.
 * ``fit`` protocol (the library's, as in ``benchmarks/bench_ctf.py``): a dense model trained
   ``--pretrain`` epochs, then :func:`prunekit.train.fit` with the CTF callback for
-  ``--epochs`` epochs (SGD 0.9, cosine, lr 0.05, batch 32; CTF's defaults: the last quarter
+  ``--epochs`` epochs (SGD momentum 0.9, cosine, lr 0.05, batch 32; CTF's defaults: the last quarter
   with frozen masks), then ``finalize``. ``loop`` protocol (a user's own loop): the same
   dense start, a plain SGD loop that calls ``ctf.step`` each epoch and adds
-  ``ctf.penalty()`` to every batch's loss (constant lr).
-* ``before``: CTF with the settings of the earlier defaults (``threshold_control=False``:
-  Adam step annealed with ``τ / τ_start`` only); ``after``: the current defaults.
+  ``ctf.penalty()`` to every batch's loss (SGD momentum 0.9, weight decay 5e-4, constant lr 0.025).
+* ``before``: CTF with the earlier defaults (``threshold_control=False, settle=0``: the budget
+  is carried by the Adam step on the thresholds, annealed with ``τ / τ_start``, and the
+  weights are differentiated through ``ψ(Ŵ)`` to the end); ``after``: the current defaults
+  (the budget controller and the settle phase, see :class:`prunekit.ctf.CTF`). In the
+  ``loop`` protocol both configurations get the budget ramp, which :meth:`CTF.step` now
+  advances (before, only ``fit``'s ``on_epoch_start`` did: a custom loop aimed at the final
+  target from its first step).
 * Per model, protocol, rate and seed: kept share at the freeze (``ψ > ½`` just before the
   masks froze), ``moved / prunable``, the rate reached, test accuracy of the dense start and
   after ``finalize`` (no fine-tuning).
@@ -45,7 +50,7 @@ from prunekit.ctf import CTF
 from prunekit.train import evaluate, fit
 
 CONFIGS = {
-    "before": {"threshold_control": False},  # the earlier defaults
+    "before": {"threshold_control": False, "settle": 0.0},  # the earlier defaults
     "after": {},  # the current defaults
 }
 BATCH = 32

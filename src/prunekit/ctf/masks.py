@@ -40,6 +40,10 @@ prunekit's formulation (**[ours]** where docs/methods.md leaves room):
 * **Hard phase.** :meth:`CTFMask.freeze` replaces ``ψ`` by a fixed 0/1 mask (a
   non-persistent buffer): ``W = Ŵ ⊙ M``, no gradient to the thresholds or to the pruned
   entries; :class:`~prunekit.ctf.CTF` freezes every mask for the last epochs.
+* **Settle phase.** With ``gate_grad = False`` the forward is ``Ŵ ⊙ ψ(sg(Ŵ))``: the
+  thresholds still get their gradient, the weights see ``ψ`` as a mask (no ``∂ψ/∂Ŵ``,
+  which grows as ``1/τ`` and kicks weights across their thresholds at low ``τ``);
+  :class:`~prunekit.ctf.CTF` sets it for the soft epochs after the budget ramp.
 
 Example:
     >>> import torch
@@ -251,6 +255,7 @@ class CTFMask(nn.Module):
         self._cache: tuple[int, torch.Tensor] | None = None
         self.register_buffer("frozen", None, persistent=False)  # the hard phase's fixed 0/1 mask
         self.cache_sum = True  # keep Σψ of the forward for the penalty (CTF turns it off when unused)
+        self.gate_grad = True  # differentiate ψ(Ŵ) with respect to Ŵ in the forward (CTF's settle phase: off)
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -392,6 +397,8 @@ class CTFMask(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.frozen is not None:
             return w * self.frozen.to(w.dtype)
+        if not self.gate_grad:  # W = Ŵ ⊙ ψ(sg(Ŵ)): the thresholds still learn, the weights see ψ as a mask
+            return w * self.soft_mask(w, detach=True)
         psi = self.mask(w)
         if self.cache_sum and torch.is_grad_enabled() and w.requires_grad:
             self._cache = (self._cache_key(w), psi.sum())  # reused by this step's penalty
