@@ -17,7 +17,7 @@ from .ctf import CTF
 from .io import load, save
 from .materialize import apply_masks, materialize
 from .measure import count, measure_latency
-from .plan import Budget, BudgetError, PruningPlan, select
+from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select
 from .sparse import sparsify
 from .structures import Structure, Structures, UnsupportedModelError, find_structures
 
@@ -30,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
-    "Budget", "BudgetError", "PruningPlan", "select",
+    "Budget", "BudgetError", "PruningPlan", "select", "broadcast_plan", "check_same_plan",
     "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
     "models", "data", "__version__",
 ]

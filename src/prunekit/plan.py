@@ -29,6 +29,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import torch
 from .structures import Structures
 
 __all__ = ["Budget", "PruningPlan", "select", "BudgetError", "collapse_guard", "group_normalize", "GROUP_NORMS",
-           "DEFAULT_GROUP_NORM", "DEFAULT_MAX_GROUP_RATIO"]
+           "DEFAULT_GROUP_NORM", "DEFAULT_MAX_GROUP_RATIO", "broadcast_plan", "check_same_plan", "PlanMismatchError"]
 
 
 class BudgetError(ValueError):
@@ -308,6 +309,12 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     worst plan (0.63). ``group_norm=None, max_group_ratio=None`` is the selection as in
     the SOSP paper (one global ranking of the raw scores, only the collapse guard).
 
+    ``select`` is deterministic: identical scores (bit for bit) and structures give the
+    identical plan (ties broken by structure id), on any rank. Under ``torch.distributed``,
+    :func:`prunekit.saliency` returns the same scores on every rank, so every rank selects
+    the same plan; :func:`broadcast_plan` (rank 0 decides) and :func:`check_same_plan` make
+    and verify one plan whatever the scores.
+
     Returns:
         A :class:`PruningPlan` removing the shortest admissible prefix that meets every
         target (``plan.meta["selection"]`` records the options); raises :class:`BudgetError`
@@ -376,3 +383,110 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     plan.meta["selection"] = {"group_norm": group_norm, "max_group_ratio": max_group_ratio,
                               "min_group_width": min_group_width, "normalize": normalize}
     return plan
+
+
+# ---------------------------------------------------------------------------- one plan on every rank
+
+class PlanMismatchError(RuntimeError):
+    """The ranks of a ``torch.distributed`` group hold different pruning plans."""
+
+
+def _plan_digest(plan: PruningPlan) -> bytes:
+    """SHA-256 of what defines a plan: the removed ids, the structure count and signature, the entry masks."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"removed": sorted(int(i) for i in plan.removed), "num_structures": int(plan.num_structures),
+                         "signature": plan.signature}, sort_keys=True).encode())
+    for name in sorted(plan.entry_masks):
+        mask = torch.as_tensor(plan.entry_masks[name]).detach().to("cpu", torch.bool).contiguous()
+        h.update(name.encode() + b"\0" + json.dumps(list(mask.shape)).encode() + b"\0")
+        h.update(mask.flatten().to(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+def broadcast_plan(plan: PruningPlan | None, src: int = 0, group=None, *, structures: Structures | None = None
+                   ) -> PruningPlan:
+    """Rank ``src`` decides, every rank of ``group`` receives: returns ``src``'s plan everywhere.
+
+    Call it on every rank of the group. ``plan`` matters on ``src`` only (the other ranks may
+    pass ``None``); ``src`` is a global rank, as for ``torch.distributed.broadcast``. The plan
+    travels as its JSON (:meth:`PruningPlan.to_json`: removed ids, entry masks, budget, meta),
+    in two broadcasts (length, bytes). With ``structures`` given, each rank checks the plan
+    against its own structures (:meth:`PruningPlan.check_matches`). When ``torch.distributed``
+    is not initialized (and ``group`` is ``None``), ``plan`` is returned as it is.
+
+    Example:
+        >>> import torch, prunekit
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> s = prunekit.find_structures(m, torch.randn(1, 3))
+        >>> plan = prunekit.select(s, [1.0, 2.0, 3.0, 4.0], prunekit.Budget(structures=0.25))
+        >>> broadcast_plan(plan) is plan   # one process: nothing to send
+        True
+    """
+    from .criteria.distributed import broadcast_tensor, resolve_group
+
+    ctx = resolve_group(group)
+    if ctx is None:
+        if plan is None:
+            raise ValueError("broadcast_plan: no plan to return (torch.distributed is not initialized, so this "
+                             "process is the source)")
+        if structures is not None:
+            plan.check_matches(structures)
+        return plan
+    import torch.distributed as dist
+
+    is_src = dist.get_rank() == src
+    if is_src and not isinstance(plan, PruningPlan):
+        raise ValueError(f"broadcast_plan: rank {src} (the source) must pass a PruningPlan, got {type(plan).__name__}")
+    payload = plan.to_json().encode() if is_src else b""
+    # group rank of src for broadcast_tensor (which takes a group rank)
+    src_group_rank = src if ctx.group is None else dist.get_group_rank(ctx.group, src)
+    length = broadcast_tensor(ctx, torch.tensor([len(payload)], dtype=torch.int64), src_group_rank)
+    data = torch.zeros(int(length.item()), dtype=torch.uint8)
+    if is_src:
+        data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    data = broadcast_tensor(ctx, data, src_group_rank)
+    received = plan if is_src else PruningPlan.from_json(data.numpy().tobytes().decode(),
+                                                         source=f"plan from rank {src}")
+    if structures is not None:
+        received.check_matches(structures, where=f"model of rank {dist.get_rank()}")
+    return received
+
+
+def check_same_plan(plan: PruningPlan, group=None) -> None:
+    """Raise :class:`PlanMismatchError` on every rank unless every rank of ``group`` holds the same plan.
+
+    Compares a SHA-256 digest of the removed ids, the structure count and signature and the
+    entry masks (not the budget or meta), gathered from every rank; one all-gather of 40 bytes
+    per rank. A no-op when ``torch.distributed`` is not initialized (and ``group`` is ``None``).
+
+    Example:
+        >>> import torch, prunekit
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> s = prunekit.find_structures(m, torch.randn(1, 3))
+        >>> check_same_plan(prunekit.select(s, [1.0, 2.0, 3.0, 4.0], prunekit.Budget(structures=0.25)))
+    """
+    from .criteria.distributed import comm_device, resolve_group
+
+    ctx = resolve_group(group)
+    if ctx is None:
+        return
+    import torch.distributed as dist
+
+    digest = _plan_digest(plan)
+    mine = torch.tensor([len(plan.removed)] + [int.from_bytes(digest[i:i + 8], "little", signed=True)
+                                               for i in range(0, 32, 8)], dtype=torch.int64)
+    device = comm_device(ctx, mine.device)
+    mine = mine.to(device)
+    gathered = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, mine, group=ctx.group)
+    rows = [tuple(int(v) for v in t.cpu()) for t in gathered]
+    if all(r == rows[0] for r in rows):
+        return
+    differ = [r for r, row in enumerate(rows) if row != rows[0]]
+    summary = ", ".join(f"rank {r}: {row[0]} removed (digest {(row[1] & 0xFFFFFFFF):08x})"
+                        for r, row in enumerate(rows))
+    raise PlanMismatchError(
+        f"the ranks hold different pruning plans (ranks {differ} differ from group rank 0; {summary}). Pruning them "
+        f"would give each rank a different model. Make one plan: compute the scores with prunekit.saliency under "
+        f"torch.distributed (they are reduced over all ranks, so select gives the same plan), or let one rank "
+        f"decide with prunekit.broadcast_plan(plan, src=0).")

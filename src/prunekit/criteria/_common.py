@@ -196,18 +196,23 @@ class Batches:
         [(3, (3, 2), (2,)), (1, (1, 2), (2,))]
     """
 
-    def __init__(self, data: Iterable, num_samples: Optional[int], device: torch.device):
+    def __init__(self, data: Iterable, num_samples: Optional[int], device: torch.device, *,
+                 allow_empty: bool = False):
         if data is None:
             raise ValueError("this saliency method needs data: an iterable of (inputs, targets) batches")
-        if num_samples is not None and (not isinstance(num_samples, int) or num_samples <= 0):
+        if num_samples is not None and (not isinstance(num_samples, int)
+                                        or num_samples < (0 if allow_empty else 1)):
             raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
         if _is_single_batch(data):
             data = [tuple(data)]
         self.data, self.num_samples, self.device = data, num_samples, device
+        self.allow_empty = allow_empty  # one rank of several may see no sample (checked after the reduction)
         self.total = 0
 
     def __iter__(self) -> Iterator[Batch]:
         self.total = 0
+        if self.num_samples == 0:  # a rank whose share of num_samples is 0 (allow_empty only)
+            return
         for batch in self.data:
             if self.num_samples is not None and self.total >= self.num_samples:
                 break
@@ -229,7 +234,7 @@ class Batches:
                 continue
             self.total += item.n
             yield Batch(item.inputs.to(self.device), item.targets.to(self.device), item.n)
-        if self.total == 0:
+        if self.total == 0 and not self.allow_empty:
             raise ValueError("saliency: the data yielded no samples")
 
 

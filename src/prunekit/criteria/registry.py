@@ -30,6 +30,7 @@ from torch import nn
 
 from prunekit.structure_types import Structure
 
+from .distributed import resolve_group, same_scores, warn_local
 from .losses import check_output_spec, resolve_loss
 
 __all__ = ["Criterion", "CRITERIA", "register_criterion", "available_methods", "saliency"]
@@ -43,12 +44,14 @@ class Criterion:
     fn: Callable[..., torch.Tensor]
     needs_data: bool
     summary: str = ""
+    distributed: bool = False
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwrite: bool = False):
+def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwrite: bool = False,
+                       distributed: bool = False):
     """Decorator registering ``fn`` as saliency method ``name``.
 
     Args:
@@ -56,6 +59,10 @@ def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwr
         needs_data: whether the method needs ``data`` (``saliency`` then rejects ``None``).
         summary: one line for :func:`available_methods`.
         overwrite: allow replacing an existing method of the same name.
+        distributed: ``fn`` takes ``group=`` and reduces its statistics across the ranks of
+            that ``torch.distributed`` group itself (:mod:`prunekit.criteria.distributed`);
+            :func:`saliency` then passes ``group`` to it. Without it, a data-driven method
+            run on several ranks scores each rank's own data (with a warning).
 
     The function must have the signature
     ``fn(model, structures, data, *, loss_fn=None, num_samples=None, **options) -> Tensor[|S|]``.
@@ -74,7 +81,7 @@ def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwr
     def decorate(fn):
         if key in CRITERIA and not overwrite:
             raise ValueError(f"saliency method {name!r} is already registered")
-        CRITERIA[key] = Criterion(key, fn, needs_data, summary)
+        CRITERIA[key] = Criterion(key, fn, needs_data, summary, distributed)
         return fn
 
     return decorate
@@ -94,7 +101,7 @@ def available_methods() -> dict[str, str]:
 
 def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[Iterable], method: str,
              loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None, *,
-             loss=None, output=None, **options) -> torch.Tensor:
+             loss=None, output=None, group=None, **options) -> torch.Tensor:
     """One saliency score per structure; a lower score means less important.
 
     Args:
@@ -127,6 +134,18 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
             ``output(raw) -> tensor``, a key/attribute name (``"logits"``) or an int
             index; default: a tensor itself, else the ``logits`` entry if present, else
             the first tensor. Ignored by the data-free methods.
+        group: ``torch.distributed`` reduction. ``None`` (default): when
+            ``torch.distributed`` is initialized with more than one rank, the data-driven
+            methods (``taylor``, ``obd``, ``sosp-h``, ``sosp-i``) sum their statistics over
+            all ranks, each rank passing its own shard of the data, so every rank returns
+            the same scores as one process over the union of the shards (each rank weighted
+            by its count of samples / counted entries); ``num_samples`` then counts samples
+            over all ranks (rank r uses its share, ``⌊N/k⌋`` or one more). Not initialized:
+            nothing changes. A ``ProcessGroup``: reduce over that group. ``False``: this
+            process alone. Data-free methods ignore it (same model, same scores).
+            Every rank of the group must call ``saliency`` with the same method, structures
+            and options; an error on one rank is raised on all of them
+            (:mod:`prunekit.criteria.distributed`).
         **options: method-specific options (``seed``, ``curvature``, ``first_order``,
             ``max_memory_bytes``, ``chunk_size``); see each method.
 
@@ -185,10 +204,20 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
     if criterion.needs_data and output is not None:
         check_output_spec(output)
         options["output"] = output
+    ctx = resolve_group(group) if criterion.needs_data else None
+    if ctx is not None and not criterion.distributed:
+        if group is not None:
+            raise ValueError(f"saliency method {criterion.name!r} does not reduce across ranks (registered without "
+                             f"distributed=True); pass group=False to score each rank's own data")
+        warn_local(criterion.name)
+        ctx = None
     if not structures:
         return torch.zeros(0, dtype=torch.float64)
+    if criterion.needs_data and criterion.distributed:  # False: this process alone (not initialized, or asked)
+        options["group"] = group if ctx is not None else False
     scores = criterion.fn(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, **options)
     scores = scores.detach().to(device="cpu", dtype=torch.float64)
+    scores = same_scores(ctx, scores)
     if scores.shape != (len(structures),):
         raise RuntimeError(f"saliency method {criterion.name!r} returned shape {tuple(scores.shape)}, "
                            f"expected ({len(structures)},)")

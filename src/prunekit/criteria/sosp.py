@@ -49,7 +49,8 @@ from ._common import Batches, ModelCall, evaluation_mode, reference_kernels
 from .losses import LossSpec, OutputSpec, resolve_loss
 from .registry import register_criterion
 from .scaling import StructureScaling
-from .taylor_obd import _nonzero_total
+from .distributed import local_num_samples, reduce_sums, resolve_group
+from .taylor_obd import _nonzero_samples, _nonzero_total
 
 __all__ = ["sosp_h", "sosp_h_terms", "sosp_i", "sosp_i_pairwise", "SOSPIPairwise", "SaliencyMemoryError",
            "DEFAULT_MAX_MEMORY_BYTES"]
@@ -102,77 +103,88 @@ def _output_and_jvp(fn, alpha: torch.Tensor, tangent: torch.Tensor):
     return out, u
 
 
-def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, first_order, separate, output):
+def _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, first_order, separate, output,
+                       group=None):
     """Per-batch SOSP-H sums. Returns ``(combined, gradient, curvature, W)``, float64.
 
     ``combined = Σ_b (−W_b θ_sᵀ g_b + ½ θ_sᵀ C_b θ_P)`` (C_b: the curvature of the batch *sum*
     ``W_b L_b``), ``gradient = Σ_b W_b θ_sᵀ g_b`` and ``curvature = Σ_b θ_sᵀ C_b θ_P`` (only
-    when ``separate``); ``W = Σ_b W_b`` (see :mod:`prunekit.criteria.losses`).
+    when ``separate``); ``W = Σ_b W_b`` (see :mod:`prunekit.criteria.losses`). Under
+    ``torch.distributed`` every one of these sums (signed, before any ``|·|``) and ``W`` are
+    summed over the ranks of ``group`` (:mod:`prunekit.criteria.distributed`).
     """
-    if curvature not in _CURVATURES:
-        raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
-    loss = resolve_loss(loss_fn)
-    forward = ModelCall(model, output)
-    scaling = StructureScaling(model, structures)
-    num = len(structures)
-    zeros = lambda: torch.zeros(num, dtype=torch.float64, device=scaling.device)  # noqa: E731
-    combined, grad_sum, curv_sum = zeros(), zeros(), zeros()
-    ones = scaling.ones()
-    total = 0
+    ctx = resolve_group(group)
 
-    def logits_of(alpha, inputs):
-        return forward(scaling.all_parameters(alpha), inputs)
+    def local():
+        if curvature not in _CURVATURES:
+            raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
+        loss = resolve_loss(loss_fn)
+        forward = ModelCall(model, output)
+        scaling = StructureScaling(model, structures)
+        num = len(structures)
+        zeros = lambda: torch.zeros(num, dtype=torch.float64, device=scaling.device)  # noqa: E731
+        combined, grad_sum, curv_sum = zeros(), zeros(), zeros()
+        ones = scaling.ones()
+        total = 0
+        batches = Batches(data, local_num_samples(num_samples, ctx), scaling.device, allow_empty=ctx is not None)
 
-    with evaluation_mode(model):
-        for batch in Batches(data, num_samples, scaling.device):
-            inputs, targets, n = batch.inputs.obj, batch.targets.obj, batch.n
-            alpha = ones.clone().requires_grad_()
-            if curvature == "gauss-newton":
-                # u = J θ_P: forward-mode JVP along α = 1; the output stays on the reverse-mode tape.
-                logits, u = _output_and_jvp(lambda a: logits_of(a, inputs), alpha, ones)
-                loss.check(logits.shape, targets)
-                weight = loss.weight(logits, targets, n)
-                if weight == 0:
-                    continue
-                v = loss.curvature(logits.detach(), targets, u.detach(), n).detach()  # ∇²_f(W_b L_b) u
-                curv_obj = (v * logits).sum()  # ∂/∂α_s = Σ φ_sᵀ Λ u = W_b θ_sᵀ G_b θ_P
-                if separate:
-                    (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, retain_graph=True,
-                                               allow_unused=True, materialize_grads=True)
-                    (c,) = torch.autograd.grad(curv_obj, alpha, allow_unused=True, materialize_grads=True)
-                    grad_sum += weight * g.double()
-                    curv_sum += c.double()
-                    combined += (-weight * g.double() if first_order else 0) + 0.5 * c.double()
-                else:  # one fused backward: ∂/∂α of (−W_b L_b + ½ ⟨v, f⟩)
-                    objective = 0.5 * curv_obj
-                    if first_order:
-                        objective = objective - weight * loss.mean(logits, targets)
-                    if objective.requires_grad:  # False only if no structure reaches the output
-                        (d,) = torch.autograd.grad(objective, alpha, allow_unused=True, materialize_grads=True)
-                        combined += d.double()
-            else:  # exact Hessian of the mean loss: double backward w.r.t. α
-                logits = logits_of(alpha, inputs)
-                loss.check(logits.shape, targets)
-                weight = loss.weight(logits, targets, n)
-                if weight == 0:
-                    continue
-                (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, create_graph=True, allow_unused=True,
-                                           materialize_grads=True)
-                if g.requires_grad:  # ∂/∂α ⟨∂L/∂α, 1⟩ = Θᵀ H θ_P (θ(α) is linear in α)
-                    (c,) = torch.autograd.grad(g.sum(), alpha, allow_unused=True, materialize_grads=True)
-                else:
-                    c = torch.zeros_like(g)
-                g, c = weight * g.detach().double(), weight * c.double()
-                grad_sum += g
-                curv_sum += c
-                combined += (-g if first_order else 0) + 0.5 * c
-            total += weight
+        def logits_of(alpha, inputs):
+            return forward(scaling.all_parameters(alpha), inputs)
+
+        with evaluation_mode(model):
+            for batch in batches:
+                inputs, targets, n = batch.inputs.obj, batch.targets.obj, batch.n
+                alpha = ones.clone().requires_grad_()
+                if curvature == "gauss-newton":
+                    # u = J θ_P: forward-mode JVP along α = 1; the output stays on the reverse-mode tape.
+                    logits, u = _output_and_jvp(lambda a: logits_of(a, inputs), alpha, ones)
+                    loss.check(logits.shape, targets)
+                    weight = loss.weight(logits, targets, n)
+                    if weight == 0:
+                        continue
+                    v = loss.curvature(logits.detach(), targets, u.detach(), n).detach()  # ∇²_f(W_b L_b) u
+                    curv_obj = (v * logits).sum()  # ∂/∂α_s = Σ φ_sᵀ Λ u = W_b θ_sᵀ G_b θ_P
+                    if separate:
+                        (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, retain_graph=True,
+                                                   allow_unused=True, materialize_grads=True)
+                        (c,) = torch.autograd.grad(curv_obj, alpha, allow_unused=True, materialize_grads=True)
+                        grad_sum += weight * g.double()
+                        curv_sum += c.double()
+                        combined += (-weight * g.double() if first_order else 0) + 0.5 * c.double()
+                    else:  # one fused backward: ∂/∂α of (−W_b L_b + ½ ⟨v, f⟩)
+                        objective = 0.5 * curv_obj
+                        if first_order:
+                            objective = objective - weight * loss.mean(logits, targets)
+                        if objective.requires_grad:  # False only if no structure reaches the output
+                            (d,) = torch.autograd.grad(objective, alpha, allow_unused=True, materialize_grads=True)
+                            combined += d.double()
+                else:  # exact Hessian of the mean loss: double backward w.r.t. α
+                    logits = logits_of(alpha, inputs)
+                    loss.check(logits.shape, targets)
+                    weight = loss.weight(logits, targets, n)
+                    if weight == 0:
+                        continue
+                    (g,) = torch.autograd.grad(loss.mean(logits, targets), alpha, create_graph=True, allow_unused=True,
+                                               materialize_grads=True)
+                    if g.requires_grad:  # ∂/∂α ⟨∂L/∂α, 1⟩ = Θᵀ H θ_P (θ(α) is linear in α)
+                        (c,) = torch.autograd.grad(g.sum(), alpha, allow_unused=True, materialize_grads=True)
+                    else:
+                        c = torch.zeros_like(g)
+                    g, c = weight * g.detach().double(), weight * c.double()
+                    grad_sum += g
+                    curv_sum += c
+                    combined += (-g if first_order else 0) + 0.5 * c
+                total += weight
+        return combined, grad_sum, curv_sum, total, batches.total
+
+    combined, grad_sum, curv_sum, total, samples = reduce_sums(ctx, local, "sosp-h")
+    _nonzero_samples(samples)
     return combined, grad_sum, curv_sum, _nonzero_total(total)
 
 
 def sosp_h_terms(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
                  loss_fn: LossSpec = None, num_samples: Optional[int] = None,
-                 curvature: str = "gauss-newton", output: OutputSpec = None) -> dict[str, torch.Tensor]:
+                 curvature: str = "gauss-newton", output: OutputSpec = None, group=None) -> dict[str, torch.Tensor]:
     """The signed terms of SOSP-H, for inspection (float64, each ``[|S|]``).
 
     Returns ``{"gradient": θ_sᵀ g, "curvature": θ_sᵀ C θ_P, "delta_loss": −θ_sᵀ g + ½ θ_sᵀ C θ_P}``
@@ -190,15 +202,17 @@ def sosp_h_terms(model: nn.Module, structures: Sequence[Structure], data: Iterab
         ['curvature', 'delta_loss', 'gradient']
     """
     _, g, c, total = _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature, True, True,
-                                        output)
+                                        output, group)
     g, c = g / total, c / total
     return {"gradient": g, "curvature": c, "delta_loss": -g + 0.5 * c}
 
 
-@register_criterion("sosp-h", needs_data=True, summary="|−θ_sᵀ g + ½ θ_sᵀ G θ_P| (SOSP-H, Hessian-vector products)")
+@register_criterion("sosp-h", needs_data=True, distributed=True,
+                    summary="|−θ_sᵀ g + ½ θ_sᵀ G θ_P| (SOSP-H, Hessian-vector products)")
 def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
            loss_fn: LossSpec = None, num_samples: Optional[int] = None,
-           curvature: str = "gauss-newton", first_order: bool = True, output: OutputSpec = None) -> torch.Tensor:
+           curvature: str = "gauss-newton", first_order: bool = True, output: OutputSpec = None,
+           group=None) -> torch.Tensor:
     """SOSP-H saliency ``λ^H_s = |−θ_sᵀ g + ½ θ_sᵀ (C θ_P)|``, ``θ_P = Σ_s θ_s``.
 
     prunekit's formulation: the pairwise sum of ``ΔL(M)`` over the removed set is
@@ -221,6 +235,8 @@ def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     backward of ``−W_b L_b + ½ ⟨v, f(α)⟩`` w.r.t. α, which gives
     ``−W_b θ_sᵀ g_b + ½ Σ_n φ_s(x_n)ᵀ Λ_n u_n`` for every s at once. Sums over batches are
     divided by the total ``W``. About two gradient passes in all (first-order scaling).
+    Under ``torch.distributed`` (``group``, see :func:`prunekit.criteria.saliency`) the signed
+    sums and ``W`` are summed over the ranks before the division and the ``|·|``.
 
     Example:
         >>> import torch
@@ -233,7 +249,7 @@ def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         torch.Size([5])
     """
     combined, _, _, total = _sosp_h_accumulate(model, structures, data, loss_fn, num_samples, curvature,
-                                               bool(first_order), False, output)
+                                               bool(first_order), False, output, group)
     return (combined / total).abs()
 
 
@@ -254,7 +270,8 @@ class SOSPIPairwise:
 def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
                     loss_fn: LossSpec = None, num_samples: Optional[int] = None,
                     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-                    chunk_size: Optional[int] = None, output: OutputSpec = None) -> SOSPIPairwise:
+                    chunk_size: Optional[int] = None, output: OutputSpec = None,
+                    group=None) -> SOSPIPairwise:
     """The full pairwise matrix ``Q`` of SOSP-I and the gradient terms.
 
     .. math::  Q_{ss'} = \\frac1W \\sum_n φ_s(x_n)^T Λ_n φ_{s'}(x_n), \\qquad
@@ -274,6 +291,10 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     ``vmap`` cannot run (``taylor_obd.VMAP_FALLBACK``) get the same Jacobians one sample and
     one output entry at a time.
 
+    Under ``torch.distributed`` (``group``, see :func:`prunekit.criteria.saliency`) ``W·Q``
+    (in place), ``Σ_b W_b θ_sᵀ g_b``, ``W`` and the sample count are summed over the ranks;
+    ``num_samples`` (argument and result) counts samples over all ranks.
+
     A user ``loss_fn`` has no closed-form ``Λ``: ``ΛΦ`` is computed for the whole batch
     at once by Hessian-vector products through ``loss_fn`` (one per structure,
     vectorised with ``is_grads_batched``; no model pass).
@@ -292,74 +313,84 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
         >>> stats.Q.shape, bool(torch.allclose(stats.Q, stats.Q.T))
         (torch.Size([3, 3]), True)
     """
-    loss = resolve_loss(loss_fn)
-    forward = ModelCall(model, output)
-    num = len(structures)
-    needed = num * num * torch.finfo(torch.float64).bits // 8
-    if needed > max_memory_bytes:
-        raise SaliencyMemoryError(
-            f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
-            f"({_human(needed)}) exceed max_memory_bytes={max_memory_bytes} ({_human(max_memory_bytes)}). "
-            f"Use method='sosp-h' (memory linear in the number of structures, same cost as ~2 gradient "
-            f"passes), score fewer structures at once, or raise max_memory_bytes.")
-    scaling = StructureScaling(model, structures)
-    Q = torch.zeros(num, num, dtype=torch.float64, device=scaling.device)
-    grad_sum = torch.zeros(num, dtype=torch.float64, device=scaling.device)
-    ones = scaling.ones()
-    num_params = sum(p.numel() for p in model.parameters())
-    samples, total = 0, 0
-    vmap_works = True
+    ctx = resolve_group(group)
 
-    def accumulate(phi, lam_phi):  # Q += Σ_n Φ_nᵀ Λ_n Φ_n, in place in float64 (no second |S|×|S| buffer)
-        Q.addmm_(phi.reshape(-1, num).T.double(), lam_phi.reshape(-1, num).double())
+    def local():
+        loss = resolve_loss(loss_fn)
+        forward = ModelCall(model, output)
+        num = len(structures)
+        needed = num * num * torch.finfo(torch.float64).bits // 8
+        if needed > max_memory_bytes:
+            raise SaliencyMemoryError(
+                f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
+                f"({_human(needed)}) exceed max_memory_bytes={max_memory_bytes} ({_human(max_memory_bytes)}). "
+                f"Use method='sosp-h' (memory linear in the number of structures, same cost as ~2 gradient "
+                f"passes), score fewer structures at once, or raise max_memory_bytes.")
+        scaling = StructureScaling(model, structures)
+        Q = torch.zeros(num, num, dtype=torch.float64, device=scaling.device)
+        grad_sum = torch.zeros(num, dtype=torch.float64, device=scaling.device)
+        ones = scaling.ones()
+        num_params = sum(p.numel() for p in model.parameters())
+        samples, total = 0, 0
+        chunk = chunk_size
+        vmap_works = True
+        batches = Batches(data, local_num_samples(num_samples, ctx), scaling.device, allow_empty=ctx is not None)
 
-    with evaluation_mode(model):
-        for batch in Batches(data, num_samples, scaling.device):
-            inputs, targets, n = batch.inputs, batch.targets, batch.n
-            samples += n
-            with torch.no_grad():  # one sample: the output shape (targets check, chunk size)
-                first = forward.plain(inputs.take(0, 1).obj)
-            loss.check((n,) + tuple(first.shape[1:]), targets.obj)
-            if chunk_size is None:  # D × (parameters) per sample inside jacrev: keep a chunk within the budget
-                chunk_size = auto_chunk_size(max(1, first[0].numel()), num_params, max_memory_bytes - needed)
-            step = min(chunk_size, n)
+        def accumulate(phi, lam_phi):  # Q += Σ_n Φ_nᵀ Λ_n Φ_n, in place in float64 (no second |S|×|S| buffer)
+            Q.addmm_(phi.reshape(-1, num).T.double(), lam_phi.reshape(-1, num).double())
 
-            def output_one(alpha, x):
-                out = forward(scaling.all_parameters(alpha), inputs.one_sample(x))[0]
-                return out, out
+        with evaluation_mode(model):
+            for batch in batches:
+                inputs, targets, n = batch.inputs, batch.targets, batch.n
+                samples += n
+                with torch.no_grad():  # one sample: the output shape (targets check, chunk size)
+                    first = forward.plain(inputs.take(0, 1).obj)
+                loss.check((n,) + tuple(first.shape[1:]), targets.obj)
+                if chunk is None:  # D × (parameters) per sample inside jacrev: keep a chunk within the budget
+                    chunk = auto_chunk_size(max(1, first[0].numel()), num_params, max_memory_bytes - needed)
+                step = min(chunk, n)
 
-            jacobian = vmap(jacrev(output_one, argnums=0, has_aux=True), in_dims=(None, 0))
-            phis, outs = [], []
-            for start in range(0, n, step):
-                phi = None
-                if vmap_works:
-                    try:
-                        phi, out = jacobian(ones, inputs.batched_values(start, start + step))  # [b, *f, |S|], [b, *f]
-                    except RuntimeError:  # see taylor_obd.VMAP_FALLBACK; a genuine error is raised again below
-                        vmap_works = False
-                if phi is None:
-                    phi, out = _looped_jacobians(forward, scaling, ones, inputs, start, start + step)
-                if loss.separable:
-                    part = targets.take(start, start + step)
-                    accumulate(phi, loss.curvature(out, part.obj, phi, part.n))
-                phis.append(phi)
-                outs.append(out)
-            outs = torch.cat(outs).detach()
-            weight = loss.weight(outs, targets.obj, n)
-            if weight == 0:
-                continue
-            if not loss.separable:
-                phi_all = torch.cat(phis)
-                accumulate(phi_all, loss.curvature(outs, targets.obj, phi_all, n))
-            outs.requires_grad_()
-            (dl_df,) = torch.autograd.grad(loss.mean(outs, targets.obj), outs)  # ∂L_b/∂f_n
-            for phi, d in zip(phis, dl_df.split(step)):
-                grad_sum += weight * torch.einsum("nds,nd->s", phi.reshape(phi.shape[0], -1, num),
-                                                  d.reshape(d.shape[0], -1)).double()
-            total += weight
+                def output_one(alpha, x):
+                    out = forward(scaling.all_parameters(alpha), inputs.one_sample(x))[0]
+                    return out, out
+
+                jacobian = vmap(jacrev(output_one, argnums=0, has_aux=True), in_dims=(None, 0))
+                phis, outs = [], []
+                for start in range(0, n, step):
+                    phi = None
+                    if vmap_works:
+                        try:
+                            # [b, *f, |S|], [b, *f]
+                            phi, out = jacobian(ones, inputs.batched_values(start, start + step))
+                        except RuntimeError:  # see taylor_obd.VMAP_FALLBACK; a genuine error is raised again below
+                            vmap_works = False
+                    if phi is None:
+                        phi, out = _looped_jacobians(forward, scaling, ones, inputs, start, start + step)
+                    if loss.separable:
+                        part = targets.take(start, start + step)
+                        accumulate(phi, loss.curvature(out, part.obj, phi, part.n))
+                    phis.append(phi)
+                    outs.append(out)
+                outs = torch.cat(outs).detach()
+                weight = loss.weight(outs, targets.obj, n)
+                if weight == 0:
+                    continue
+                if not loss.separable:
+                    phi_all = torch.cat(phis)
+                    accumulate(phi_all, loss.curvature(outs, targets.obj, phi_all, n))
+                outs.requires_grad_()
+                (dl_df,) = torch.autograd.grad(loss.mean(outs, targets.obj), outs)  # ∂L_b/∂f_n
+                for phi, d in zip(phis, dl_df.split(step)):
+                    grad_sum += weight * torch.einsum("nds,nd->s", phi.reshape(phi.shape[0], -1, num),
+                                                      d.reshape(d.shape[0], -1)).double()
+                total += weight
+        return Q, grad_sum, total, samples
+
+    Q, grad_sum, total, samples = reduce_sums(ctx, local, "sosp-i")
+    _nonzero_samples(samples)
     total = _nonzero_total(total)
     Q /= total
-    return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=samples)
+    return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=int(samples))
 
 
 def _looped_jacobians(forward, scaling, ones, inputs, start, stop):
@@ -397,11 +428,12 @@ def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_by
     return max(1, int(budget_bytes // per_sample))
 
 
-@register_criterion("sosp-i", needs_data=True, summary="|θ_sᵀ g| + ½ Σ_s' |θ_sᵀ G θ_s'| (SOSP-I, pairwise)")
+@register_criterion("sosp-i", needs_data=True, distributed=True,
+                    summary="|θ_sᵀ g| + ½ Σ_s' |θ_sᵀ G θ_s'| (SOSP-I, pairwise)")
 def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
            loss_fn: LossSpec = None, num_samples: Optional[int] = None,
            max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, chunk_size: Optional[int] = None,
-           output: OutputSpec = None) -> torch.Tensor:
+           output: OutputSpec = None, group=None) -> torch.Tensor:
     """SOSP-I saliency ``λ^I_s = |θ_sᵀ g| + ½ Σ_{s'∈S} |Q_{ss'}|``, ``Q_{ss'} = θ_sᵀ G θ_{s'}``.
 
     prunekit's formulation: the upper bound of ``|ΔL(M)|`` that decouples the
@@ -420,4 +452,5 @@ def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
         torch.Size([3])
     """
     return sosp_i_pairwise(model, structures, data, loss_fn=loss_fn, num_samples=num_samples,
-                           max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, output=output).saliency()
+                           max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, output=output,
+                           group=group).saliency()
