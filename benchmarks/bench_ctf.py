@@ -14,7 +14,7 @@ Protocol:
      learnable thresholds, last quarter of the epochs with the masks frozen) trained for
      the first number of ``--ctf-split`` (default 8) epochs, finalized, materialized, then
      fine-tuned the second (default 12) at ``--ft-lr`` (default 0.05, the lr of every other
-     fine-tuning) with the zeros frozen (8 + 12 against 12 + 8: ``prunekit.ctf.ctf``'s docstring);
+     fine-tuning) with the zeros frozen (8 + 12 against 12 + 8: ``docs/ctf.md``);
    * **column-only**, **row-only** (and **channel-only**) – the structured-only variants
      (:func:`prunekit.ctf.structured_ctf`), ``--epochs`` (default 12) with masks, then
      ``--finetune`` (default 8);

@@ -142,7 +142,7 @@ def structured_ctf(model: nn.Module, rate: float, granularity: str = "column", *
     groups. ``"channel"`` gates blocks only (heads, adjacency subsets): plain layers, which
     have no block factor, stay dense, and one block of each weight stays, so it cannot
     reach high rates on models made mostly of plain layers (23 % on the benchmark's
-    attention GCN); above :meth:`CTF.max_rate` it warns and aims at that rate instead.
+    attention GCN, ``docs/ctf.md``); above :meth:`CTF.max_rate` it warns and aims at that rate instead.
     """
     if granularity not in _STRUCTURED:
         raise ValueError(f"structured_ctf: granularity must be one of {_STRUCTURED}, got {granularity!r}")

@@ -20,14 +20,12 @@ real skeletons (bones of ``docs/data.md``):
 
 Variation: per participant/subject body or hand size, proportions, speed, amplitude
 and posture style; per sequence timing, amplitude, length, view jitter and Gaussian
-sensor noise. ``difficulty`` (default 0.65, sensible range 0–1.5) scales the noise,
-the timing / amplitude / view jitter and the class overlap (each sequence's motion
-is blended with a random other class's by a weight drawn from ``U(0, 0.6·difficulty)``).
-At the default (0.65), logistic regression on the standardised, resampled (32 frames),
-flattened coordinates of :func:`~prunekit.data.transforms.default_transform` scores
-92.5 / 86.4 % on SBU fold 1 (5-fold means 91.4 / 88.8 %) and 77.4 / 77.4 % on the FPHA
-split for seeds 0 / 1 (chance: 12.5 % and 2.2 %): learnable, not saturated. Tune
-``difficulty`` per format for stronger models.
+sensor noise. ``difficulty`` (sensible range 0–1.5) scales the noise, the timing /
+amplitude / view jitter and the class overlap (each sequence's motion is blended with
+a random other class's by a weight drawn from ``U(0, 0.6·difficulty)``). Its default
+is tuned per format (:func:`default_difficulty`: 0.65 for SBU, 0.3 for FPHA); what
+dense GCNs reach there, with the command, is in ``docs/data.md``. Raise it for
+stronger models.
 Output is a pure function of the arguments (seeded NumPy generators, no global state).
 
 Example:
