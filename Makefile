@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/prunekit demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 bench: $(STAMP)

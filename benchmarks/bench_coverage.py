@@ -404,7 +404,7 @@ def half_exact(model, case, pruned, deleted: set) -> bool:
 # One architecture
 # ---------------------------------------------------------------------------------------------
 
-def run_tp(case, report=lambda row: None) -> dict:
+def run_tp(case, report=lambda row: None) -> dict:  # noqa: C901
     """Torch-Pruning on one zoo case; the fields of the module docstring.
 
     ``report(row)`` is called with the fields known so far whenever a stage begins (``row["stage"]``),

@@ -542,7 +542,7 @@ def test_stgcn_subsets_are_blocks_and_materialize_agrees():
     assert ctf.classifier == "fc" and "fc.weight" not in ctf.names
     with torch.no_grad():  # output unit 3 of block 1: rows {3, 11, 19}
         model.blocks[1].gcn.conv.parametrizations["weight"].original[3::8] *= 0.01
-    for name, mask in ctf.masks_by_name.items():
+    for mask in ctf.masks_by_name.values():
         _set_threshold(mask, "column", 0.3)
         _set_threshold(mask, "entry", 0.5)
     ctf.tau = 0.02

@@ -263,7 +263,7 @@ def _check_types(d: dict, source: str, lines: dict) -> None:
                               f"got {type(value).__name__} {value!r}")
 
 
-def _check_values(c: TrainConfig, source: str, lines: dict) -> None:
+def _check_values(c: TrainConfig, source: str, lines: dict) -> None:  # noqa: C901
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{_where(source, lines, key)}: key {key!r} {why}, got {getattr(c, key)!r}")
 
@@ -330,7 +330,7 @@ DATA_KEYS = {
 _NEEDS_ROOT = ("sbu", "fpha", "idx", "fashion-mnist", "cifar10")
 
 
-def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None, *, prefix: str = "data") -> None:
+def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None, *, prefix: str = "data") -> None:  # noqa: C901
     """Validate a data spec (``data:`` of a config): known format, known keys, types and ranges.
 
     Raises :class:`ConfigError` naming ``source:line`` and the dotted key (``data.root``).

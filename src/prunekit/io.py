@@ -297,7 +297,7 @@ def _match_dtypes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             module._buffers[attr] = buf.to(saved.dtype)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:  # noqa: C901
     """Load a saved model; with ``model=`` (your own dense model), replay the plan on it.
 
     Parameters and buffers keep the dtype they were saved in (float64, bfloat16, ...).

@@ -278,7 +278,7 @@ DEFAULT_GROUP_NORM = "mean"
 DEFAULT_MAX_GROUP_RATIO = 0.8
 
 
-def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,
+def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,  # noqa: C901
            method: str = "", *, group_norm: str | None = DEFAULT_GROUP_NORM,
            max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1) -> PruningPlan:
     """Turn one score per structure into a plan that meets ``budget``.

@@ -44,7 +44,7 @@ from torch import nn
 __all__ = ["PrunedMultiheadAttention", "multi_head_attention"]
 
 
-def multi_head_attention(query, key, value, *, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight,
+def multi_head_attention(query, key, value, *, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight,  # noqa: C901
                          out_bias, num_heads: int, qk_head_dim: int, v_head_dim: int, scale: float,
                          dropout_p: float = 0.0, training: bool = False, batch_first: bool = False,
                          key_padding_mask=None, need_weights: bool = True, attn_mask=None,

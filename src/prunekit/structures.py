@@ -47,7 +47,7 @@ from torch import nn
 
 from .analysis import trace as run_trace
 from .analysis.atoms import NONE
-from .structure_types import SliceSpec, Structure
+from .structure_types import Structure
 
 __all__ = ["Structure", "Structures", "find_structures", "UnsupportedModelError", "FrozenWarning",
            "input_spec_of", "inputs_from_spec", "unwrap"]
@@ -510,7 +510,7 @@ def _enclosing_block(model: nn.Module, name: str, cache: dict | None = None) -> 
     return None
 
 
-def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
+def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # noqa: C901
     from .measure import count_params
     A = t.atoms
     for root in extra_frozen:

@@ -578,7 +578,7 @@ def fit(
         return _fit_locked(**{k: v for k, v in locals().items() if k not in ("run_lock", "bad")})
 
 
-def _fit_locked(*, model, train_data, eval_data, epochs, optimizer, lr, momentum, weight_decay, schedule,
+def _fit_locked(*, model, train_data, eval_data, epochs, optimizer, lr, momentum, weight_decay, schedule,  # noqa: C901
                 warmup_epochs, milestones, gamma, batch_size, eval_batch_size, drop_last, seed, device, out_dir,
                 resume, overwrite, checkpoint_every, keep_last, checkpoint_extra, progress, loss_fn, callbacks,
                 dev, rank, world) -> dict[str, list]:

@@ -223,7 +223,7 @@ class Strange(nn.Module):
         self.returns = returns
 
     def forward(self, x):
-        y = self.lin(x)
+        self.lin(x)
         return {"string": "no tensor", "count": 3} if self.returns == "dict" else ["a", None]
 
 

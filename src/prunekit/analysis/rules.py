@@ -26,7 +26,6 @@ import math
 import numpy as np
 import torch
 
-from .atoms import NONE
 from .trace import SizeRecord, TensorInfo, flatten_tensors
 
 __all__ = ["apply", "RULES"]
@@ -125,7 +124,7 @@ def _zero_preserving(name, args) -> bool:
     return False
 
 
-def pointwise(tr, func, args, kwargs, out):
+def pointwise(tr, func, args, kwargs, out):  # noqa: C901
     name = func._overloadpacket.__name__
     y = out if isinstance(out, torch.Tensor) else flatten_tensors(out)[0]
     A = tr.t.atoms
@@ -293,7 +292,7 @@ def squeeze(tr, func, args, kwargs, out):
 
 @rule("expand")
 def expand(tr, func, args, kwargs, out):
-    x, sizes = args[0], list(args[1])
+    x = args[0]
     xi = tr.get(x)
     lead = out.dim() - x.dim()
     dims = [_zeros(out.shape[k]) for k in range(lead)]

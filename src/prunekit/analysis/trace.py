@@ -31,16 +31,14 @@ import dataclasses
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from .atoms import NONE, Atoms
+from .atoms import Atoms
 
 __all__ = ["trace", "Trace", "TensorInfo", "flatten_tensors"]
 

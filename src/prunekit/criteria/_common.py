@@ -221,7 +221,7 @@ class Batches:
             try:
                 inputs, targets = batch[0], batch[1]
             except (TypeError, IndexError, KeyError):
-                raise ValueError(f"each batch must be (inputs, targets), got {type(batch).__name__}")
+                raise ValueError(f"each batch must be (inputs, targets), got {type(batch).__name__}") from None
             first = _first_tensor(inputs)
             if first is None or first.dim() == 0:
                 raise ValueError(f"batch inputs must be a tensor, a tuple/list or a mapping holding tensors with a "

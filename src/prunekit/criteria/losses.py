@@ -347,7 +347,7 @@ def check_output_spec(output: OutputSpec) -> None:
                      f"got {type(output).__name__}")
 
 
-def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:
+def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:  # noqa: C901
     """The tensor the loss sees, from whatever the model returned.
 
     ``output``: ``None`` (default) — a tensor is itself; otherwise the ``logits``

@@ -87,7 +87,8 @@ class StructureScaling:
                 try:
                     name, dim, idxs = spec
                 except (TypeError, ValueError):
-                    raise ValueError(f"structure {structure.id}: slice {spec!r} is not (parameter_name, dim, indices)")
+                    raise ValueError(
+                        f"structure {structure.id}: slice {spec!r} is not (parameter_name, dim, indices)") from None
                 if name not in named:
                     known = ", ".join(list(named)[:8])
                     raise ValueError(f"structure {structure.id}: no parameter named {name!r} in the model "

@@ -100,7 +100,7 @@ def _trace(model: nn.Module, example_inputs, modules: Iterable[nn.Module]):
     return output, record
 
 
-def prunable_weights(model: nn.Module, example_inputs=None, exclude: Sequence = (),
+def prunable_weights(model: nn.Module, example_inputs=None, exclude: Sequence = (),  # noqa: C901
                      params: Sequence[str] | None = None) -> tuple[list[str], str | None]:
     """The weights CTF masks, and the classifier module left out.
 
@@ -475,7 +475,7 @@ class FrozenZeros:
     def remove(self) -> None:
         from torch.nn.utils import parametrize
 
-        for n, module in self._modules.items():
+        for module in self._modules.values():
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         self._modules = {}

@@ -139,7 +139,7 @@ class CTF:
         masks_by_name: ``{weight name: CTFMask}``. ``history``: one row per epoch.
     """
 
-    def __init__(self, model: nn.Module, rate: float, *, example_inputs=None, cost: str = "params",
+    def __init__(self, model: nn.Module, rate: float, *, example_inputs=None, cost: str = "params",  # noqa: C901
                  granularities: Sequence[str] = GRANULARITIES, exclude: Sequence | None = None,
                  params: Sequence[str] | None = None, lam: float | None = None, tau_start: float = 0.5,
                  tau_end: float = 0.02, thresholds: str = "learnable", a_init: dict | None = None,

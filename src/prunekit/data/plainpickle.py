@@ -123,7 +123,7 @@ class _Stream:
         return int.from_bytes(self.take(n), "little")
 
 
-def parse_plain_pickle(data: bytes, *, path: str | os.PathLike):
+def parse_plain_pickle(data: bytes, *, path: str | os.PathLike):  # noqa: C901
     """Interpret a pickle stream as plain data (see the module docstring); never runs code.
 
     Raises :class:`DataFormatError` (naming ``path`` and the byte offset) for anything
