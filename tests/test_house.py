@@ -17,7 +17,6 @@ KNOWN_LONG = {  # "module:function": split them (issue 16, item 4)
     "criteria/sosp.py:sosp_i_pairwise",
     "ctf/ctf.py:__init__",
     "data/plainpickle.py:parse_plain_pickle",
-    "structures.py:_build",
     "train.py:_fit_locked",
 }
 

@@ -510,20 +510,20 @@ def _enclosing_block(model: nn.Module, name: str, cache: dict | None = None) -> 
     return None
 
 
-def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # noqa: C901
-    from .measure import count_params
-    A = t.atoms
-    for root in extra_frozen:
-        A.freeze(root, "removing it broke the forward (probe)")
-    # slices of every class (base atom root) in every labelled tensor
-    names = list(t.labels)
-    # module order, then parameter name: independent of registration order (a removed
-    # parametrization re-registers ``weight`` after ``bias``)
+def _tensor_order(model, t) -> list[str]:
+    """Labelled tensors in module order, then by name: independent of registration order (a removed
+    parametrization re-registers ``weight`` after ``bias``)."""
     module_rank = {n: i for i, (n, _) in enumerate(model.named_modules())}
     keyed = sorted((module_rank.get(n.rsplit(".", 1)[0] if "." in n else "", 0), n) for n, _ in model.named_parameters())
     order = {n: i for i, (_, n) in enumerate(keyed)}
-    names.sort(key=lambda n: (order.get(n, len(order)), n))
-    # (leaf, tensor-dim, index) triples of every labelled tensor, grouped with one lexsort
+    return sorted(t.labels, key=lambda n: (order.get(n, len(order)), n))
+
+
+def _slices_by_leaf(t, names) -> tuple[list, dict, dict]:
+    """Every labelled tensor dim ``tds[k] = (name, dim)`` and, per base atom (leaf), the tensor dims it
+    touches and the indices there (``(td ids, index lists)``), grouped with one lexsort of all
+    (leaf, tensor-dim, index) triples; and a sort key per leaf (first tensor dim, first index)."""
+    A = t.atoms
     tds: list[tuple[str, int]] = []
     leaf_parts, td_parts, idx_parts = [], [], []
     for name in names:
@@ -539,36 +539,41 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # no
                 leaf_parts.append(column[keep])
                 idx_parts.append(rows[keep])
                 td_parts.append(np.full(int(keep.sum()), td, dtype=np.int64))
-    per_class: dict[int, list] = {}  # leaf -> [(name, dim, idxs)] in tensor order
+    per_leaf: dict[int, tuple] = {}
     sort_key: dict[int, tuple] = {}
-    if leaf_parts:
-        L, T, I = np.concatenate(leaf_parts), np.concatenate(td_parts), np.concatenate(idx_parts)
-        o = np.lexsort((I, T, L))
-        L, T, I = L[o], T[o], I[o]
-        cut = np.nonzero((np.diff(L) != 0) | (np.diff(T) != 0))[0] + 1
-        starts = np.concatenate([[0], cut]).tolist()
-        ends = np.concatenate([cut, [len(L)]]).tolist()
-        I_list, T_list = I.tolist(), T[starts].tolist()
-        log.debug("structures: %d (leaf, tensor dim) pairs, %d indices", len(starts), len(I_list))
-        pair_leaf = L[starts]
-        leaf_cut = (np.nonzero(np.diff(pair_leaf))[0] + 1).tolist()
-        for p0, p1 in zip([0] + leaf_cut, leaf_cut + [len(starts)]):
-            leaf = int(pair_leaf[p0])
-            per_class[leaf] = (T_list[p0:p1], [I_list[starts[k]:ends[k]] for k in range(p0, p1)])
-            sort_key[leaf] = (T_list[p0], I_list[starts[p0]])
+    if not leaf_parts:
+        return tds, per_leaf, sort_key
+    L, T, I = np.concatenate(leaf_parts), np.concatenate(td_parts), np.concatenate(idx_parts)
+    o = np.lexsort((I, T, L))
+    L, T, I = L[o], T[o], I[o]
+    cut = np.nonzero((np.diff(L) != 0) | (np.diff(T) != 0))[0] + 1
+    starts = np.concatenate([[0], cut]).tolist()
+    ends = np.concatenate([cut, [len(L)]]).tolist()
+    I_list, T_list = I.tolist(), T[starts].tolist()
+    log.debug("structures: %d (leaf, tensor dim) pairs, %d indices", len(starts), len(I_list))
+    pair_leaf = L[starts]
+    leaf_cut = (np.nonzero(np.diff(pair_leaf))[0] + 1).tolist()
+    for p0, p1 in zip([0] + leaf_cut, leaf_cut + [len(starts)]):
+        leaf = int(pair_leaf[p0])
+        per_leaf[leaf] = (T_list[p0:p1], [I_list[starts[k]:ends[k]] for k in range(p0, p1)])
+        sort_key[leaf] = (T_list[p0], I_list[starts[p0]])
+    return tds, per_leaf, sort_key
+
+
+def _make_structures(model, t, tds, per_leaf, sort_key) -> tuple[list, list, list]:
+    """One structure per leaf that a parameter slice produces (others are frozen); groups are the
+    leaves touching the same tensor dims. Returns ``(items, groups, leaf of each structure)``."""
+    A = t.atoms
     # per tensor-dim, computed once: does it produce (a parameter dim no consumer contracts), its module
     td_produces = [bool(t.is_param.get(n)) and (n, d) not in t.contracted for n, d in tds]
     td_module = [n.rsplit(".", 1)[0] if "." in n else "" for n, _ in tds]
-
-    # a structure needs a parameter slice that produces it
     items: list[Structure] = []
-    sid_of: dict[int, int] = {}
     groups: dict[tuple, GroupInfo] = {}
     group_list: list[GroupInfo] = []
     leaf_by_sid: list[int] = []
     block_cache: dict = {}
-    for leaf in sorted(per_class, key=sort_key.__getitem__):
-        td_list, idx_lists = per_class[leaf]
+    for leaf in sorted(per_leaf, key=sort_key.__getitem__):
+        td_list, idx_lists = per_leaf[leaf]
         producers = [(*tds[td], ix) for td, ix in zip(td_list, idx_lists) if td_produces[td]]
         if not producers:
             A.freeze(leaf, "no parameter produces it")
@@ -588,13 +593,15 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # no
         modules = sorted({td_module[td] for td in td_list})
         items.append(Structure(id=sid, layer=layer, kind=kind, slices=producers, group=g.id,
                                consumers=consumers, meta={"index": g.size, "modules": modules}))
-        sid_of[leaf] = sid
         leaf_by_sid.append(leaf)
         g.members.append(sid)
         g.size += 1
+    return items, group_list, leaf_by_sid
 
-    closure_cache: dict[bytes, _Closure] = {}
 
+def _closure_maker(A, leaf_by_sid):
+    """``closure(atoms)`` → :class:`_Closure` of the structure ids removing each index (cached)."""
+    cache: dict[bytes, _Closure] = {}
     sid_lookup = np.full(A.size + 1, -1, dtype=np.int64)
     sid_lookup[np.asarray(leaf_by_sid, dtype=np.int64)] = np.arange(len(leaf_by_sid))
     sid_lookup[NONE] = -1
@@ -602,19 +609,17 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # no
     def closure(arr) -> _Closure:
         r = A.roots(arr)
         key = r.tobytes()
-        if key not in closure_cache:
+        if key not in cache:
             m = sid_lookup[A.leaf_matrix(r)]
             m = m[:, (m >= 0).any(axis=0)] if m.size else m.reshape(len(r), 0)
-            closure_cache[key] = _Closure(np.ascontiguousarray(m))
-        return closure_cache[key]
+            cache[key] = _Closure(np.ascontiguousarray(m))
+        return cache[key]
+    return closure
 
-    all_tensors = {name: [closure(arr) for arr in t.labels[name]] for name in names}
-    tensors = {name: cl for name, cl in all_tensors.items() if t.is_param.get(name)}
-    terms = [(const, [closure(a) for a in arrays]) for const, arrays in t.mac_terms]
-    labelled_params = sum(math.prod(t.shapes[n]) for n in tensors)
-    constant = (count_params(model) - labelled_params, 0)
 
-    # collapse guard: producing weight dims (tensors of ≥ 2 dims) and the indices each structure removes there
+def _layer_rows(t, items, all_tensors) -> tuple[dict, list]:
+    """For the collapse guard: producing weight dims (tensors of ≥ 2 dims) and the indices each
+    structure removes there."""
     layer_closures, layer_rows = {}, [[] for _ in items]
     for s_ in items:
         for n, d, _ in s_.slices:
@@ -629,37 +634,50 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:  # no
         for part_s, part_r in zip(np.split(sids, cut), np.split(rows, cut)):
             if len(part_s):
                 layer_rows[int(part_s[0])].append((key, part_r))
+    return layer_closures, layer_rows
 
-    # what is frozen, and why
+
+def _frozen_report(model, t, tensors) -> dict:
+    """The share of parameters that no structure touches, and the ops without a rule."""
+    from .measure import count_params
     total = max(count_params(model), 1)
     prunable = 0
     for name, cl in tensors.items():
-        shape = t.shapes[name]
         untouched = math.prod(c.n - int((c.matrix >= 0).any(axis=1).sum()) if c.matrix.shape[1] else c.n for c in cl)
-        prunable += math.prod(shape) - untouched
+        prunable += math.prod(t.shapes[name]) - untouched
     unknown = sorted(t.unknown, key=lambda k: (-t.unknown[k], k))
-    frozen = {"share": 1.0 - prunable / total, "prunable_params": prunable, "total_params": total,
-              "unknown": unknown}
+    return {"share": 1.0 - prunable / total, "prunable_params": prunable, "total_params": total, "unknown": unknown}
 
-    attr_closures = {}
-    attrs = []
-    for mname, attr, arr in t.attrs:
-        key = (mname, attr)
-        attr_closures[key] = closure(arr)
-        attrs.append(key)
-    norms = {}
+
+def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
+    """Structures, groups, the exact cost model and what materialize needs, from one trace."""
+    from .measure import count_params
+    A = t.atoms
+    for root in extra_frozen:
+        A.freeze(root, "removing it broke the forward (probe)")
+    names = _tensor_order(model, t)
+    tds, per_leaf, sort_key = _slices_by_leaf(t, names)
+    items, group_list, leaf_by_sid = _make_structures(model, t, tds, per_leaf, sort_key)
+    closure = _closure_maker(A, leaf_by_sid)
+    all_tensors = {name: [closure(arr) for arr in t.labels[name]] for name in names}
+    tensors = {name: cl for name, cl in all_tensors.items() if t.is_param.get(name)}
+    terms = [(const, [closure(a) for a in arrays]) for const, arrays in t.mac_terms]
+    constant = (count_params(model) - sum(math.prod(t.shapes[n]) for n in tensors), 0)
+    layer_closures, layer_rows = _layer_rows(t, items, all_tensors)
+    attr_closures = {(mname, attr): closure(arr) for mname, attr, arr in t.attrs}
+    norms, rms_norms = {}, {}
     for mname, arr in t.norms:
         norms.setdefault(mname, closure(arr))
-    rms_norms = {}
     for mname, arr in t.rms_norms:
         rms_norms.setdefault(mname, closure(arr))
-    plan_data = {"norms": norms, "rms_norms": rms_norms, "caches": list(t.caches), "all_tensors": all_tensors, "owners": t.owners, "attrs": attrs, "attr_closures": attr_closures,
+    plan_data = {"norms": norms, "rms_norms": rms_norms, "caches": list(t.caches), "all_tensors": all_tensors,
+                 "owners": t.owners, "attrs": list(attr_closures), "attr_closures": attr_closures,
                  "layer_closures": layer_closures, "layer_rows": layer_rows, "leaves": leaf_by_sid}
     modelled = sum(c * math.prod(x.n for x in cl) for c, cl in terms)
     if modelled != t.mac_formula_total:
         log.warning("MAC terms (%d) differ from the counted MACs (%d)", modelled, t.mac_formula_total)
     return Structures(items, group_list, tensors, terms, constant, input_spec_of(example_inputs),
-                      type(model).__name__, frozen, ignored, plan_data)
+                      type(model).__name__, _frozen_report(model, t, tensors), ignored, plan_data)
 
 
 def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Structures:
