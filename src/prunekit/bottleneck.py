@@ -24,11 +24,15 @@ Example:
 """
 from __future__ import annotations
 
+import logging
+
 from .models.gcn import skeleton_gcn_block_of, widen_skeleton_gcn
 from .plan import PruningPlan
 from .structures import Structures
 
 __all__ = ["layer_ratios", "find_bottlenecks", "widen_bottlenecks", "widen_uniform", "WIDENERS", "expand_pruning"]
+
+log = logging.getLogger(__name__)
 
 # architecture name -> (block of a layer name, widen(kwargs, {block: factor}))
 WIDENERS = {
@@ -167,7 +171,7 @@ def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int 
             result[label] = {"arch": wide_arch["kwargs"].get("channels"), "accuracy": row["accuracy"],
                              "params": row["params"], "wide_params": count(wide, example)["params"]}
         runs.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "ratios"}), flush=True)
+        log.info("bottleneck run: %s", json.dumps({k: v for k, v in result.items() if k != "ratios"}))
     labels = [k for k in runs[0] if isinstance(runs[0][k], dict) and "accuracy" in runs[0][k]]
     summary = {}
     for label in labels:

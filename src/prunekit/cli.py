@@ -20,6 +20,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -424,7 +425,14 @@ def cmd_bottleneck(args) -> int:
     config = load_bottleneck_config(args.config)
     options = {k: v for k, v in config.items() if k not in ("arch", "data")}
     options.setdefault("out_dir", f"runs/{Path(args.config).stem}")
-    result = expand_pruning(config["arch"], config["data"], **options)
+    progress = logging.getLogger("prunekit.bottleneck")  # one line per seed, as it finishes
+    handler = logging.StreamHandler(sys.stdout)
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    try:
+        result = expand_pruning(config["arch"], config["data"], **options)
+    finally:
+        progress.removeHandler(handler)
     print(json.dumps(result["summary"], indent=1))
     return 0
 
