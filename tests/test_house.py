@@ -14,7 +14,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
 MAX_LINES = 80
 
 KNOWN_LONG = {  # "module:function": split them (issue 16, item 4)
-    "criteria/sosp.py:sosp_i_pairwise",
     "ctf/ctf.py:__init__",
     "data/plainpickle.py:parse_plain_pickle",
     "train.py:_fit_locked",

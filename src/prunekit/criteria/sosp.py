@@ -319,13 +319,7 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
         loss = resolve_loss(loss_fn)
         forward = ModelCall(model, output)
         num = len(structures)
-        needed = num * num * torch.finfo(torch.float64).bits // 8
-        if needed > max_memory_bytes:
-            raise SaliencyMemoryError(
-                f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
-                f"({_human(needed)}) exceed max_memory_bytes={max_memory_bytes} ({_human(max_memory_bytes)}). "
-                f"Use method='sosp-h' (memory linear in the number of structures, same cost as ~2 gradient "
-                f"passes), score fewer structures at once, or raise max_memory_bytes.")
+        needed = _q_bytes(num, max_memory_bytes)
         scaling = StructureScaling(model, structures)
         Q = torch.zeros(num, num, dtype=torch.float64, device=scaling.device)
         grad_sum = torch.zeros(num, dtype=torch.float64, device=scaling.device)
@@ -391,6 +385,18 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     total = _nonzero_total(total)
     Q /= total
     return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=int(samples))
+
+
+def _q_bytes(num: int, max_memory_bytes: int) -> int:
+    """Bytes of SOSP-I's float64 ``num × num`` matrix ``Q``; :class:`SaliencyMemoryError` above the budget."""
+    needed = num * num * torch.finfo(torch.float64).bits // 8
+    if needed > max_memory_bytes:
+        raise SaliencyMemoryError(
+            f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
+            f"({_human(needed)}) exceed max_memory_bytes={max_memory_bytes} ({_human(max_memory_bytes)}). "
+            f"Use method='sosp-h' (memory linear in the number of structures, same cost as ~2 gradient "
+            f"passes), score fewer structures at once, or raise max_memory_bytes.")
+    return needed
 
 
 def _looped_jacobians(forward, scaling, ones, inputs, start, stop):
