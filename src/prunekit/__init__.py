@@ -15,6 +15,7 @@ from . import data, models
 from .criteria import saliency
 from .ctf import CTF
 from .io import load, save
+from .latency import LatencyModel
 from .materialize import apply_masks, materialize
 from .measure import count, measure_latency
 from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select
@@ -30,7 +31,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
-    "Budget", "BudgetError", "PruningPlan", "select", "broadcast_plan", "check_same_plan",
+    "Budget", "BudgetError", "LatencyModel", "PruningPlan", "select", "broadcast_plan", "check_same_plan",
     "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
     "models", "data", "__version__",
 ]

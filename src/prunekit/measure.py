@@ -42,7 +42,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["count", "count_params", "measure_latency", "peak_memory", "compare", "with_batch", "MAC_FORMULAS"]
+__all__ = ["count", "count_params", "measure_latency", "time_in_rounds", "peak_memory", "compare", "with_batch",
+           "MAC_FORMULAS"]
 
 aten = torch.ops.aten
 
@@ -529,6 +530,36 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
     finally:
         torch.set_num_threads(old_threads)
     return result
+
+
+def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_size: int | None = None,
+                   rounds: int = 3, repeats: int = 10, warmup: int = 3, threads: int | None = None,
+                   device: str | torch.device | None = None, statistic: str = "median_ms") -> dict:
+    """Median latency (ms) of each model at one batch size, best of ``rounds`` rounds taken in alternation.
+
+    Every round times every model once (:func:`measure_latency`: ``warmup`` untimed
+    passes, median of ``repeats``), in turn; the best (lowest) median of the rounds is
+    kept. Timing the models in alternation, rather than each at a different moment, keeps
+    the comparison fair on a machine whose load changes (the generalisation of
+    :func:`prunekit.experiment.time_together` to any batch size, thread count and device).
+    ``statistic="min_ms"`` keeps the fastest pass instead of the median (more stable on a
+    machine shared with other jobs; any key of :func:`measure_latency`'s per-batch stats).
+
+    Example:
+        >>> ms = time_in_rounds({"a": nn.Linear(8, 8), "b": nn.Linear(8, 2)}, torch.randn(1, 8), repeats=2)
+        >>> sorted(ms), all(v > 0 for v in ms.values())
+        (['a', 'b'], True)
+    """
+    if rounds < 1:
+        raise ValueError("time_in_rounds: need rounds >= 1")
+    b = _reference_batch(example_inputs) if batch_size is None else int(batch_size)
+    best = {name: float("inf") for name in named_models}
+    for _ in range(rounds):
+        for name, model in named_models.items():
+            stats = measure_latency(model, example_inputs, batch_sizes=[b], warmup=warmup, repeats=repeats,
+                                    threads=threads, device=device)["batches"][b]
+            best[name] = min(best[name], stats[statistic])
+    return best
 
 
 # --------------------------------------------------------------------------------------

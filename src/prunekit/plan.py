@@ -30,14 +30,18 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .structures import Structures
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .latency import LatencyModel
 
 __all__ = ["Budget", "PruningPlan", "select", "BudgetError", "collapse_guard", "group_normalize", "GROUP_NORMS",
            "DEFAULT_GROUP_NORM", "DEFAULT_MAX_GROUP_RATIO", "broadcast_plan", "check_same_plan", "PlanMismatchError"]
@@ -49,9 +53,11 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
-    """Fractions to **remove**: of structures, of parameters, of MACs (each in [0, 1)).
+    """Fractions to **remove**: of structures, of parameters, of MACs, of latency (each in [0, 1)).
 
-    Several fractions may be given; the plan then meets all of them.
+    Several fractions may be given; the plan then meets all of them. ``latency`` is a
+    fraction of the dense latency *predicted* by a :class:`prunekit.LatencyModel` measured
+    on the target, which :func:`select` then needs (``select(..., latency=lat)``).
 
     Example:
         >>> Budget(macs=0.5).targets()
@@ -61,17 +67,18 @@ class Budget:
     structures: float | None = None
     params: float | None = None
     macs: float | None = None
+    latency: float | None = None
 
     def __post_init__(self):
         for key, value in self.targets().items():
             if not (0.0 <= value < 1.0) or math.isnan(value):
                 raise BudgetError(f"Budget.{key}={value}: a fraction to remove must be in [0, 1)")
         if not self.targets():
-            raise BudgetError("Budget: give at least one of structures=, params=, macs=")
+            raise BudgetError("Budget: give at least one of structures=, params=, macs=, latency=")
 
     def targets(self) -> dict:
-        return {k: v for k, v in (("structures", self.structures), ("params", self.params), ("macs", self.macs))
-                if v is not None}
+        return {k: v for k, v in (("structures", self.structures), ("params", self.params), ("macs", self.macs),
+                                  ("latency", self.latency)) if v is not None}
 
     def to_dict(self) -> dict:
         return self.targets()
@@ -257,6 +264,49 @@ def _admissible_order(structures: Structures, scores: torch.Tensor, max_group_ra
     return out
 
 
+#: marginal saving (ms) below which a structure counts as saving nothing (ranked after every saving one)
+_MIN_GAIN_MS = 1e-12
+
+
+def _latency_order(structures: Structures, keys: torch.Tensor, latency: "LatencyModel",
+                   max_group_ratio: float | None, min_group_width: int) -> list[int]:
+    """Greedy order on score per predicted millisecond saved, filtered like :func:`_admissible_order`.
+
+    Within a group, members go in ascending score. Across groups, the next structure is
+    the one with the smallest ``score / Δ_g(k_g)``, where ``Δ_g(k)`` is the latency the
+    model predicts removing one more member of group ``g`` saves when ``k`` are gone (the
+    slope of its piecewise-linear table, so it changes as a group is thinned). Members the
+    collapse guard or the group caps refuse are skipped; the order is the same whatever the
+    budget, so plans for larger fractions contain those for smaller ones.
+    """
+    caps = _group_caps(structures, max_group_ratio, min_group_width)
+    checker = structures.collapse_checker()
+    queues = {g.id: sorted(g.members, key=lambda i: (float(keys[i]), i)) for g in structures.groups}
+    pos = {gid: 0 for gid in queues}
+    gone = {gid: 0 for gid in queues}
+    heap: list = []
+
+    def push(gid: int) -> None:
+        if pos[gid] < len(queues[gid]) and caps[gid] > 0:
+            sid = queues[gid][pos[gid]]
+            gain = latency.marginal(gid, gone[gid])
+            key = float(keys[sid]) / gain if gain > _MIN_GAIN_MS else math.inf
+            heapq.heappush(heap, (key, float(keys[sid]), sid, gid))
+
+    for gid in queues:
+        push(gid)
+    out = []
+    while heap:
+        _, _, sid, gid = heapq.heappop(heap)
+        pos[gid] += 1
+        if checker.admit(sid):
+            out.append(sid)
+            caps[gid] -= 1
+            gone[gid] += 1
+        push(gid)
+    return out
+
+
 def collapse_guard(structures: Structures, order) -> list[int]:
     """The structures of ``order``, in order, skipping any whose removal would empty its group or a layer.
 
@@ -278,9 +328,68 @@ DEFAULT_GROUP_NORM = "mean"
 DEFAULT_MAX_GROUP_RATIO = 0.8
 
 
-def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,  # noqa: C901
+def _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
+                       latency) -> None:
+    """:func:`select`'s argument checks, each with its own message."""
+    if scores.numel() != len(structures):
+        raise ValueError(f"select: got {scores.numel()} scores for {len(structures)} structures")
+    if torch.isnan(scores).any():
+        bad = torch.nonzero(torch.isnan(scores)).flatten()[:5].tolist()
+        raise ValueError(f"select: NaN scores for structures {bad} ({[structures.describe(i) for i in bad]})")
+    if normalize not in (None, "params", "macs"):
+        raise ValueError(f"select: normalize must be None, 'params' or 'macs', got {normalize!r}")
+    if group_norm not in GROUP_NORMS:
+        raise ValueError(f"select: group_norm must be one of {GROUP_NORMS}, got {group_norm!r}")
+    if group_norm == "gaussian" and normalize is not None:
+        raise ValueError("select: group_norm='gaussian' makes scores negative, so score / cost (normalize="
+                         f"{normalize!r}) would invert their order; use 'mean', 'max' or 'sum' with normalize")
+    if max_group_ratio is not None and not (0.0 < max_group_ratio <= 1.0):
+        raise ValueError(f"select: max_group_ratio must be in (0, 1] or None, got {max_group_ratio!r}")
+    if isinstance(min_group_width, bool) or not isinstance(min_group_width, int) or min_group_width < 1:
+        raise ValueError(f"select: min_group_width must be an int >= 1, got {min_group_width!r}")
+    if latency is not None:
+        latency.check_structures(structures)
+    if "latency" in targets:
+        if latency is None:
+            raise BudgetError(
+                f"Budget(latency={targets['latency']}) needs a latency model of this model on the target: "
+                "lat = prunekit.LatencyModel.measure(model, example_inputs, batch_size=…, threads=…, device=…), "
+                "then select(structures, scores, budget, latency=lat)")
+        if normalize is not None:
+            raise ValueError(f"select: normalize={normalize!r} cannot be combined with a latency budget, which "
+                             "already ranks by score per predicted millisecond saved")
+        if group_norm == "gaussian":
+            raise ValueError("select: group_norm='gaussian' makes scores negative, so score / ms saved would invert "
+                             "their order; use 'mean', 'max', 'sum' or None with a latency budget")
+
+
+def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_group_ratio,
+                        min_group_width) -> BudgetError:
+    """The error naming the limit that keeps ``targets`` out of reach (the caps, or the collapse guard)."""
+    reached = {k: round(v, 4) for k, v in reached_fractions.items()}
+    limits = []
+    if max_group_ratio is not None:
+        limits.append(f"max_group_ratio={max_group_ratio} (at most {max_group_ratio:.0%} of each group removed)")
+    if min_group_width > 1:
+        limits.append(f"min_group_width={min_group_width} (each group keeps {min_group_width})")
+    also = ""
+    if limits:
+        free = unlimited_fractions()
+        if all(free[key] >= t - 1e-12 for key, t in targets.items()):
+            return BudgetError(
+                f"budget {targets} cannot be met with {' and '.join(limits)}: removing every structure "
+                f"these limits allow reaches {reached}; raise max_group_ratio / lower min_group_width, or "
+                "pass max_group_ratio=None, min_group_width=1")
+        also = f" (with {' and '.join(limits)}: {reached})"
+        reached = {k: round(v, 4) for k, v in free.items()}
+    return BudgetError(f"budget {targets} cannot be met without emptying a layer: removing every admissible "
+                       f"structure reaches {reached}{also}")
+
+
+def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,
            method: str = "", *, group_norm: str | None = DEFAULT_GROUP_NORM,
-           max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1) -> PruningPlan:
+           max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1,
+           latency: "LatencyModel | None" = None) -> PruningPlan:
     """Turn one score per structure into a plan that meets ``budget``.
 
     Args:
@@ -298,6 +407,16 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
             (Torch-Pruning's ``max_pruning_ratio``); ``None``: no limit beyond the collapse guard.
         min_group_width: keep at least this many members of every group (1: the collapse
             guard's own floor).
+        latency: a :class:`prunekit.LatencyModel` of this model (needed by
+            ``Budget(latency=…)``; with any budget, ``plan.achieved["latency"]`` and
+            ``plan.meta["latency"]`` then record the predicted latency).
+
+    **Latency budgets** (``Budget(latency=f)``): structures are taken greedily by
+    ``score / Δms`` (group-normalised score per millisecond the latency model predicts
+    removing it saves, given what its group has already lost; :func:`_latency_order`),
+    with the same collapse guard and group limits, until the predicted latency saved is
+    at least ``f`` of the dense latency. ``normalize`` and ``group_norm="gaussian"`` are
+    refused there (the division by Δms is the cost normalisation, and needs scores ≥ 0).
 
     Defaults (``group_norm="mean"``, ``max_group_ratio=0.8``) were chosen by
     ``benchmarks/bench_collapse.py`` (``docs/selection.md``): on a CNN trained on real
@@ -322,56 +441,42 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
         if even removing every admissible structure cannot meet it.
     """
     scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    if scores.numel() != len(structures):
-        raise ValueError(f"select: got {scores.numel()} scores for {len(structures)} structures")
-    if torch.isnan(scores).any():
-        bad = torch.nonzero(torch.isnan(scores)).flatten()[:5].tolist()
-        raise ValueError(f"select: NaN scores for structures {bad} ({[structures.describe(i) for i in bad]})")
-    if normalize not in (None, "params", "macs"):
-        raise ValueError(f"select: normalize must be None, 'params' or 'macs', got {normalize!r}")
-    if group_norm not in GROUP_NORMS:
-        raise ValueError(f"select: group_norm must be one of {GROUP_NORMS}, got {group_norm!r}")
-    if group_norm == "gaussian" and normalize is not None:
-        raise ValueError("select: group_norm='gaussian' makes scores negative, so score / cost (normalize="
-                         f"{normalize!r}) would invert their order; use 'mean', 'max' or 'sum' with normalize")
-    if max_group_ratio is not None and not (0.0 < max_group_ratio <= 1.0):
-        raise ValueError(f"select: max_group_ratio must be in (0, 1] or None, got {max_group_ratio!r}")
-    if isinstance(min_group_width, bool) or not isinstance(min_group_width, int) or min_group_width < 1:
-        raise ValueError(f"select: min_group_width must be an int >= 1, got {min_group_width!r}")
+    targets = budget.targets()
+    _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
+                       latency)
     keys = group_normalize(structures, scores, group_norm)
     if normalize is not None:
         costs = torch.tensor([max(getattr(s, normalize), 1) for s in structures], dtype=torch.float64)
         keys = keys / costs
-    targets = budget.targets()
-    order = _admissible_order(structures, keys, max_group_ratio, min_group_width)
+    if "latency" in targets:
+        if (keys < 0).any():
+            bad = torch.nonzero(keys < 0).flatten()[:5].tolist()
+            raise ValueError(f"select: a latency budget needs scores >= 0 (score per ms saved), got negative "
+                             f"scores for structures {bad}")
+        order = _latency_order(structures, keys, latency, max_group_ratio, min_group_width)
+    else:
+        order = _admissible_order(structures, keys, max_group_ratio, min_group_width)
+
+    def fractions_of(removed) -> dict:
+        out = dict(PruningPlan.from_removed(structures, removed).achieved)
+        if latency is not None:
+            out["latency"] = latency.saved_fraction(removed)
+        return out
 
     def met(k: int) -> bool:
         plan_cost = structures.cost(order[:k])
         fractions = {"structures": k / len(structures),
                      "params": 1 - plan_cost["params"] / structures.total_params,
                      "macs": 1 - plan_cost["macs"] / max(structures.total_macs, 1)}
+        if "latency" in targets:
+            fractions["latency"] = latency.saved_fraction(order[:k])
         return all(fractions[key] >= target - 1e-12 for key, target in targets.items())
 
     if not met(len(order)):
-        full = PruningPlan.from_removed(structures, order)
-        reached = {k: round(v, 4) for k, v in full.achieved.items()}
-        limits = []
-        if max_group_ratio is not None:
-            limits.append(f"max_group_ratio={max_group_ratio} (at most {max_group_ratio:.0%} of each group removed)")
-        if min_group_width > 1:
-            limits.append(f"min_group_width={min_group_width} (each group keeps {min_group_width})")
-        also = ""
-        if limits:
-            free = PruningPlan.from_removed(structures, _admissible_order(structures, keys)).achieved
-            if all(free[key] >= t - 1e-12 for key, t in targets.items()):
-                raise BudgetError(
-                    f"budget {targets} cannot be met with {' and '.join(limits)}: removing every structure "
-                    f"these limits allow reaches {reached}; raise max_group_ratio / lower min_group_width, or "
-                    "pass max_group_ratio=None, min_group_width=1")
-            also = f" (with {' and '.join(limits)}: {reached})"
-            reached = {k: round(v, 4) for k, v in free.items()}
-        raise BudgetError(f"budget {targets} cannot be met without emptying a layer: removing every admissible "
-                          f"structure reaches {reached}{also}")
+        unlimited = (_latency_order(structures, keys, latency, None, 1) if "latency" in targets
+                     else _admissible_order(structures, keys))
+        raise _unmet_budget_error(targets, fractions_of(order), lambda: fractions_of(unlimited),
+                                  max_group_ratio, min_group_width)
     low, high = 0, len(order)  # met(high) is True; find the smallest such k
     while low < high:
         mid = (low + high) // 2
@@ -382,6 +487,14 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     plan = PruningPlan.from_removed(structures, order[:low], budget=targets, method=method)
     plan.meta["selection"] = {"group_norm": group_norm, "max_group_ratio": max_group_ratio,
                               "min_group_width": min_group_width, "normalize": normalize}
+    if "latency" in targets:
+        plan.meta["selection"]["order"] = "score per predicted ms saved"
+    if latency is not None:
+        plan.achieved["latency"] = latency.saved_fraction(plan.removed)
+        plan.meta["latency"] = {"predicted_ms": latency.predict(plan.removed), "dense_ms": latency.dense_ms,
+                                "batch_size": latency.batch_size, "threads": latency.threads,
+                                "device": latency.device, "device_name": latency.device_name,
+                                "dtype": latency.dtype, "note": "predicted by the latency model (additive per group)"}
     return plan
 
 
