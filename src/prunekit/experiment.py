@@ -21,7 +21,7 @@ from . import models
 from .criteria import saliency
 from .io import load, save
 from .materialize import materialize
-from .measure import count, measure_latency
+from .measure import count, time_in_rounds
 from .plan import Budget, select
 from .structures import find_structures
 from .train import evaluate, fit
@@ -130,7 +130,7 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
 
 def prune_and_finetune(model, structures, train, test, method: str, budget: Budget, *, finetune_epochs: int,
                        lr: float, num_samples: int = 256, batch_size: int = 32, seed: int = 0) -> dict:
-    """One row of a comparison: score, select, materialize, fine-tune, evaluate, count (latency: :func:`time_together`)."""
+    """One row of a comparison: score, select, materialize, fine-tune, evaluate, count (latency: :func:`prunekit.measure.time_in_rounds`)."""
     xtr, ytr = train
     start = time.perf_counter()
     data = _batches(xtr[:num_samples], ytr[:num_samples], batch_size) if method not in ("l1", "l2", "random") else None
@@ -193,20 +193,6 @@ def ctf_and_finetune(model, train, test, rate: float, *, epochs: int, finetune_e
             "achieved": {**plan.achieved, "weights": report["rate"]}, "accuracy": evaluate(pruned, test)["accuracy"],
             "params": counted["params"], "macs": counted["macs"], "nonzero_params": nonzero_params(pruned),
             "zeroed_by": report["zeroed_by"], "prune_seconds": prune_s, "plan": plan, "model": pruned}
-
-
-def time_together(named_models: dict, example, rounds: int = 3, repeats: int = 10) -> dict:
-    """Median latency (ms) of each model at batch 1, best of ``rounds`` rounds taken in turn.
-
-    Timing all models in alternation, rather than each at a different moment, keeps
-    the comparison fair on a machine whose load changes.
-    """
-    best = {name: float("inf") for name in named_models}
-    for _ in range(rounds):
-        for name, model in named_models.items():
-            ms = measure_latency(model, example, batch_sizes=[1], repeats=repeats, warmup=3)["batches"][1]["median_ms"]
-            best[name] = min(best[name], ms)
-    return best
 
 
 def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None, budget: dict,
@@ -317,7 +303,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
         print(f"  ctf     -{rate:.0%} weights: accuracy {row['accuracy']:.3f} "
               f"(before fine-tune {row['accuracy_before_finetune']:.3f}), {row['nonzero_params']} nonzero params",
               flush=True)
-    for index, ms in time_together(pruned_models, xtr[:1]).items():
+    for index, ms in time_in_rounds(pruned_models, xtr[:1], batch_size=1, repeats=10).items():
         rows[index]["latency_ms"] = ms
     meta = {"data": info, "epochs": epochs, "finetune_epochs": finetune_epochs, "seed": seed, "quick": quick,
             "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -540,8 +540,8 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
     Every round times every model once (:func:`measure_latency`: ``warmup`` untimed
     passes, median of ``repeats``), in turn; the best (lowest) median of the rounds is
     kept. Timing the models in alternation, rather than each at a different moment, keeps
-    the comparison fair on a machine whose load changes (the generalisation of
-    :func:`prunekit.experiment.time_together` to any batch size, thread count and device).
+    the comparison fair on a machine whose load changes (the one implementation of it:
+    the demo, the latency model and the benchmarks use it).
     ``statistic="min_ms"`` keeps the fastest pass instead of the median (more stable on a
     machine shared with other jobs; any key of :func:`measure_latency`'s per-batch stats).
 
