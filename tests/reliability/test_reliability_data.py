@@ -25,16 +25,7 @@ from prunekit.data.fpha import read_fpha_split
 from prunekit.data.records import synthetic_status
 
 
-@pytest.fixture(autouse=True)
-def _no_hang():
-    """A walk that never ends must fail the test, not hang it."""
-    def boom(*_):
-        raise TimeoutError("reader did not finish: walking forever?")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = [pytest.mark.usefixtures("no_hang")]
 
 
 def _digest(root: Path) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 import pytest
@@ -19,16 +18,7 @@ def _mlp():
     return prunekit.models.create("mlp", in_channels=1, num_classes=3, hidden=(16,), input_shape=(4, 4))
 
 
-@pytest.fixture(autouse=True)
-def _no_hang():
-    """A FIFO read would block forever: fail instead."""
-    def boom(*_):
-        raise TimeoutError("hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = [pytest.mark.usefixtures("no_hang"), pytest.mark.hang_limit(20)]
 
 
 @pytest.fixture
