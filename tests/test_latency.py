@@ -150,9 +150,15 @@ def test_measure_with_stub_timer_and_cache_round_trip(mlp, tmp_path):
     LatencyModel.measure(model, x, s, batch_size=2, threads=1, cache_dir=tmp_path, timer=_mac_timer(calls),
                          refresh=True)
     assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 2
-    # the stub is linear in MACs, so a single group's prediction is exact
+    # the stub is linear in MACs, so a single group's additive prediction is exact ...
     check = lat.check(model, removed, x, s, timer=_mac_timer(calls))
-    assert check["predicted_ms"] == pytest.approx(check["measured_ms"])
+    assert lat.predict(removed, "additive") == pytest.approx(check["measured_ms"])
+    # ... and the calibrated one (the default) is exact at both ends: dense, and the all-thinned plan,
+    # where the summed savings of groups sharing a layer overstate (a layer's MACs shrink with both widths)
+    assert lat.combine == "calibrated" and 0 < lat.calibration < 1
+    assert lat.predict([]) == pytest.approx(lat.dense_ms)
+    assert lat.predict(lat.measured["floor_removed"]) == pytest.approx(lat.floor_ms)
+    assert lat.predict(lat.measured["floor_removed"], "additive") < lat.floor_ms
     with pytest.raises(LatencyModelError, match="not a prunekit latency model"):
         files[0].write_text("{}")
         LatencyModel.load(files[0])

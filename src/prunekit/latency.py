@@ -134,6 +134,7 @@ class LatencyModel:
     measured: dict = field(default_factory=dict)
     cost_s: float | None = None
     combine: str = "additive"
+    calibration: float | None = None  # measured / summed savings at the all-thinned plan
 
     # ------------------------------------------------------------------ construction
 
@@ -251,6 +252,11 @@ class LatencyModel:
             lat.floor_ms = float(ms["floor"])
             floor_set = _admitted(structures, floor_removed)
             lat.additivity_error = lat.predict(floor_set) / lat.floor_ms - 1.0
+            summed = sum(lat.saved(g, k) for g, k in lat.removed_per_group(floor_set).items())
+            if summed > 0 and dense_ms > lat.floor_ms:
+                lat.calibration = (dense_ms - lat.floor_ms) / summed
+                lat.combine = "calibrated"
+            lat.measured["floor_removed"] = [int(i) for i in floor_set]  # type: ignore[assignment]
             lat.measured["floor_multiplicative_error"] = lat.predict(floor_set, "multiplicative") / lat.floor_ms - 1
 
             # what the kept members would still cost, extrapolated along each table's last segment
@@ -310,9 +316,11 @@ class LatencyModel:
     def predict(self, removed, combine: str | None = None) -> float:
         """Predicted latency (ms) with ``removed`` (structure ids, or a :class:`PruningPlan`) taken out.
 
-        ``combine="additive"`` (default, ``self.combine``): ``dense − Σ_g saved_g(k_g)``, never
-        below 0. ``"multiplicative"``: ``dense · Π_g (1 − saved_g(k_g) / dense)``, which is exact
-        for one convolution whose input and output widths belong to two groups (kept fractions
+        ``combine="calibrated"`` (the default when the all-thinned plan was timed): ``dense −
+        c·Σ_g saved_g(k_g)``, with ``c`` = measured / summed saving of the all-thinned plan, so the
+        prediction is exact at both ends (groups that share layers overlap: their summed savings
+        overstate). ``"additive"``: ``c = 1``. Never below 0. ``"multiplicative"``:
+        ``dense · Π_g (1 − saved_g(k_g) / dense)``, which is exact for one convolution whose input and output widths belong to two groups (kept fractions
         multiply) and undercounts groups that do not interact.
         """
         combine = combine or self.combine
@@ -323,8 +331,10 @@ class LatencyModel:
             for s in savings:
                 out *= max(1.0 - s / self.dense_ms, 0.0) if self.dense_ms > 0 else 0.0
             return out
-        if combine != "additive":
-            raise LatencyModelError(f"combine must be 'additive' or 'multiplicative', got {combine!r}")
+        if combine == "calibrated" and self.calibration is not None:
+            return max(self.dense_ms - self.calibration * sum(savings), 0.0)
+        if combine not in ("additive", "calibrated"):
+            raise LatencyModelError(f"combine must be 'calibrated', 'additive' or 'multiplicative', got {combine!r}")
         return max(self.dense_ms - sum(savings), 0.0)
 
     def saved_fraction(self, removed) -> float:
@@ -377,7 +387,7 @@ class LatencyModel:
                 "threads": self.threads, "device": self.device, "device_name": self.device_name,
                 "dtype": self.dtype, "floor_ms": self.floor_ms, "constant_ms": self.constant_ms,
                 "additivity_error": self.additivity_error, "settings": self.settings, "measured": self.measured,
-                "cost_s": self.cost_s, "combine": self.combine}
+                "cost_s": self.cost_s, "combine": self.combine, "calibration": self.calibration}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "latency model") -> "LatencyModel":
@@ -392,7 +402,8 @@ class LatencyModel:
                        dtype=data.get("dtype", "float32"), floor_ms=data.get("floor_ms"),
                        constant_ms=data.get("constant_ms"), additivity_error=data.get("additivity_error"),
                        settings=data.get("settings", {}), measured=data.get("measured", {}),
-                       cost_s=data.get("cost_s"), combine=data.get("combine", "additive"))
+                       cost_s=data.get("cost_s"), combine=data.get("combine", "additive"),
+                       calibration=data.get("calibration"))
         except (KeyError, TypeError, ValueError) as error:
             raise LatencyModelError(f"{source}: malformed latency model field: {error}") from error
 
