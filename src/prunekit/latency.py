@@ -249,21 +249,7 @@ class LatencyModel:
                   batch_size=b, threads=n_threads, device=str(dev), device_name=_device_name(dev), dtype=dtype,
                   settings=settings, measured={k: float(v) for k, v in ms.items()})
         if "floor" in ms:
-            lat.floor_ms = float(ms["floor"])
-            floor_set = _admitted(structures, floor_removed)
-            lat.additivity_error = lat.predict(floor_set) / lat.floor_ms - 1.0
-            summed = sum(lat.saved(g, k) for g, k in lat.removed_per_group(floor_set).items())
-            if summed > 0 and dense_ms > lat.floor_ms:
-                lat.calibration = (dense_ms - lat.floor_ms) / summed
-                lat.combine = "calibrated"
-            lat.measured["floor_removed"] = [int(i) for i in floor_set]  # type: ignore[assignment]
-            lat.measured["floor_multiplicative_error"] = lat.predict(floor_set, "multiplicative") / lat.floor_ms - 1
-
-            # what the kept members would still cost, extrapolated along each table's last segment
-            rest = sum(max(_interp(t["removed"], t["saved_ms"], t["size"]) - _interp(t["removed"], t["saved_ms"],
-                                                                               t["removed"][-1]), 0.0)
-                       for t in tables.values())
-            lat.constant_ms = max(lat.floor_ms - rest, 0.0)
+            _calibrate(lat, _admitted(structures, floor_removed), float(ms["floor"]))
         lat.cost_s = time.perf_counter() - start
         lat.settings = {**settings}
         lat.measured["settings_used"] = settings_used  # type: ignore[assignment]
@@ -520,3 +506,21 @@ def _fit_tables(structures, classes, plan_of, ms, dense_ms) -> dict:
             tables[gid] = {"removed": ks, "saved_ms": _monotone(raw), "raw_saved_ms": raw,
                            "size": len(structures.groups[gid].members), "class": ci}
     return tables
+
+
+def _calibrate(lat: "LatencyModel", floor_set: list, floor_ms: float) -> None:
+    """Record the all-thinned plan's measured latency, the plain sum's error there, the calibration
+    ``c`` that makes the prediction exact there, and the constant part of the latency."""
+    lat.floor_ms = floor_ms
+    lat.additivity_error = lat.predict(floor_set, "additive") / floor_ms - 1.0
+    lat.measured["floor_multiplicative_error"] = lat.predict(floor_set, "multiplicative") / floor_ms - 1
+    summed = sum(lat.saved(g, k) for g, k in lat.removed_per_group(floor_set).items())
+    if summed > 0 and lat.dense_ms > floor_ms:
+        lat.calibration = (lat.dense_ms - floor_ms) / summed
+        lat.combine = "calibrated"
+    lat.measured["floor_removed"] = [int(i) for i in floor_set]  # type: ignore[assignment]
+    # what the kept members would still cost, extrapolated along each table's last segment
+    rest = sum(max(_interp(t["removed"], t["saved_ms"], t["size"]) - _interp(t["removed"], t["saved_ms"],
+                                                                       t["removed"][-1]), 0.0)
+               for t in lat.tables.values())
+    lat.constant_ms = max(floor_ms - rest, 0.0)
