@@ -81,22 +81,13 @@ import _worker  # noqa: E402  (the reliability tests' helper: template model, le
 import prunekit  # noqa: E402
 from prunekit.checkpoint import load_checkpoint, latest_checkpoint  # noqa: E402
 from prunekit.train import fit, make_optimizer  # noqa: E402
+from prunekit.measure import device_name  # noqa: E402
 
 WRITERS = 4
 SCALE = 100000  # weight value of version i of writer w: (w + 1) * SCALE + i (exact in float32 below 2**24)
 FIT_SEED = 1234
 FIT_KW = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=64, keep_last=3,
               progress=False)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- concurrent saves
@@ -509,7 +500,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "command": command,
-        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(),
+        "machine": {"cpu": device_name("cpu"), "cpus": os.cpu_count(),
                     "note": "project CPU box, 2 cores shared with other work",
                     "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "prunekit": prunekit.__version__, "start_method": "forkserver", "threads_per_process": 1},

@@ -47,21 +47,12 @@ from torch import nn
 
 import prunekit
 from prunekit.sparse import SparseConv2d, sparsify
+from prunekit.measure import device_name
 
 RATES = (0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 16)
 MODEL_VARIANTS = ("forced_csr", "forced_coo", "measured_csr", "measured_coo")
 MICRO_VARIANTS = ("dense_gemm", "csr", "coo")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def zero_entries(model: nn.Module, rate: float, seed: int = 0) -> nn.Module:
@@ -230,7 +221,7 @@ def run(rates=RATES, batches=BATCHES, repeats=8, rounds=3, threads=1) -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     micro = bench_micro(rates, batches, repeats, rounds, threads)
     model = bench_model(rates, batches, repeats, rounds, threads)
-    return {"benchmark": "sparse", "machine": platform.machine(), "processor": cpu_name(),
+    return {"benchmark": "sparse", "machine": platform.machine(), "processor": device_name("cpu"),
             "cpu_count": os.cpu_count(), "load_average_at_start": load, "threads": threads,
             "torch": torch.__version__, "mkl": torch.backends.mkl.is_available(), "repeats": repeats,
             "rounds": rounds, "timing": f"median of {repeats} passes, best of {rounds} alternating rounds",

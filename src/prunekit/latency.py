@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ import torch
 from torch import nn
 
 from .measure import _reference_batch, time_in_rounds
+from .measure import device_name as _device_name
 from .structures import Structures
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,6 @@ def _interp(xs: Sequence[float], ys: Sequence[float], k: float) -> float:
             return float(y0 + (y1 - y0) * (k - x0) / (x1 - x0))
     x0, x1, y0, y1 = xs[-2], xs[-1], ys[-2], ys[-1]
     return float(y1 + (y1 - y0) * (k - x1) / (x1 - x0))
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} {platform.processor() or platform.system()}".strip()
 
 
 def _model_dtype(model: nn.Module) -> str:

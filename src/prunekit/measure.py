@@ -469,6 +469,27 @@ class _OnDevice:
         return False
 
 
+def device_name(device: str | torch.device = "cpu") -> str:
+    """What a latency was measured on: the GPU's name, or the CPU model (``/proc/cpuinfo``), else the platform.
+
+    Example:
+        >>> isinstance(device_name("cpu"), str) and len(device_name("cpu")) > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return f"{platform.machine()} {platform.processor() or platform.system()}".strip()
+
+
 def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int] | None = None, warmup: int = 5,
                     repeats: int = 20, threads: int | None = None, device: str | torch.device | None = None) -> dict:
     """Wall-clock latency and throughput of ``model``'s forward pass, per batch size.
