@@ -22,7 +22,7 @@ import warnings
 import torch
 
 import prunekit
-from prunekit.structures import _PROBE_CACHE
+from prunekit.core.structures import _PROBE_CACHE
 
 
 def vit_s():
@@ -73,7 +73,7 @@ def main():
     for name, build in MODELS.items():
         model, x = build()
         params = sum(p.numel() for p in model.parameters())
-        fwd, _ = best(lambda: prunekit.measure.call_model(model, x), a.repeat)
+        fwd, _ = best(lambda: prunekit.core.measure.call_model(model, x), a.repeat)
         noprobe, _ = best(lambda: prunekit.find_structures(model, x, probe=False), a.repeat)
         def fresh():
             _PROBE_CACHE.clear()  # time the probe itself, not its cache

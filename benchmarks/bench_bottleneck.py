@@ -1,6 +1,6 @@
 """Expand-pruning (SOSP paper) vs uniform ×1.1 widening at equal parameters, on SYNTHETIC SBU fold 1.
 
-Runs :func:`prunekit.bottleneck.expand_pruning` on the attention GCN: train, prune 50 % of
+Runs :func:`prunekit.pipeline.bottleneck.expand_pruning` on the attention GCN: train, prune 50 % of
 the parameters with SOSP-H, widen the bottleneck blocks ×2 (baseline: every block ×1.1),
 train, prune back to the original pruned parameter count, fine-tune, compare.
 
@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from prunekit.bottleneck import expand_pruning
+from prunekit.pipeline.bottleneck import expand_pruning
 
 ARCH = {"name": "attention_gcn", "kwargs": {"graph": "sbu", "num_classes": 8, "channels": [32, 32, 64, 64]}}
 

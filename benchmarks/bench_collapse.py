@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 import prunekit
-import prunekit.train as T
+import prunekit.pipeline.train as T
 
 METHODS = ("random", "l1", "taylor", "obd", "sosp-h", "sosp-i")
 SETTINGS = {

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 
 import prunekit  # noqa: E402
-from prunekit.materialize import output_error  # noqa: E402
-from prunekit.plan import PruningPlan, collapse_guard  # noqa: E402
+from prunekit.core.materialize import output_error  # noqa: E402
+from prunekit.core.plan import PruningPlan, collapse_guard  # noqa: E402
 
 import zoo  # noqa: E402
 
@@ -59,7 +59,7 @@ def _alarm(signum, frame):
 
 def _run(model, inputs):
     with torch.no_grad():
-        return prunekit.measure.call_model(model.eval(), inputs)
+        return prunekit.core.measure.call_model(model.eval(), inputs)
 
 
 def run_prunekit(case) -> dict:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import prunekit
-import prunekit.train as T
+import prunekit.pipeline.train as T
 
 PK_METHODS = ("sosp-h", "sosp-i", "taylor", "obd", "l1", "random")
 TP_METHODS = ("tp-magnitude", "tp-taylor", "tp-hessian")
@@ -59,7 +59,7 @@ def create(name, info):
 
 def load_skeletons(fold):
     """SYNTHETIC SBU (prunekit's generator, seed 0), fold ``fold``: train = fine-tune set, test."""
-    from prunekit.experiment import load_data as load_spec
+    from prunekit.pipeline.dataspec import load_data as load_spec
     train, test, info = load_spec({"format": "synthetic-sbu", "seed": 0, "fold": fold})
     return train, train, test, info
 MEAN, STD = 0.2860, 0.3530
@@ -82,8 +82,8 @@ def tp_prune(model, x, batches, method, target, classifier, iters):
     """Prune ``model`` (not modified) with Torch-Pruning to >= ``target`` MACs removed."""
     import torch_pruning as tp
 
-    from prunekit.models.layers import PrunableBlock
-    from prunekit.structures import _BLOCK_PRUNER
+    from prunekit.core.blocks import PrunableBlock
+    from prunekit.core.structures import _BLOCK_PRUNER
     base = copy.deepcopy(model).eval()
     # graph convolutions / attention blocks: Torch-Pruning gets prunekit's rule for them (alone it garbles them)
     custom = {type(m): _BLOCK_PRUNER for m in base.modules() if isinstance(m, PrunableBlock)}

@@ -67,7 +67,7 @@ import torch
 import prunekit
 from prunekit.ctf import CTF, FrozenZeros, GroupLasso, magnitude_prune, random_prune, structured_ctf
 from prunekit.data import default_transform, load_fpha, load_sbu, to_tensors, write_fpha, write_sbu
-from prunekit.train import evaluate, fit
+from prunekit.pipeline.train import evaluate, fit
 
 CHANNELS = (16, 32, 32)
 NUM_CLASSES = {"sbu": 8, "fpha": 45}

@@ -12,7 +12,7 @@ Protocol (small enough for 2 shared cores, one thread):
   ``gcn`` – :func:`prunekit.models.attention_gcn` with channels (8, 16) on SBU-shaped
   skeleton inputs ``[3, 16 frames, 30 joints]``.
 * ``fit`` protocol (the library's, as in ``benchmarks/bench_ctf.py``): a dense model trained
-  ``--pretrain`` epochs, then :func:`prunekit.train.fit` with the CTF callback for
+  ``--pretrain`` epochs, then :func:`prunekit.pipeline.train.fit` with the CTF callback for
   ``--epochs`` epochs (SGD momentum 0.9, cosine, lr 0.05, batch 32; CTF's defaults: the last quarter
   with frozen masks), then ``finalize``. ``loop`` protocol (a user's own loop): the same
   dense start, a plain SGD loop that calls ``ctf.step`` each epoch and adds
@@ -47,7 +47,7 @@ from torch import nn
 
 import prunekit
 from prunekit.ctf import CTF
-from prunekit.train import evaluate, fit
+from prunekit.pipeline.train import evaluate, fit
 
 CONFIGS = {
     "before": {"threshold_control": False, "settle": 0.0},  # the earlier defaults

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.experiment import load_data
-from prunekit.train import evaluate, fit
+from prunekit.pipeline.dataspec import load_data
+from prunekit.pipeline.train import evaluate, fit
 
 
 def train_once(model_name: str, spec: dict, cache: str, epochs: int, seed: int = 0) -> dict:

@@ -3,7 +3,7 @@
 For each batch size, a :class:`prunekit.LatencyModel` is measured (its cost recorded),
 L1 scores select one plan per target under ``Budget(latency=f)`` and one under
 ``Budget(macs=f)``; the dense model and all six materialized plans are then timed
-together in alternating rounds (:func:`prunekit.measure.time_in_rounds`: every round
+together in alternating rounds (:func:`prunekit.core.measure.time_in_rounds`: every round
 times every model once, fastest pass per round, best of ``--rounds``), so a load change
 of the shared machine hits all of them alike. Reported per row: the requested fraction,
 the measured latency reduction ``1 − t_pruned / t_dense``, their ratio, the latency
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.measure import time_in_rounds
+from prunekit.core.measure import time_in_rounds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

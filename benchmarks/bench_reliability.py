@@ -26,7 +26,7 @@ method with torch and prunekit preloaded, so a process starts in milliseconds):
   place, makes 15-25 % of the loads fail here.) After the run the folder must load
   once more and hold no temporaries or unreferenced weight files (``_worker.leftovers``).
 
-* **SIGKILLs during fit**: :func:`prunekit.train.fit` trains a small MLP (with
+* **SIGKILLs during fit**: :func:`prunekit.pipeline.train.fit` trains a small MLP (with
   dropout, so the restored RNG state matters) for ``--epochs`` epochs with ``out_dir``
   checkpoints (``keep_last=3``) in a child process; the parent SIGKILLs it at a random
   time. The child reports each epoch's start and end (``on_epoch_end`` runs just before
@@ -79,9 +79,9 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 import _worker  # noqa: E402  (the reliability tests' helper: template model, leftovers)
 
 import prunekit  # noqa: E402
-from prunekit.checkpoint import load_checkpoint, latest_checkpoint  # noqa: E402
-from prunekit.train import fit, make_optimizer  # noqa: E402
-from prunekit.measure import device_name  # noqa: E402
+from prunekit.pipeline.checkpoint import load_checkpoint, latest_checkpoint  # noqa: E402
+from prunekit.pipeline.train import fit, make_optimizer  # noqa: E402
+from prunekit.core.measure import device_name  # noqa: E402
 
 WRITERS = 4
 SCALE = 100000  # weight value of version i of writer w: (w + 1) * SCALE + i (exact in float32 below 2**24)
@@ -481,7 +481,7 @@ def main() -> None:
     torch.set_num_threads(1)
     ctx = mp.get_context("forkserver")
     # torch._dynamo is imported lazily by the first optimizer (2 s per process otherwise)
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "prunekit", "prunekit.train", "_worker"])
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "prunekit", "prunekit.pipeline.train", "_worker"])
     work = Path(tempfile.mkdtemp(prefix="prunekit-reliability-"))
     t0 = time.perf_counter()
     try:

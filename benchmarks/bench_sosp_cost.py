@@ -92,7 +92,7 @@ def scaling_rows(widths, samples, batch):
 
 
 def plot_scaling(rows, path):
-    from prunekit.report import _pyplot
+    from prunekit.pipeline.report import _pyplot
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r["structures"] for r in rows]

@@ -1,7 +1,7 @@
 """Sparse vs dense inference for entry-wise sparse weights (issue 5, item 3).
 
 CTF's entry masks leave exact zeros in the kept weights. This benchmark asks at which
-rate of zeros storing the weights sparse (:func:`prunekit.sparse.sparsify`) beats the
+rate of zeros storing the weights sparse (:func:`prunekit.core.sparse.sparsify`) beats the
 dense kernels on the CPU:
 
 * **model**: the attention GCN (``attention_gcn``, graph ``sbu``, 8 classes, input
@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.sparse import SparseConv2d, sparsify
-from prunekit.measure import device_name
+from prunekit.core.sparse import SparseConv2d, sparsify
+from prunekit.core.measure import device_name
 
 RATES = (0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 16)

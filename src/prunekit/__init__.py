@@ -14,13 +14,13 @@ Example:
 from . import data, models
 from .criteria import saliency
 from .ctf import CTF
-from .io import load, save
-from .latency import LatencyModel
-from .materialize import apply_masks, materialize
-from .measure import count, measure_latency
-from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select
-from .sparse import sparsify
-from .structures import Structure, Structures, UnsupportedModelError, find_structures
+from .core.io import load, save
+from .core.latency import LatencyModel
+from .core.materialize import apply_masks, materialize
+from .core.measure import compare, count, measure_latency
+from .core.plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select
+from .core.sparse import sparsify
+from .core.structures import Structure, Structures, UnsupportedModelError, find_structures
 
 try:  # one source of truth: the version in pyproject.toml, as installed
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -32,6 +32,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
     "Budget", "BudgetError", "LatencyModel", "PruningPlan", "select", "broadcast_plan", "check_same_plan",
-    "apply_masks", "materialize", "count", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
+    "apply_masks", "materialize", "count", "compare", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
     "models", "data", "__version__",
 ]

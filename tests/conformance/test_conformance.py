@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.materialize import output_error
-from prunekit.plan import PruningPlan, collapse_guard
-from prunekit.structures import FrozenWarning
+from prunekit.core.materialize import output_error
+from prunekit.core.plan import PruningPlan, collapse_guard
+from prunekit.core.structures import FrozenWarning
 
-from zoo import ZOO, main_output
+from tests.conformance.zoo import ZOO, main_output
 
 
 class _Main(torch.nn.Module):
@@ -45,7 +45,7 @@ def _random_plan(structures, fraction: float, seed: int) -> PruningPlan:
 
 def _run(model, inputs):
     with torch.no_grad():
-        return prunekit.measure.call_model(model.eval(), inputs)
+        return prunekit.core.measure.call_model(model.eval(), inputs)
 
 
 KNOWN = {  # honest failures: the reason, and the issue to fix them in

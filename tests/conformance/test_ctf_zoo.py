@@ -15,16 +15,16 @@ import torch
 
 import prunekit
 from prunekit.ctf import CTF
-from prunekit.materialize import output_error
-from prunekit.structures import FrozenWarning
+from prunekit.core.materialize import output_error
+from prunekit.core.structures import FrozenWarning
 
-from zoo import ZOO, main_output
+from tests.conformance.zoo import ZOO, main_output
 
 ARCHS = sorted(ZOO)
 
 
 def _run(model, inputs):
-    return prunekit.measure.call_model(model, inputs)
+    return prunekit.core.measure.call_model(model, inputs)
 
 
 KNOWN: dict[str, str] = {}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from zoo import HAND_IDS, HF_IDS, ZOO, call, main_output
+from tests.conformance.zoo import HAND_IDS, HF_IDS, ZOO, call, main_output
 
 
 def test_registry():

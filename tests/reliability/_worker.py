@@ -21,8 +21,8 @@ import torch
 
 torch.set_num_threads(1)
 
-import prunekit.checkpoint as ck  # noqa: E402
-import prunekit.io as pio  # noqa: E402
+import prunekit.pipeline.checkpoint as ck  # noqa: E402
+import prunekit.core.io as pio  # noqa: E402
 
 SIZE = 384
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunekit.cli import main
+from prunekit.pipeline.cli import main
 
 BASE = """model: mlp
 model_kwargs: {in_channels: 1, num_classes: 10, hidden: [8], input_shape: [8, 8]}
@@ -121,14 +121,14 @@ def test_a_case_through_the_real_command_has_no_traceback(tmp_path):
     cfg.write_text(BASE.replace("hidden: [8]", "hidden: [8], colour: red").replace("OUT", str(tmp_path / "r")))
     for argv in (["train", str(tmp_path / "dir.yaml")], ["train", str(cfg)],
                  ["prune", "--method", "ctf", "--rate", "0.5", "--epochs", "0", str(cfg)]):
-        proc = subprocess.run([sys.executable, "-m", "prunekit.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "prunekit.pipeline.cli", *argv], capture_output=True, text=True,
                               timeout=300, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_the_shipped_fpha_config_declares_a_known_protocol():
-    from prunekit.config import load_config
+    from prunekit.pipeline.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
     assert load_config(root / "fpha_stgcn.yaml").data["protocol"] == "1:1"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunekit.cli import main
+from prunekit.pipeline.cli import main
 from prunekit.data import SYNTHETIC_MARKER, DataFormatError, load_fpha, load_sbu, write_fpha, write_sbu
 from prunekit.data import synth as synth_module
 from prunekit.data.fpha import read_fpha_split
@@ -183,7 +183,7 @@ def test_synth_killed_with_sigkill_then_overwrite(tmp_path):
     killed = 0
     for attempt in range(6):
         out = tmp_path / f"run{attempt}"
-        proc = subprocess.Popen([sys.executable, "-m", "prunekit.cli", "data", "synth", "--format", "fpha",
+        proc = subprocess.Popen([sys.executable, "-m", "prunekit.pipeline.cli", "data", "synth", "--format", "fpha",
                                  "--out", str(out), "--seed", "1"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit._atomic import FolderLockedError, folder_lock
-from prunekit.checkpoint import CheckpointError, latest_checkpoint
-from prunekit.train import RUN_LOCK, ResumeError, fit
+from prunekit.core._atomic import FolderLockedError, folder_lock
+from prunekit.pipeline.checkpoint import CheckpointError, latest_checkpoint
+from prunekit.pipeline.train import RUN_LOCK, ResumeError, fit
 
 
 def _data(n=32, seed=0):

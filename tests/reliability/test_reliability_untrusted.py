@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from prunekit.io import ModelFileError
+from prunekit.pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from prunekit.core.io import ModelFileError
 
 
 def _mlp():
@@ -35,7 +35,7 @@ def _edit_spec(folder, **fields):
 
 
 def _plan(**over):
-    plan = {"format": "prunekit.plan/1", "removed": [], "num_structures": 2, "signature": "x",
+    plan = {"format": "prunekit.core.plan/1", "removed": [], "num_structures": 2, "signature": "x",
             "input_spec": [{"shape": [1, 1, 4, 4], "dtype": "float32"}], "entry_masks": {}}
     plan.update(over)
     return plan

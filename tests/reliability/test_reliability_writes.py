@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import prunekit
-from prunekit._atomic import FolderLockedError, folder_lock
-from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.core._atomic import FolderLockedError, folder_lock
+from prunekit.pipeline.checkpoint import load_checkpoint, save_checkpoint
 
-WORKER = Path(__file__).with_name("_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-import _worker  # noqa: E402
+from tests.reliability import _worker
+
+WORKER = Path(_worker.__file__)
 
 
 @pytest.mark.parametrize("kind", ["model", "named"])

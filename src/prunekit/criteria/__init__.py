@@ -27,7 +27,7 @@ layer names. New methods register with :func:`register_criterion`.
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> from prunekit.criteria import saliency
     >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(6)]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from prunekit.measure import call_model
+from prunekit.core.measure import call_model
 
 from .losses import OutputSpec, check_output_spec, select_output
 
@@ -254,7 +254,7 @@ class _Call(nn.Module):
 class ModelCall:
     """``forward(params, inputs) -> output tensor``: the model with parameters ``params``
     (``{name: tensor}`` of ``model.named_parameters()`` names), called on a tensor, tuple
-    or mapping of inputs (:func:`prunekit.measure.call_model`), its output reduced to one
+    or mapping of inputs (:func:`prunekit.core.measure.call_model`), its output reduced to one
     tensor by ``output`` (:func:`prunekit.criteria.losses.select_output`).
 
     Example:

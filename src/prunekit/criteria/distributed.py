@@ -236,4 +236,4 @@ def same_scores(ctx: Optional[DistContext], scores: torch.Tensor) -> torch.Tenso
 def warn_local(method: str) -> None:
     warnings.warn(f"saliency method {method!r} does not reduce its statistics across ranks (registered without "
                   f"distributed=True): each rank scores its own data. Make one plan with "
-                  f"prunekit.plan.broadcast_plan(plan) before pruning.", RuntimeWarning, stacklevel=3)
+                  f"prunekit.core.plan.broadcast_plan(plan) before pruning.", RuntimeWarning, stacklevel=3)

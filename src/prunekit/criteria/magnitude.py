@@ -3,7 +3,7 @@
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> lin = nn.Linear(2, 2)
     >>> with torch.no_grad():
     ...     _ = lin.weight.copy_(torch.tensor([[3.0, -4.0], [1.0, 0.0]])); _ = lin.bias.zero_()
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from prunekit.structure_types import Structure
+from prunekit.core.structure_types import Structure
 
 from .registry import register_criterion
 from .scaling import StructureScaling
@@ -36,7 +36,7 @@ def l1(model: nn.Module, structures: Sequence[Structure], data=None, *, loss_fn=
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 1, bias=False)
         >>> with torch.no_grad(): _ = lin.weight.fill_(-2.0)
         >>> l1(lin, [Structure(0, "lin", "unit", [("weight", 0, [0])])])
@@ -54,7 +54,7 @@ def l2(model: nn.Module, structures: Sequence[Structure], data=None, *, loss_fn=
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 1, bias=False)
         >>> with torch.no_grad(): _ = lin.weight.copy_(torch.tensor([[3.0, 4.0]]))
         >>> l2(lin, [Structure(0, "lin", "unit", [("weight", 0, [0])])])
@@ -73,7 +73,7 @@ def random_scores(model: nn.Module, structures: Sequence[Structure], data=None, 
 
     Example:
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> s = [Structure(i, "l", "unit", [("weight", 0, [i])]) for i in range(2)]
         >>> bool((random_scores(nn.Linear(2, 2), s, seed=3) == random_scores(nn.Linear(2, 2), s, seed=3)).all())
         True

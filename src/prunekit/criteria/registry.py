@@ -11,7 +11,7 @@ or a callable; :func:`prunekit.criteria.losses.resolve_loss` turns it into a ``L
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> @register_criterion("zeros-demo", needs_data=False, summary="always zero")
     ... def _zeros(model, structures, data=None, *, loss_fn=None, num_samples=None):
     ...     return torch.zeros(len(structures), dtype=torch.float64)
@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from prunekit.structure_types import Structure
+from prunekit.core.structure_types import Structure
 
 from .distributed import resolve_group, same_scores, warn_local
 from .losses import check_output_spec, resolve_loss
@@ -107,10 +107,10 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
     Args:
         model: any ``nn.Module``; called as ``model(x)``, ``model(*x)`` or ``model(**x)``
             for a tensor, tuple/list or mapping of inputs
-            (:func:`prunekit.measure.call_model`). It is run in eval mode (BatchNorm
+            (:func:`prunekit.core.measure.call_model`). It is run in eval mode (BatchNorm
             statistics frozen); every module's training flag is restored afterwards;
             its parameters, buffers and ``.grad`` are not touched.
-        structures: the prunable structures (:class:`prunekit.structure_types.Structure`);
+        structures: the prunable structures (:class:`prunekit.core.structure_types.Structure`);
             slices name parameters of ``model.named_parameters()``.
         data: iterable of ``(inputs, targets)`` batches, or one such pair; ``None`` is
             allowed for data-free methods (``"l1"``, ``"l2"``, ``"random"``). ``inputs``:
@@ -170,7 +170,7 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> torch.manual_seed(0) and None
         >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(6)]

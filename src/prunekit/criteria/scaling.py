@@ -1,6 +1,6 @@
 """Per-structure scale vector α: every data-driven criterion is a derivative w.r.t. α.
 
-Each structure ``s`` (see :class:`prunekit.structure_types.Structure`) owns one scalar
+Each structure ``s`` (see :class:`prunekit.core.structure_types.Structure`) owns one scalar
 ``α_s``. The parameters seen by the model are
 
 .. math::  θ(α) = θ + \\sum_s (α_s - 1)\\, θ_s ,
@@ -32,7 +32,7 @@ back to a dense mask.
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> lin = nn.Linear(3, 2)
     >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0]), ("bias", 0, [0])]),
     ...      Structure(1, "lin", "unit", [("weight", 0, [1]), ("bias", 0, [1])])]
@@ -47,7 +47,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from prunekit.structure_types import Structure
+from prunekit.core.structure_types import Structure
 
 __all__ = ["StructureScaling", "scaled_parameters"]
 
@@ -66,7 +66,7 @@ class StructureScaling:
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(3, 2)
         >>> sc = StructureScaling(lin, [Structure(0, "lin", "unit", [("weight", 0, [1]), ("bias", 0, [1])])])
         >>> p = sc.parameters(torch.tensor([2.0]))   # θ(α): row 1 doubled
@@ -207,7 +207,7 @@ def scaled_parameters(model: nn.Module, structures: Sequence[Structure], alpha: 
         >>> import torch
         >>> from torch import nn
         >>> from torch.func import functional_call
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(3, 2)
         >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0]), ("bias", 0, [0])])]
         >>> y = functional_call(lin, scaled_parameters(lin, s, torch.zeros(1)), (torch.randn(4, 3),))

@@ -25,7 +25,7 @@ batches and normalised by the total count ``W`` (the number of samples ``N`` for
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> torch.manual_seed(0) and None
     >>> model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(5)]
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, jvp, vmap
 
-from prunekit.structure_types import Structure
+from prunekit.core.structure_types import Structure
 
 from ._common import Batches, ModelCall, evaluation_mode, reference_kernels
 from .losses import LossSpec, OutputSpec, resolve_loss
@@ -195,7 +195,7 @@ def sosp_h_terms(model: nn.Module, structures: Sequence[Structure], data: Iterab
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 2)
         >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0]), ("bias", 0, [0])])]
         >>> sorted(sosp_h_terms(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))))
@@ -241,7 +241,7 @@ def sosp_h(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
         >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(5)]
         >>> data = [(torch.randn(6, 4), torch.randint(0, 3, (6,)))]
@@ -306,7 +306,7 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 3)
         >>> s = [Structure(i, "lin", "unit", [("weight", 0, [i]), ("bias", 0, [i])]) for i in range(3)]
         >>> stats = sosp_i_pairwise(lin, s, (torch.randn(4, 2), torch.tensor([0, 1, 2, 1])))
@@ -451,7 +451,7 @@ def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 3)
         >>> s = [Structure(i, "lin", "unit", [("weight", 0, [i]), ("bias", 0, [i])]) for i in range(3)]
         >>> sosp_i(lin, s, (torch.randn(4, 2), torch.tensor([0, 1, 2, 1]))).shape

@@ -8,7 +8,7 @@ diagonal-Hessian importance keeps only the last sample; prunekit does not).
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from prunekit.structure_types import Structure
+    >>> from prunekit.core.structure_types import Structure
     >>> torch.manual_seed(0) and None
     >>> model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     >>> units = [Structure(i, "0", "unit", [("0.weight", 0, [i]), ("0.bias", 0, [i])]) for i in range(5)]
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from prunekit.structure_types import Structure
+from prunekit.core.structure_types import Structure
 
 from ._common import Batches, ModelCall, evaluation_mode
 from .distributed import local_num_samples, reduce_sums, resolve_group
@@ -52,7 +52,7 @@ def gradient_terms(model: nn.Module, structures: Sequence[Structure], data: Iter
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 2)
         >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0]), ("bias", 0, [0])])]
         >>> gradient_terms(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))).shape
@@ -116,7 +116,7 @@ def taylor(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 2)
         >>> s = [Structure(i, "lin", "unit", [("weight", 0, [i]), ("bias", 0, [i])]) for i in range(2)]
         >>> bool((taylor(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))) >= 0).all())
@@ -163,7 +163,7 @@ def fisher_diagonal(model: nn.Module, structures: Sequence[Structure], data: Ite
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 2)
         >>> s = [Structure(0, "lin", "unit", [("weight", 0, [0])])]
         >>> sorted(fisher_diagonal(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))))
@@ -259,7 +259,7 @@ def obd(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> from prunekit.structure_types import Structure
+        >>> from prunekit.core.structure_types import Structure
         >>> lin = nn.Linear(2, 2)
         >>> s = [Structure(i, "lin", "unit", [("weight", 0, [i]), ("bias", 0, [i])]) for i in range(2)]
         >>> obd(lin, s, (torch.randn(3, 2), torch.tensor([0, 1, 1]))).shape

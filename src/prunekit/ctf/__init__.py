@@ -1,7 +1,7 @@
 """CTF: coarse-to-fine learned pruning (Sahbi, 2024), its baselines, and the shared machinery.
 
-Train with the masks as a :func:`prunekit.train.fit` callback, then finalize into a
-:class:`~prunekit.plan.PruningPlan` and materialize it::
+Train with the masks as a :func:`prunekit.pipeline.train.fit` callback, then finalize into a
+:class:`~prunekit.core.plan.PruningPlan` and materialize it::
 
     ctf = CTF(model, rate=0.9, cost="params")              # attaches ψ to every prunable weight
     fit(model, train, test, epochs=E, callbacks=[ctf])     # CE + λ(Σψ/N − (1 − r))², τ annealed

@@ -3,7 +3,7 @@
 Every baseline masks the same weights as :class:`~prunekit.ctf.CTF` (every ``weight`` of
 dimension ≥ 2 but the classifier's), meets the rate the same way (a rank fix to the exact
 kept count, or to within one group for structured masks) and returns a
-:class:`~prunekit.plan.PruningPlan` through :func:`~prunekit.ctf.common.plan_from_masks`,
+:class:`~prunekit.core.plan.PruningPlan` through :func:`~prunekit.ctf.common.plan_from_masks`,
 leaving the model masked in place.
 
 * :func:`magnitude_prune` – global unstructured magnitude pruning: keep the
@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..plan import PruningPlan
+from ..core.plan import PruningPlan
 from .common import (
     count_kept, entry_costs, fix_to_budget, plan_from_masks, prunable_weights, resolve_example_inputs, weight_layouts,
 )

@@ -12,7 +12,7 @@
   target cost (within one entry, or one group for structured-only masks).
 * :func:`plan_from_masks` – multiply the masks in, find the structures whose weight
   slices are all zero, remove them (with the layer-collapse guard) and return a
-  :class:`~prunekit.plan.PruningPlan` whose ``entry_masks`` hold the remaining zeros.
+  :class:`~prunekit.core.plan.PruningPlan` whose ``entry_masks`` hold the remaining zeros.
 
 Example:
     >>> import torch, prunekit
@@ -29,9 +29,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..models.layers import PrunableBlock
-from ..plan import PruningPlan, collapse_guard
-from ..structures import Structures, find_structures
+from ..core.blocks import PrunableBlock
+from ..core.plan import PruningPlan, collapse_guard
+from ..core.structures import Structures, find_structures
 
 __all__ = ["prunable_weights", "weight_layouts", "head_ties", "entry_costs", "fix_to_budget",
            "plan_from_masks", "resolve_example_inputs", "count_kept", "FrozenZeros"]

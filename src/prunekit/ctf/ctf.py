@@ -28,7 +28,7 @@ deep copies, and removing a parametrization deletes the property from that class
 Example:
     >>> import torch, prunekit
     >>> from prunekit.ctf import CTF
-    >>> from prunekit.train import fit
+    >>> from prunekit.pipeline.train import fit
     >>> _ = torch.manual_seed(0)
     >>> model = prunekit.models.create("attention_gcn", channels=(8, 16))
     >>> X, y = torch.randn(16, 3, 32, 30), torch.randint(0, 8, (16,))
@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..plan import PruningPlan
-from ..structures import find_structures
+from ..core.plan import PruningPlan
+from ..core.structures import find_structures
 from .common import (
     _removable, _weight_modules, entry_costs, fix_to_budget, head_ties, plan_from_masks, prunable_weights,
     resolve_example_inputs, weight_layouts,
@@ -78,7 +78,7 @@ def _module_of(model: nn.Module, pname: str) -> nn.Module:
 
 
 class CTF:
-    """Coarse-to-fine learned masks on every prunable weight, usable as a :func:`prunekit.train.fit` callback.
+    """Coarse-to-fine learned masks on every prunable weight, usable as a :func:`prunekit.pipeline.train.fit` callback.
 
     Args:
         model: modified in place (parametrizations attached now, removed by :meth:`finalize`).
@@ -125,7 +125,7 @@ class CTF:
             thresholds still learn), so weights no longer jump across their thresholds and
             the masks hold the budget up to the freeze (default ½: from the end of the ramp).
 
-    Use it as a :func:`~prunekit.train.fit` callback (``extra_loss`` adds :meth:`penalty`,
+    Use it as a :func:`~prunekit.pipeline.train.fit` callback (``extra_loss`` adds :meth:`penalty`,
     ``on_epoch_start`` anneals ``τ``, advances the ramp and starts the hard phase), or in a
     custom loop: call :meth:`step` each epoch (the same: ``τ``, ramp, settle phase, and the
     freeze when the hard phase is due) and add :meth:`penalty` to each batch's loss (0 in
@@ -461,7 +461,7 @@ class CTF:
         self.target_keep = start - (start - final) * progress
 
     def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor | None:
-        """:func:`prunekit.train.fit` hook: the budget penalty (``None`` in the hard phase)."""
+        """:func:`prunekit.pipeline.train.fit` hook: the budget penalty (``None`` in the hard phase)."""
         if self._frozen is not None:
             self._check_live()
             return None

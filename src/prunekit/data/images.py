@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import read_regular_file
+from ..core._atomic import read_regular_file
 from .plainpickle import parse_plain_pickle
 from .records import DataFormatError
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .fpha import FPHA_CLASSES, FPHA_FILE, FPHA_SPLIT_FILE
-from .._atomic import fsync_dir, write_temp
+from ..core._atomic import fsync_dir, write_temp
 from .records import SYNTHETIC_MARKER, SkeletonSequence, synthetic_status
 from .sbu import SBU_CLASSES, SBU_FILE, SBU_SETS
 

@@ -30,7 +30,8 @@ Example:
     45
 """
 from .registry import ModelEntry, create, example_inputs, names, register, resolve_kwargs
-from .layers import GraphConv, MultiHeadGraphAttention, PrunableBlock
+from ..core.blocks import PrunableBlock
+from .layers import GraphConv, MultiHeadGraphAttention
 from .mlp import MLP, mlp
 from .vgg import VGG, VGG_CONFIGS, vgg11, vgg16
 from .resnet import BasicBlock, ResNet, resnet20, resnet56

@@ -10,7 +10,7 @@ where ``spatial`` is a :class:`~prunekit.models.layers.GraphConv` (``stgcn``) or
 :class:`~prunekit.models.layers.MultiHeadGraphAttention` (``attention_gcn``), ``tconv``
 a ``(9, 1)`` temporal convolution with stride ``(s, 1)``, and ``residual`` the
 identity, or a 1×1 conv (stride ``(s, 1)``) + BatchNorm when the shape changes. The
-spatial modules are :class:`~prunekit.models.layers.PrunableBlock` s: they are the
+spatial modules are :class:`~prunekit.core.blocks.PrunableBlock` s: they are the
 only modules that reshape channels.
 
 Example:
@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..data.graphs import Graph, get_graph
-from .layers import GraphConv, MultiHeadGraphAttention, PrunableBlock
+from ..core.blocks import PrunableBlock
+from .layers import GraphConv, MultiHeadGraphAttention
 from .registry import check_positive, init_weights, register, scaled
 
 __all__ = ["GCNBlock", "SkeletonGCN", "stgcn", "attention_gcn", "skeleton_shape", "default_strides"]

@@ -1,9 +1,9 @@
-"""Graph-convolution layers that prunekit knows how to prune, and the rule protocol behind them.
+"""Graph-convolution layers that prunekit knows how to prune (blocks of :mod:`prunekit.core.blocks`).
 
-prunekit's analysis (``prunekit.analysis``) finds the output units, adjacency subsets
+prunekit's analysis (``prunekit.core.analysis``) finds the output units, adjacency subsets
 and heads of these layers by itself, like those of a user's own graph convolution;
 their structures are named after the block (``kind="unit"``). The
-:class:`PrunableBlock` methods below remain for CTF's weight layouts and for pruning a
+:class:`~prunekit.core.blocks.PrunableBlock` methods remain for CTF's weight layouts and for pruning a
 block by hand. A block declares
 
 * ``in_channels`` / ``out_channels`` and how to remove them physically
@@ -32,9 +32,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["PrunableBlock", "GraphConv", "MultiHeadGraphAttention", "Slice"]
+from ..core.blocks import PrunableBlock
 
-Slice = tuple[str, int, list[int]]  # (parameter name relative to the block, dim, indices)
+__all__ = ["GraphConv", "MultiHeadGraphAttention"]
+
 
 
 def _keep(size: int, removed: Sequence[int]) -> torch.Tensor:
@@ -57,40 +58,6 @@ def _shrink(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
 def _block_rows(block: int, width: int, units: Sequence[int]) -> list[int]:
     """Rows ``k·width + c`` of a weight stacked as ``block`` groups of ``width`` units."""
     return [k * width + int(c) for k in range(block) for c in units]
-
-
-class PrunableBlock(nn.Module):
-    """Base class of prunekit's graph layers: units, subsets and heads they can remove by hand.
-
-    The analysis does not need these methods (it follows the block's ops); CTF reads
-    ``internal_structures`` / ``out_channel_slices`` for its channel-wise layouts.
-    """
-
-    in_channels: int
-    out_channels: int
-
-    def prune_out_channels(self, idxs: Sequence[int]) -> None:
-        raise NotImplementedError
-
-    def prune_in_channels(self, idxs: Sequence[int]) -> None:
-        raise NotImplementedError
-
-    def out_channel_slices(self, idxs: Sequence[int]) -> list[Slice]:
-        raise NotImplementedError
-
-    def cost(self, in_kept: int, out_kept: int, internal_kept: int, input_shape) -> tuple[int, int]:
-        """Exact ``(params, macs)`` with the given kept widths, for one forward on ``input_shape``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement cost() to be budgeted")
-
-    def internal_structures(self) -> list[list[Slice]]:
-        return []
-
-    def internal_structure_kind(self) -> str:
-        return "unit"
-
-    def prune_internal(self, idxs: Sequence[int]) -> None:
-        if idxs:
-            raise NotImplementedError(f"{type(self).__name__} has no internal structures")
 
 
 class GraphConv(PrunableBlock):

@@ -1,0 +1,520 @@
+"""A latency model of a network as a function of its kept widths, measured on the target.
+
+:meth:`LatencyModel.measure` times the network on the target device (batch size,
+thread count, dtype) with one group of structures at a time thinned to a few kept
+fractions (default 75 / 50 / 25 %), by materializing plans that remove only that
+group's structures, and fits per group a piecewise-linear table
+
+    saved_g(k) = latency saved when k of the group's n members are removed
+
+(linear between the measured points, the last segment extended up to ``n − 1``; made
+non-decreasing by a running maximum so that noise never predicts that removing more
+costs time). The prediction for a plan assumes **additivity across groups**:
+
+    predicted(removed) = dense − Σ_g saved_g(k_g),   k_g = |removed ∩ members(g)|
+
+What is *not* modelled: interactions between groups (thinning a layer's outputs and the
+next layer's outputs together shrinks one convolution twice; the sum counts both savings
+on their own), kernel choices that change with width in steps finer than the sampled
+points, and channel multiples. The model with every group at its last measured point
+is timed too (``floor_ms``), so the additivity error at that extreme is recorded
+(``additivity_error``), and :meth:`LatencyModel.check` compares a prediction with the
+measured latency of the materialized model.
+
+Cheap by construction: groups whose tensors have the same shapes and whose members save
+the same parameters and MACs (the 8–9 identical blocks of a ResNet stage) form a *class*
+and are thinned **together** (the saving is shared evenly among them: more signal, fewer
+timings); all variants are timed in alternating rounds against the dense model
+(:func:`prunekit.core.measure.time_in_rounds`), best median of ``rounds``. ResNet-56 on CPU
+(one thread) has 30 groups in 9 classes: 29 timed models, about 10 s at batch 1 and
+about 1.5 min at batch 64.
+
+The tables are cached on disk (JSON, one file per model signature, device, batch size,
+threads and dtype; the measurement settings are checked on load), in ``cache_dir``
+(default ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit/latency``; ``cache_dir=False``: no
+cache). A cache that cannot be written is skipped with a warning.
+
+Example:
+    >>> import torch, prunekit
+    >>> m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> x = torch.randn(1, 8)
+    >>> s = prunekit.find_structures(m, x)
+    >>> lat = prunekit.LatencyModel.from_tables(s, dense_ms=1.0, tables={0: ([0, 8], [0.0, 0.4])})
+    >>> round(lat.predict(s.groups[0].members[:4]), 3)   # 4 of 16 removed: 0.2 ms saved
+    0.8
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .measure import _reference_batch, time_in_rounds
+from .measure import device_name as _device_name
+from .structures import Structures
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LatencyModel", "LatencyModelError", "DEFAULT_FRACTIONS", "default_cache_dir"]
+
+#: kept fractions at which every group (class of groups) is timed
+DEFAULT_FRACTIONS = (0.75, 0.5, 0.25)
+FORMAT = "prunekit.core.latency/1"
+
+
+class LatencyModelError(ValueError):
+    """A latency model that does not fit the structures, or a malformed one."""
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNEKIT_CACHE/latency`` if set, else ``~/.cache/prunekit/latency``."""
+    root = os.environ.get("PRUNEKIT_CACHE")
+    return Path(root) / "latency" if root else Path.home() / ".cache" / "prunekit" / "latency"
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], k: float) -> float:
+    """Piecewise-linear ``y(k)``, the last segment extended beyond ``xs[-1]`` (``y(0) = ys[0] = 0``)."""
+    if len(xs) == 1 or k <= 0:
+        return float(ys[0])
+    for i in range(1, len(xs)):
+        if k <= xs[i]:
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return float(y0 + (y1 - y0) * (k - x0) / (x1 - x0))
+    x0, x1, y0, y1 = xs[-2], xs[-1], ys[-2], ys[-1]
+    return float(y1 + (y1 - y0) * (k - x1) / (x1 - x0))
+
+
+def _model_dtype(model: nn.Module) -> str:
+    for p in model.parameters():
+        return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+@dataclass
+class LatencyModel:
+    """Predicted latency (ms) of a network as a function of the structures removed.
+
+    ``tables[g] = {"removed": [0, k1, …], "saved_ms": [0, s1, …], "raw_saved_ms": […],
+    "size": n, "class": c}``: for group ``g`` (id into ``structures.groups``), the
+    latency saved when ``k`` of its ``n`` members are removed (fitted, non-decreasing)
+    and as measured. Groups without a table save nothing (predicted).
+    """
+
+    signature: str
+    dense_ms: float
+    tables: dict
+    group_of: list
+    group_sizes: dict
+    batch_size: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    device_name: str = ""
+    dtype: str = "float32"
+    floor_ms: float | None = None
+    constant_ms: float | None = None
+    additivity_error: float | None = None
+    settings: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
+    cost_s: float | None = None
+    combine: str = "additive"
+    calibration: float | None = None  # measured / summed savings at the all-thinned plan
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_tables(cls, structures: Structures, dense_ms: float, tables: Mapping, **extra) -> "LatencyModel":
+        """A latency model from given tables ``{group_id: (removed_counts, saved_ms)}`` (tests, other tools).
+
+        ``removed_counts`` start at 0 (with 0 ms saved added if missing), increasing;
+        ``saved_ms`` are made non-decreasing as :meth:`measure` does.
+        """
+        fitted = {}
+        for gid, (ks, saved) in tables.items():
+            gid = int(gid)
+            if not 0 <= gid < len(structures.groups):
+                raise LatencyModelError(f"table for group {gid}: the structures have {len(structures.groups)} groups")
+            ks, saved = [int(k) for k in ks], [float(v) for v in saved]
+            if len(ks) != len(saved) or not ks:
+                raise LatencyModelError(f"table for group {gid}: {len(ks)} counts for {len(saved)} savings")
+            if ks[0] != 0:
+                ks, saved = [0] + ks, [0.0] + saved
+            if any(b <= a for a, b in zip(ks, ks[1:])):
+                raise LatencyModelError(f"table for group {gid}: removed counts must increase, got {ks}")
+            fitted[gid] = {"removed": ks, "saved_ms": _monotone(saved), "raw_saved_ms": saved,
+                           "size": len(structures.groups[gid].members), "class": gid}
+        return cls(signature=structures.signature(), dense_ms=float(dense_ms), tables=fitted,
+                   group_of=[s.group for s in structures],
+                   group_sizes={g.id: len(g.members) for g in structures.groups}, **extra)
+
+    @classmethod
+    def measure(cls, model: nn.Module, example_inputs, structures: Structures | None = None,
+                batch_size: int | None = None, threads: int | None = None, device: str | torch.device = "cpu", *,
+                fractions: Sequence[float] = DEFAULT_FRACTIONS, rounds: int = 3, repeats: int | None = None,
+                warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", cache_dir: str | Path | bool | None = None,
+                refresh: bool = False, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
+                verbose: bool = False) -> "LatencyModel":
+        """Time ``model`` with each group thinned to ``fractions`` of its width and fit the tables.
+
+        Args:
+            model: the dense model (not modified; variants are materialized copies).
+            example_inputs: as for :func:`prunekit.find_structures`; resized to ``batch_size``
+                along dim 0 for timing (:func:`prunekit.core.measure.with_batch`).
+            structures: the model's structures (found from ``example_inputs`` if ``None``).
+            batch_size: default: the example's batch.
+            threads: ``torch.set_num_threads`` while timing (default: the current count).
+            device: where to time.
+            fractions: kept fractions to sample (each in (0, 1)); the removed counts are
+                ``round((1 − f)·n)`` clipped to ``[1, n − 1]``.
+            rounds, repeats, warmup: every timed model gets ``warmup`` untimed passes and the
+                median of ``repeats`` passes, in each of ``rounds`` alternating rounds; the best
+                round counts. ``repeats=None``: about 0.25 s of passes per model and round
+                (3 to 15 passes).
+            statistic: per round, ``"min_ms"`` (fastest pass, default: stable on a shared
+                machine) or ``"median_ms"``.
+            share: ``"shape"``: groups with identical tensor shapes and per-member savings are
+                thinned together and share the measured saving evenly; ``None``: every group
+                is timed alone (slower, and small groups' savings drown in timing noise).
+            cache_dir: folder of the cache (``None``: :func:`default_cache_dir`; ``False``: none).
+            refresh: measure even if the cache has this model.
+            timer: ``timer(named_models, inputs) -> {name: ms}`` replaces the wall-clock timer
+                (tests; ``inputs`` are already at ``batch_size``).
+            verbose: log progress at INFO (else DEBUG).
+        """
+        from .measure import with_batch
+        from .structures import find_structures
+
+        if any(not 0.0 < f < 1.0 for f in fractions) or not fractions:
+            raise LatencyModelError(f"fractions (kept) must be in (0, 1), got {list(fractions)}")
+        if share not in ("shape", None):
+            raise LatencyModelError(f"share must be 'shape' or None, got {share!r}")
+        dev = torch.device(device)
+        if structures is None:
+            structures = find_structures(model, example_inputs)
+        b = _reference_batch(example_inputs) if batch_size is None else int(batch_size)
+        n_threads = int(threads) if threads is not None else torch.get_num_threads()
+        dtype = _model_dtype(model)
+        settings = {"fractions": [float(f) for f in sorted(fractions, reverse=True)], "share": share,
+                    "statistic": statistic,
+                    "rounds": rounds, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
+                    "timer": "wall-clock" if timer is None else "custom"}
+        path = None
+        if cache_dir is not False:
+            folder = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+            path = folder / cls._cache_name(structures.signature(), dev, b, n_threads, dtype)
+            if not refresh and path.exists():
+                cached = cls.load(path)
+                if cached.settings == settings and cached.device_name == _device_name(dev):
+                    log.log(logging.INFO if verbose else logging.DEBUG, "latency model: cached %s", path)
+                    return cached
+        start = time.perf_counter()
+        classes = _group_classes(model, structures, share)
+        variants, plan_of, floor_removed = _thinned_variants(model, structures, classes, fractions)
+        inputs = with_batch(example_inputs, b)
+        log_level = logging.INFO if verbose else logging.DEBUG
+        log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
+                len(structures.groups), len(classes), len(variants), b, n_threads, dev)
+        if timer is None:
+            reps = repeats
+            if reps is None:
+                probe = time_in_rounds({"dense": variants["dense"]}, inputs, b, rounds=1, repeats=2, warmup=1,
+                                       threads=n_threads, device=dev)["dense"]
+                reps = int(min(15, max(3, math.ceil(250.0 / max(probe, 1e-3)))))
+            settings_used = {"repeats_used": reps}
+            ms = time_in_rounds(variants, inputs, b, rounds=rounds, repeats=reps, warmup=warmup,
+                                threads=n_threads, device=dev, statistic=statistic)
+        else:
+            settings_used = {}
+            ms = dict(timer(variants, inputs))
+        dense_ms = float(ms["dense"])
+        tables = _fit_tables(structures, classes, plan_of, ms, dense_ms)
+        lat = cls(signature=structures.signature(), dense_ms=dense_ms, tables=tables,
+                  group_of=[s.group for s in structures], group_sizes={g.id: len(g.members) for g in structures.groups},
+                  batch_size=b, threads=n_threads, device=str(dev), device_name=_device_name(dev), dtype=dtype,
+                  settings=settings, measured={k: float(v) for k, v in ms.items()})
+        if "floor" in ms:
+            _calibrate(lat, _admitted(structures, floor_removed), float(ms["floor"]))
+        lat.cost_s = time.perf_counter() - start
+        lat.settings = {**settings}
+        lat.measured["settings_used"] = settings_used  # type: ignore[assignment]
+        lat.measured["classes"] = [list(map(int, g)) for g in classes]  # type: ignore[assignment]
+        if path is not None:
+            try:
+                lat.save(path)
+            except OSError as error:
+                warnings.warn(f"LatencyModel: could not write the cache {path}: {error}", stacklevel=2)
+        log.log(logging.INFO if verbose else logging.DEBUG, "latency model: dense %.3f ms, floor %s ms, measured in %.1f s",
+                dense_ms, lat.floor_ms, lat.cost_s)
+        return lat
+
+    @staticmethod
+    def _cache_name(signature: str, device: torch.device, batch: int, threads: int, dtype: str) -> str:
+        tag = hashlib.sha256(f"{_device_name(device)}|{torch.__version__}".encode()).hexdigest()[:8]
+        return f"{signature}_{device.type}{'' if device.index is None else device.index}_b{batch}_t{threads}_" \
+               f"{dtype}_{tag}.json"
+
+    # ------------------------------------------------------------------ prediction
+
+    def check_structures(self, structures: Structures) -> None:
+        """Raise :class:`LatencyModelError` unless this model was measured for ``structures``."""
+        if structures.signature() != self.signature or len(structures) != len(self.group_of):
+            raise LatencyModelError(
+                f"latency model was measured for structures with signature {self.signature} "
+                f"({len(self.group_of)} structures), these have {structures.signature()} ({len(structures)}); "
+                "measure it for this model (LatencyModel.measure)")
+
+    def removed_per_group(self, removed: Iterable[int]) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for sid in set(int(i) for i in removed):
+            if not 0 <= sid < len(self.group_of):
+                raise IndexError(f"structure id {sid} out of range for {len(self.group_of)} structures")
+            g = int(self.group_of[sid])
+            counts[g] = counts.get(g, 0) + 1
+        return counts
+
+    def saved(self, group: int, k: int) -> float:
+        """Predicted ms saved by removing ``k`` members of ``group`` (0 for a group without a table)."""
+        table = self.tables.get(int(group))
+        if table is None or k <= 0:
+            return 0.0
+        return max(_interp(table["removed"], table["saved_ms"], min(k, table["size"])), 0.0)
+
+    def marginal(self, group: int, k: int) -> float:
+        """Predicted ms saved by removing one more member of ``group`` when ``k`` are gone."""
+        return self.saved(group, k + 1) - self.saved(group, k)
+
+    def predict(self, removed, combine: str | None = None) -> float:
+        """Predicted latency (ms) with ``removed`` (structure ids, or a :class:`PruningPlan`) taken out.
+
+        ``combine="calibrated"`` (the default when the all-thinned plan was timed): ``dense −
+        c·Σ_g saved_g(k_g)``, with ``c`` = measured / summed saving of the all-thinned plan, so the
+        prediction is exact at both ends (groups that share layers overlap: their summed savings
+        overstate). ``"additive"``: ``c = 1``. Never below 0. ``"multiplicative"``:
+        ``dense · Π_g (1 − saved_g(k_g) / dense)``, which is exact for one convolution whose input and output widths belong to two groups (kept fractions
+        multiply) and undercounts groups that do not interact.
+        """
+        combine = combine or self.combine
+        removed = getattr(removed, "removed", removed)
+        savings = [self.saved(g, k) for g, k in self.removed_per_group(removed).items()]
+        if combine == "multiplicative":
+            out = self.dense_ms
+            for s in savings:
+                out *= max(1.0 - s / self.dense_ms, 0.0) if self.dense_ms > 0 else 0.0
+            return out
+        if combine == "calibrated" and self.calibration is not None:
+            return max(self.dense_ms - self.calibration * sum(savings), 0.0)
+        if combine not in ("additive", "calibrated"):
+            raise LatencyModelError(f"combine must be 'calibrated', 'additive' or 'multiplicative', got {combine!r}")
+        return max(self.dense_ms - sum(savings), 0.0)
+
+    def saved_fraction(self, removed) -> float:
+        """Predicted fraction of the dense latency removed: ``1 − predict(removed) / dense_ms``."""
+        return 1.0 - self.predict(removed) / self.dense_ms if self.dense_ms > 0 else 0.0
+
+    def check(self, model: nn.Module, removed, example_inputs, structures: Structures | None = None, *,
+              rounds: int = 3, repeats: int | None = None, warmup: int = 2,
+              timer: Callable[[dict, object], Mapping[str, float]] | None = None) -> dict:
+        """Measured against predicted: time the dense ``model`` and the materialized plan, alternating.
+
+        Returns ``{"dense_ms" (measured now), "measured_ms", "predicted_ms", "measured_fraction",
+        "predicted_fraction", "error" (predicted / measured − 1), "fraction_error"
+        (predicted_fraction − measured_fraction)}``. Fractions use the dense latency measured now,
+        so a machine that got slower or faster since :meth:`measure` shifts ``error`` but not
+        ``fraction_error`` much.
+        """
+        from .materialize import materialize
+        from .measure import with_batch
+        from .plan import PruningPlan
+        from .structures import find_structures
+
+        if structures is None:
+            structures = find_structures(model, example_inputs)
+        self.check_structures(structures)
+        plan = removed if isinstance(removed, PruningPlan) else PruningPlan.from_removed(structures, removed)
+        pruned = materialize(model, plan, structures).eval()
+        b = self.batch_size or _reference_batch(example_inputs)
+        named = {"dense": model, "pruned": pruned}
+        if timer is None:
+            reps = repeats or int((self.measured.get("settings_used") or {}).get("repeats_used", 10))
+            ms = time_in_rounds(named, example_inputs, b, rounds=rounds, repeats=reps, warmup=warmup,
+                                threads=self.threads, device=self.device,
+                                statistic=self.settings.get("statistic", "min_ms"))
+        else:
+            ms = dict(timer(named, with_batch(example_inputs, b)))
+        predicted = self.predict(plan.removed)
+        pred_frac = self.saved_fraction(plan.removed)
+        meas_frac = 1.0 - ms["pruned"] / ms["dense"]
+        return {"dense_ms": ms["dense"], "measured_ms": ms["pruned"], "predicted_ms": predicted,
+                "measured_fraction": meas_frac, "predicted_fraction": pred_frac,
+                "error": predicted / ms["pruned"] - 1.0, "fraction_error": pred_frac - meas_frac}
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "signature": self.signature, "dense_ms": self.dense_ms,
+                "tables": {str(g): t for g, t in self.tables.items()}, "group_of": list(self.group_of),
+                "group_sizes": {str(g): n for g, n in self.group_sizes.items()}, "batch_size": self.batch_size,
+                "threads": self.threads, "device": self.device, "device_name": self.device_name,
+                "dtype": self.dtype, "floor_ms": self.floor_ms, "constant_ms": self.constant_ms,
+                "additivity_error": self.additivity_error, "settings": self.settings, "measured": self.measured,
+                "cost_s": self.cost_s, "combine": self.combine, "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "latency model") -> "LatencyModel":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LatencyModelError(f"{source}: not a prunekit latency model (expected format {FORMAT!r})")
+        try:
+            return cls(signature=data["signature"], dense_ms=float(data["dense_ms"]),
+                       tables={int(g): t for g, t in data["tables"].items()}, group_of=list(data["group_of"]),
+                       group_sizes={int(g): int(n) for g, n in data["group_sizes"].items()},
+                       batch_size=data.get("batch_size"), threads=data.get("threads"),
+                       device=data.get("device", "cpu"), device_name=data.get("device_name", ""),
+                       dtype=data.get("dtype", "float32"), floor_ms=data.get("floor_ms"),
+                       constant_ms=data.get("constant_ms"), additivity_error=data.get("additivity_error"),
+                       settings=data.get("settings", {}), measured=data.get("measured", {}),
+                       cost_s=data.get("cost_s"), combine=data.get("combine", "additive"),
+                       calibration=data.get("calibration"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise LatencyModelError(f"{source}: malformed latency model field: {error}") from error
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model as JSON (atomically: a temporary file renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict()))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyModel":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise LatencyModelError(f"{path}: invalid JSON: {error.msg}") from error
+        return cls.from_dict(data, source=str(path))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _monotone(values: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool adjacent violators), the first value (0 removed) pinned at 0.
+
+    Removing more never predicts a slower model, and a noisy high point is averaged with its
+    neighbours rather than carried forward.
+    """
+    blocks: list[list[float]] = []  # [sum, weight, count]
+    for i, v in enumerate(values):
+        blocks.append([float(v) * (1e9 if i == 0 else 1.0), 1e9 if i == 0 else 1.0, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            top = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + top[0], blocks[-1][1] + top[1], blocks[-1][2] + top[2]]
+    out: list[float] = []
+    for total, weight, n in blocks:
+        out += [max(total / weight, 0.0)] * n
+    out[0] = 0.0
+    return out
+
+
+def _group_classes(model: nn.Module, structures: Structures, share: str | None) -> list[list[int]]:
+    """Groups that compute alike (same tensor shapes, same per-member param/MAC savings), in order of first id."""
+    if share is None:
+        return [[g.id] for g in structures.groups if len(g.members) > 1]
+    shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    classes: dict[tuple, list[int]] = {}
+    for g in structures.groups:
+        if len(g.members) <= 1:   # nothing can be removed from a group of one
+            continue
+        s = structures[g.members[0]]
+        key = (g.kind, len(g.members), s.params, s.macs,
+               tuple(sorted((shapes.get(n), d, len(i)) for n, d, i in s.slices)),
+               tuple(sorted((shapes.get(n), d, len(i)) for n, d, i in s.consumers)))
+        classes.setdefault(key, []).append(g.id)
+    return list(classes.values())
+
+
+def _thin(structures: Structures, gids: Sequence[int], k: int) -> list[int]:
+    """The first ``k`` admissible members of each group in ``gids`` (collapse guard per group)."""
+    out = []
+    for gid in gids:
+        checker = structures.collapse_checker()
+        taken = [sid for sid in structures.groups[gid].members if checker.admit(sid)][:k]
+        out += taken
+    return out
+
+
+def _admitted(structures: Structures, removed: Sequence[int]) -> list[int]:
+    checker = structures.collapse_checker()
+    return [sid for sid in removed if checker.admit(sid)]
+
+
+def _thinned_variants(model, structures, classes, fractions) -> tuple[dict, dict, list]:
+    """The models to time: dense, each class of groups thinned to every sampled fraction, and all
+    thinned at once ("floor"); ``plan_of``: variant name → (class index, members removed per group)."""
+    from .materialize import materialize
+    from .plan import PruningPlan
+    variants: dict[str, nn.Module] = {"dense": copy.deepcopy(model).eval()}
+    plan_of: dict[str, tuple[int, int]] = {}
+    floor_removed: list[int] = []
+    for ci, gids in enumerate(classes):
+        n = len(structures.groups[gids[0]].members)
+        ks = [k for k in sorted({min(max(round((1 - f) * n), 1), n - 1) for f in fractions}) if k >= 1]
+        for k in ks:
+            removed = _thin(structures, gids, k)
+            name = f"c{ci}_k{k}"
+            variants[name] = materialize(model, PruningPlan.from_removed(structures, removed), structures).eval()
+            plan_of[name] = (ci, k)
+        if ks:
+            floor_removed += _thin(structures, gids, ks[-1])
+    if floor_removed:
+        plan = PruningPlan.from_removed(structures, _admitted(structures, floor_removed))
+        variants["floor"] = materialize(model, plan, structures).eval()
+    return variants, plan_of, floor_removed
+
+
+def _fit_tables(structures, classes, plan_of, ms, dense_ms) -> dict:
+    """Per group: milliseconds saved against members removed (a class's saving shared evenly, made monotone)."""
+    per_class: dict[int, list[tuple[int, float]]] = {ci: [] for ci in range(len(classes))}
+    for name, (ci, k) in plan_of.items():
+        per_class[ci].append((k, dense_ms - float(ms[name])))
+    tables = {}
+    for ci, gids in enumerate(classes):
+        points = sorted(per_class[ci])
+        if not points:
+            continue
+        ks = [0] + [k for k, _ in points]
+        raw = [0.0] + [saved / len(gids) for _, saved in points]
+        for gid in gids:
+            tables[gid] = {"removed": ks, "saved_ms": _monotone(raw), "raw_saved_ms": raw,
+                           "size": len(structures.groups[gid].members), "class": ci}
+    return tables
+
+
+def _calibrate(lat: "LatencyModel", floor_set: list, floor_ms: float) -> None:
+    """Record the all-thinned plan's measured latency, the plain sum's error there, the calibration
+    ``c`` that makes the prediction exact there, and the constant part of the latency."""
+    lat.floor_ms = floor_ms
+    lat.additivity_error = lat.predict(floor_set, "additive") / floor_ms - 1.0
+    lat.measured["floor_multiplicative_error"] = lat.predict(floor_set, "multiplicative") / floor_ms - 1
+    summed = sum(lat.saved(g, k) for g, k in lat.removed_per_group(floor_set).items())
+    if summed > 0 and lat.dense_ms > floor_ms:
+        lat.calibration = (lat.dense_ms - floor_ms) / summed
+        lat.combine = "calibrated"
+    lat.measured["floor_removed"] = [int(i) for i in floor_set]  # type: ignore[assignment]
+    # what the kept members would still cost, extrapolated along each table's last segment
+    rest = sum(max(_interp(t["removed"], t["saved_ms"], t["size"]) - _interp(t["removed"], t["saved_ms"],
+                                                                       t["removed"][-1]), 0.0)
+               for t in lat.tables.values())
+    lat.constant_ms = max(floor_ms - rest, 0.0)

@@ -1,0 +1,195 @@
+"""Latency budgets: the latency model (tables, prediction, cache, measurement) and selection under it.
+
+Selection is tested on latency models built from given tables (deterministic); the
+measurement pipeline with a stub timer (deterministic) and once with the wall clock on a
+tiny network (end to end, not checked for accuracy).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import prunekit
+from prunekit.core.latency import LatencyModel, LatencyModelError, _monotone
+from prunekit.core.plan import BudgetError
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """Three prunable groups of 10 neurons (layers 0, 2, 4)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(),
+                          nn.Linear(10, 3)).eval()
+    x = torch.randn(1, 6)
+    structures = prunekit.find_structures(model, x)
+    assert [len(g.members) for g in structures.groups] == [10, 10, 10]
+    return model, x, structures
+
+
+def _tables():
+    # group 0 saves a lot (and less per member once half is gone), group 1 a little, group 2 nothing
+    return {0: ([0, 5, 8], [0.0, 5.0, 6.5]), 1: ([0, 5, 8], [0.0, 1.0, 1.6]), 2: ([0, 8], [0.0, 0.0])}
+
+
+def _widths(structures, removed):
+    gone = set(removed)
+    return [len(g.members) - len(gone & set(g.members)) for g in structures.groups]
+
+
+def test_predict_piecewise_linear(mlp):
+    _, _, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    g0, g1 = s.groups[0].members, s.groups[1].members
+    assert lat.predict([]) == pytest.approx(10.0)
+    assert lat.predict(g0[:5]) == pytest.approx(5.0)
+    assert lat.predict(g0[:6]) == pytest.approx(10.0 - 5.5)          # interpolated: 5 + 1.5/3
+    assert lat.predict(g0[:9]) == pytest.approx(10.0 - 7.0)          # last segment extended
+    assert lat.predict(g0[:5] + g1[:5]) == pytest.approx(4.0)        # additive across groups
+    assert lat.predict(g0[:5] + g1[:5], "multiplicative") == pytest.approx(10 * 0.5 * 0.9)
+    assert lat.saved_fraction(g0[:5]) == pytest.approx(0.5)
+    assert _monotone([0.0, 2.0, 1.0, 3.0]) == [0.0, 1.5, 1.5, 3.0]
+
+
+@pytest.mark.parametrize("ratio", [0.8, None])
+def test_select_meets_predicted_budget_monotone_never_empties(mlp, ratio):
+    _, _, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    scores = torch.rand(len(s), generator=torch.Generator().manual_seed(1)) + 0.1
+    previous: set = set()
+    for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        plan = prunekit.select(s, scores, prunekit.Budget(latency=f), latency=lat, max_group_ratio=ratio)
+        assert plan.achieved["latency"] >= f - 1e-12
+        assert plan.achieved["latency"] == pytest.approx(lat.saved_fraction(plan.removed))
+        assert plan.meta["latency"]["predicted_ms"] == pytest.approx(lat.predict(plan.removed))
+        widths = _widths(s, plan.removed)
+        assert min(widths) >= (2 if ratio else 1)                    # never emptied (cap: ⌊0.8·10⌋ = 8)
+        assert previous <= set(plan.removed)                         # nested: monotone in the fraction
+        previous = set(plan.removed)
+    # group 2 saves nothing: never touched while the others can still save
+    assert _widths(s, previous)[2] == 10
+
+
+def test_select_trades_score_against_ms(mlp):
+    _, _, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    scores = torch.ones(len(s))
+    plan = prunekit.select(s, scores, prunekit.Budget(latency=0.3), latency=lat)
+    # equal scores: the cheapest ms come from group 0 (1 ms per member vs 0.2)
+    assert _widths(s, plan.removed) == [7, 10, 10]
+    # group 0's members now scored 10x higher: 10/1 > 1/0.2, so group 1 goes first
+    scores[s.groups[0].members] = 10.0
+    plan = prunekit.select(s, scores, prunekit.Budget(latency=0.1), latency=lat, group_norm=None)
+    assert _widths(s, plan.removed)[0] == 10 and _widths(s, plan.removed)[1] < 10
+
+
+def test_existing_budgets_unchanged_and_record_latency(mlp):
+    _, _, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    scores = torch.arange(len(s), dtype=torch.float64) + 1
+    a = prunekit.select(s, scores, prunekit.Budget(macs=0.4))
+    b = prunekit.select(s, scores, prunekit.Budget(macs=0.4), latency=lat)
+    assert a.removed == b.removed
+    assert "latency" not in a.achieved and b.achieved["latency"] == pytest.approx(lat.saved_fraction(b.removed))
+    both = prunekit.select(s, scores, prunekit.Budget(macs=0.4, latency=0.2), latency=lat)
+    assert both.achieved["macs"] >= 0.4 and both.achieved["latency"] >= 0.2
+    assert prunekit.PruningPlan.from_json(both.to_json()).budget == {"macs": 0.4, "latency": 0.2}
+
+
+def test_clear_errors(mlp):
+    model, x, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    with pytest.raises(BudgetError, match="needs a latency model.*LatencyModel.measure"):
+        prunekit.select(s, torch.ones(len(s)), prunekit.Budget(latency=0.5))
+    with pytest.raises(BudgetError, match="in \\[0, 1\\)"):
+        prunekit.Budget(latency=1.5)
+    with pytest.raises(BudgetError, match="cannot be met"):
+        prunekit.select(s, torch.ones(len(s)), prunekit.Budget(latency=0.95), latency=lat)
+    with pytest.raises(ValueError, match="normalize"):
+        prunekit.select(s, torch.ones(len(s)), prunekit.Budget(latency=0.3), latency=lat, normalize="macs")
+    with pytest.raises(ValueError, match="gaussian"):
+        prunekit.select(s, torch.ones(len(s)), prunekit.Budget(latency=0.3), latency=lat, group_norm="gaussian")
+    with pytest.raises(ValueError, match="scores >= 0"):
+        prunekit.select(s, -torch.ones(len(s)), prunekit.Budget(latency=0.3), latency=lat)
+    other = prunekit.find_structures(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)), x)
+    with pytest.raises(LatencyModelError, match="signature"):
+        prunekit.select(other, torch.ones(len(other)), prunekit.Budget(latency=0.3), latency=lat)
+    with pytest.raises(LatencyModelError, match="increase"):
+        LatencyModel.from_tables(s, 10.0, {0: ([0, 5, 5], [0.0, 1.0, 2.0])})
+    with pytest.raises(LatencyModelError, match="fractions"):
+        LatencyModel.measure(model, x, s, fractions=(1.0,), cache_dir=False, timer=lambda m, i: {})
+
+
+def _mac_timer(calls):
+    """Stub timer: 1 ms + 1 ms per 100 MACs, deterministic."""
+    def timer(named, inputs):
+        calls.append(sorted(named))
+        return {name: 1.0 + prunekit.count(m, inputs)["macs"] / 100.0 for name, m in named.items()}
+    return timer
+
+
+def test_measure_with_stub_timer_and_cache_round_trip(mlp, tmp_path):
+    model, x, s = mlp
+    calls: list = []
+    lat = LatencyModel.measure(model, x, s, batch_size=2, threads=1, cache_dir=tmp_path, timer=_mac_timer(calls))
+    assert len(calls) == 1
+    # the three groups have different shapes (6→10, 10→10, 10→10 then 10→3): ≥ 2 classes, 3 points each
+    assert set(lat.tables) == {0, 1, 2} and all(t["removed"] == [0, 2, 5, 8] for t in lat.tables.values())
+    dense_macs = prunekit.count(model, torch.randn(2, 6))["macs"]
+    assert lat.dense_ms == pytest.approx(1.0 + dense_macs / 100.0)
+    assert lat.floor_ms is not None and lat.additivity_error is not None and lat.cost_s >= 0
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and s.signature() in files[0].name and "_b2_t1_float32_" in files[0].name
+    # cached: the timer is not called again, and the model is the same
+    again = LatencyModel.measure(model, x, s, batch_size=2, threads=1, cache_dir=tmp_path, timer=_mac_timer(calls))
+    assert len(calls) == 1 and again.to_dict() == lat.to_dict()
+    removed = s.groups[1].members[:4]
+    assert again.predict(removed) == pytest.approx(lat.predict(removed))
+    # another batch size is another entry; refresh re-measures
+    LatencyModel.measure(model, x, s, batch_size=4, threads=1, cache_dir=tmp_path, timer=_mac_timer(calls))
+    LatencyModel.measure(model, x, s, batch_size=2, threads=1, cache_dir=tmp_path, timer=_mac_timer(calls),
+                         refresh=True)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 2
+    # the stub is linear in MACs, so a single group's additive prediction is exact ...
+    check = lat.check(model, removed, x, s, timer=_mac_timer(calls))
+    assert lat.predict(removed, "additive") == pytest.approx(check["measured_ms"])
+    # ... and the calibrated one (the default) is exact at both ends: dense, and the all-thinned plan,
+    # where the summed savings of groups sharing a layer overstate (a layer's MACs shrink with both widths)
+    assert lat.combine == "calibrated" and 0 < lat.calibration < 1
+    assert lat.predict([]) == pytest.approx(lat.dense_ms)
+    assert lat.predict(lat.measured["floor_removed"]) == pytest.approx(lat.floor_ms)
+    assert lat.predict(lat.measured["floor_removed"], "additive") < lat.floor_ms
+    with pytest.raises(LatencyModelError, match="not a prunekit latency model"):
+        files[0].write_text("{}")
+        LatencyModel.load(files[0])
+
+
+def test_real_measurement_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    s = prunekit.find_structures(model, x)
+    lat = prunekit.LatencyModel.measure(model, x, s, batch_size=2, threads=1, rounds=1, repeats=3, warmup=1,
+                                        cache_dir=tmp_path)
+    assert lat.dense_ms > 0 and lat.threads == 1 and lat.batch_size == 2 and lat.device == "cpu"
+    assert set(lat.tables) == {g.id for g in s.groups}
+    assert all(t["saved_ms"] == sorted(t["saved_ms"]) for t in lat.tables.values())
+    plan = prunekit.select(s, prunekit.saliency(model, s, None, method="l1"), prunekit.Budget(latency=0.05),
+                           latency=lat, max_group_ratio=None) if _reachable(lat, s, 0.05) else None
+    removed = plan.removed if plan is not None else s.groups[0].members[:8]
+    check = lat.check(model, removed, x, s, rounds=1, repeats=3)
+    assert set(check) >= {"dense_ms", "measured_ms", "predicted_ms", "error", "fraction_error"}
+    assert check["measured_ms"] > 0 and check["predicted_ms"] <= lat.dense_ms
+
+
+def _reachable(lat, s, f):
+    """Whether thinning every group to one member is predicted to save ``f`` (timing noise may say no)."""
+    return lat.saved_fraction([sid for g in s.groups for sid in g.members[1:]]) >= f
+
+
+def test_time_in_rounds_statistic():
+    ms = prunekit.core.measure.time_in_rounds({"a": nn.Linear(4, 4)}, torch.randn(3, 4), batch_size=5, rounds=2,
+                                         repeats=2, warmup=0, statistic="min_ms")
+    assert set(ms) == {"a"} and ms["a"] > 0
