@@ -1,4 +1,4 @@
-"""SBU reader: round trip with the generator, the 5-fold protocol of DATA.md, malformed input."""
+"""SBU reader: round trip with the generator, the 5-fold protocol of docs/data.md, malformed input."""
 from __future__ import annotations
 
 import shutil

@@ -93,7 +93,7 @@ def test_sbu_structure_lengths_and_ranges(tmp_path):
     assert lengths.min() >= 20 and lengths.max() <= 60 and lengths.std() > 5
     values = np.concatenate([s.data.reshape(-1, 3) for s in written])
     assert values[:, :2].min() > -0.2 and values[:, :2].max() < 1.2  # x, y about [0, 1]
-    assert 1.0 < values[:, 2].min() and values[:, 2].max() < 4.0  # z within DATA.md's 0-7.8
+    assert 1.0 < values[:, 2].min() and values[:, 2].max() < 4.0  # z within the SBU format's 0-7.8 (docs/data.md)
     # actors alternate: both persons move in every class
     assert len({s.label for s in written}) == 8
 
