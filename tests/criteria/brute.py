@@ -436,5 +436,9 @@ def brute_case(case, batch_size, with_hessian=True):
 
 @functools.lru_cache(maxsize=None)
 def cached_case(name, batch_size=4):
-    case = build_case(name)
+    """``(case, brute-force reference)`` for a hand-written case (``CASES``) or a case whose
+    structures ``find_structures`` found (``tests.criteria.found_cases.FOUND``)."""
+    from tests.criteria.found_cases import FOUND, build_found_case
+
+    case = build_found_case(name) if name in FOUND else build_case(name)
     return case, brute_case(case, batch_size)

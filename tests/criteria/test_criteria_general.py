@@ -1,9 +1,12 @@
-"""Data-driven criteria on inputs, outputs and losses beyond [batch, classes] + cross-entropy.
+"""The data-driven criteria against brute force, and on inputs, outputs and losses beyond
+[batch, classes] + cross-entropy.
 
 Against brute force (tests.criteria.brute.brute_case: G = Jᵀ (∇²_f L) J with the autograd Hessian of the
 mean loss actually optimised, no closed-form Λ): token classification with ignored tokens, soft
 labels, MSE regression, keyword (dict) inputs with dict / dataclass outputs, positional (tuple)
-inputs with a tuple output, and user loss functions (curvature by Hessian-vector products).
+inputs with a tuple output, and user loss functions (curvature by Hessian-vector products);
+and the structures ``find_structures`` finds on three models written as users write them
+(``found_cases.py``: heads overlapping head dims, subsets overlapping units, flatten couplings).
 """
 import pytest
 import torch
@@ -15,6 +18,7 @@ from tests.criteria.brute import (CASES, N_SAMPLES, KeywordModel, build_case, ca
 from prunekit.criteria import fisher_diagonal, saliency, sosp_h_terms, sosp_i_pairwise
 from prunekit.criteria.losses import MSE, CrossEntropy, select_output
 from prunekit.core.structure_types import Structure
+from tests.criteria.found_cases import FOUND
 
 DATA_METHODS = ["taylor", "obd", "sosp-h", "sosp-i"]
 RTOL = 1e-5
@@ -24,7 +28,7 @@ def close(actual, wanted, rtol=RTOL):
     torch.testing.assert_close(actual, wanted.to(actual.dtype), rtol=rtol, atol=1e-12 * (1 + float(wanted.abs().max())))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASES + FOUND)
 @pytest.mark.parametrize("method,options", [("taylor", {}), ("obd", {}), ("sosp-h", {}),
                                             ("sosp-h", {"curvature": "hessian"}),
                                             ("sosp-h", {"first_order": False}), ("sosp-i", {})])
@@ -37,9 +41,10 @@ def test_matches_brute_force(name, method, options):
     close(got, want)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASES + FOUND)
 def test_signed_terms_match_brute_force(name):
-    """θ_sᵀ g, θ_sᵀ G θ_P (SOSP-H) and the whole Q = Θ G Θᵀ (SOSP-I)."""
+    """θ_sᵀ g, θ_sᵀ G θ_P (SOSP-H) and the whole Q = Θ G Θᵀ (SOSP-I); overlapping structures
+    (heads and head dims, subsets and units) have non-zero off-diagonal terms."""
     case, ref = cached_case(name)
     model, structures, opts = case["model"], case["structures"], case["options"]
     Th = ref["Theta"]
