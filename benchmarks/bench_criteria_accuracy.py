@@ -78,15 +78,37 @@ def load_data(folder, n_train, n_ft, n_test):
     return (X[tr], y[tr]), (X[ft], y[ft]), (Xt[te], yt[te])
 
 
+def block_pruner():
+    """A Torch-Pruning pruner that removes a :class:`~prunekit.core.blocks.PrunableBlock`'s units
+    through the block's own methods (what Torch-Pruning lacks for graph convolutions)."""
+    import torch_pruning as tp
+
+    class BlockPruner(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer, idxs):
+            layer.prune_out_channels(sorted(int(i) for i in idxs))
+            return layer
+
+        def prune_in_channels(self, layer, idxs):
+            layer.prune_in_channels(sorted(int(i) for i in idxs))
+            return layer
+
+        def get_out_channels(self, layer):
+            return layer.out_channels
+
+        def get_in_channels(self, layer):
+            return layer.in_channels
+
+    return BlockPruner()
+
+
 def tp_prune(model, x, batches, method, target, classifier, iters):
     """Prune ``model`` (not modified) with Torch-Pruning to >= ``target`` MACs removed."""
     import torch_pruning as tp
 
     from prunekit.core.blocks import PrunableBlock
-    from prunekit.core.structures import _BLOCK_PRUNER
     base = copy.deepcopy(model).eval()
     # graph convolutions / attention blocks: Torch-Pruning gets prunekit's rule for them (alone it garbles them)
-    custom = {type(m): _BLOCK_PRUNER for m in base.modules() if isinstance(m, PrunableBlock)}
+    custom = {type(m): block_pruner() for m in base.modules() if isinstance(m, PrunableBlock)}
     if method == "tp-magnitude":
         imp = tp.importance.GroupMagnitudeImportance()
     elif method == "tp-taylor":

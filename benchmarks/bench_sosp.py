@@ -1,0 +1,291 @@
+"""SOSP against every other criterion on the same structures, and against Torch-Pruning itself (issue 13).
+
+Networks trained to convergence by ``benchmarks/sosp_dense.py`` (Fashion-MNIST, full 60k / 10k).
+Per seed (= the dense network's seed), per budget (fraction of MACs removed), per method:
+
+* ``schedule="one-shot"``: score on ``--prune-samples`` training samples, ``prunekit.select``
+  with its defaults, materialize; test accuracy at once (``acc_oneshot``, the direct test of a
+  loss-change criterion) and after ``--ft-epochs`` epochs on a fixed ``--ft-samples`` subset
+  (``accuracy``).
+* ``schedule="iterative"``: ``--steps`` rounds of (re-score the current network, remove
+  MACs down to ``(1 − budget)^(i/steps)`` of the dense MACs, fine-tune 1/steps of the same
+  fine-tuning budget); same total fine-tuning samples as one-shot.
+
+Methods, comparison (a) — criterion against criterion on prunekit's structures, one selection:
+prunekit's ``sosp-h sosp-i taylor obd l1 random`` and Torch-Pruning's importances re-expressed as
+scores over the same structures (``tp-magnitude@pk``: Σ w² over the structure's weight slices,
+``tp-taylor@pk``: Σ |w ⊙ g|, ``tp-hessian@pk``: Σ w² ⊙ Σ_n g_n² (per-sample squared gradients),
+each the mean over the structure's weight slices and consumer slices, as Torch-Pruning's group
+reduction ``mean``; biases left out as Torch-Pruning does). Comparison (b) — library against
+library: ``tp-magnitude tp-taylor tp-hessian`` run through Torch-Pruning's own ``MetaPruner``
+(``bench_criteria_accuracy.tp_prune``: global pruning, ratio binary-searched to the MAC budget).
+``--samples-sweep`` adds SOSP-H one-shot rows with other numbers of pruning samples.
+
+Rows go to one results store (``benchmarks/store.py``; resumable, ``--out``), summarised with
+paired differences SOSP-H − every other method (same seed and budget) and win/tie/loss.
+
+    python benchmarks/bench_sosp.py --model resnet20 --width 0.5 --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prunekit  # noqa: E402
+from benchmarks.sosp_dense import FASHION, dense_path  # noqa: E402
+from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
+from prunekit.pipeline.dataspec import batches as make_batches, load_data  # noqa: E402
+from prunekit.pipeline.train import evaluate, fit  # noqa: E402
+
+PK = ("sosp-h", "sosp-i", "taylor", "obd", "l1", "random")
+TP_ON_PK = ("tp-magnitude@pk", "tp-taylor@pk", "tp-hessian@pk")
+TP_LIB = ("tp-magnitude", "tp-taylor", "tp-hessian")
+CLASSIFIER = {"resnet20": "fc", "vgg11": "classifier", "mlp": None}
+
+
+# ----------------------------------------------------------------------------- scores
+
+def _weight_slices(structure):
+    return [(n, d, i) for n, d, i in list(structure.slices) + list(structure.consumers) if n.endswith("weight")]
+
+
+def _per_sample_sq_grads(model, batches):
+    sq = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for xb, yb in batches:
+        for i in range(len(xb)):
+            model.zero_grad()
+            F.cross_entropy(model(xb[i:i + 1]), yb[i:i + 1]).backward()
+            for n, p in model.named_parameters():
+                if p.grad is not None:
+                    sq[n] += p.grad.square()
+    model.zero_grad()
+    return sq
+
+
+def _grads(model, batches):
+    model.zero_grad()
+    for xb, yb in batches:
+        F.cross_entropy(model(xb), yb).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return grads
+
+
+def tp_scores(model, structures, batches, method: str) -> torch.Tensor:
+    """Torch-Pruning's importances as one score per prunekit structure (see the module docstring)."""
+    params = dict(model.named_parameters())
+    if method == "tp-magnitude@pk":
+        element = {n: p.detach().square() for n, p in params.items()}
+    elif method == "tp-taylor@pk":
+        g = _grads(model, batches)
+        element = {n: (p.detach() * g[n]).abs() for n, p in params.items() if n in g}
+    elif method == "tp-hessian@pk":
+        sq = _per_sample_sq_grads(model, batches)
+        element = {n: p.detach().square() * sq[n] for n, p in params.items()}
+    else:
+        raise ValueError(method)
+    scores = []
+    for s in structures:
+        parts = [element[n].index_select(d, torch.as_tensor(i)).sum() for n, d, i in _weight_slices(s) if n in element]
+        scores.append(torch.stack(parts).mean() if parts else torch.tensor(0.0))
+    return torch.stack(scores).double()
+
+
+def score(model, structures, batches, method: str, seed: int) -> torch.Tensor:
+    if method in TP_ON_PK:
+        return tp_scores(model, structures, batches, method)
+    options = {"seed": seed} if method == "random" else {}
+    data = None if method in ("l1", "random") else batches
+    return prunekit.saliency(model, structures, data, method, **options)
+
+
+# ----------------------------------------------------------------------------- rows
+
+def _describe(model, x, kept=None) -> dict:
+    counted = prunekit.count(model, x)
+    return {"params": counted["params"], "macs": counted["macs"], **({"kept_by_layer": kept} if kept else {})}
+
+
+def kept_by_layer(structures, plan) -> dict:
+    """``{layer: [kept, total]}`` structures per layer: where a criterion prunes differently."""
+    removed, out = set(plan.removed), {}
+    for s in structures:
+        kept_total = out.setdefault(s.layer, [0, 0])
+        kept_total[0] += s.id not in removed
+        kept_total[1] += 1
+    return out
+
+
+def prune_once(model, method, fraction, data, args, seed):
+    x = data["train"][0][:1]
+    structures = prunekit.find_structures(model, x)
+    t0 = time.perf_counter()
+    scores = score(model, structures, data["prune"], method, seed)
+    plan = prunekit.select(structures, scores, prunekit.Budget(macs=fraction), method=method)
+    seconds = time.perf_counter() - t0
+    return prunekit.materialize(model, plan, structures), kept_by_layer(structures, plan), seconds
+
+
+def finetune(model, data, args, seed, share=1.0):
+    X, y = data["ft"]
+    n = int(len(X) * share)
+    fit(model, (X[:n], y[:n]), None, epochs=args.ft_epochs, lr=args.ft_lr, weight_decay=5e-4, batch_size=128,
+        seed=seed, progress=False)
+    return model.eval()
+
+
+def one_shot(dense, method, budget, data, args, seed) -> dict:
+    pruned, kept, seconds = prune_once(dense, method, budget, data, args, seed)
+    acc_oneshot = evaluate(pruned.eval(), data["test"])["accuracy"]
+    acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
+    return {"acc_oneshot": acc_oneshot, "accuracy": acc, "score_seconds": seconds,
+            **_describe(pruned, data["train"][0][:1], kept)}
+
+
+def iterative(dense, method, budget, data, args, seed) -> dict:
+    x = data["train"][0][:1]
+    dense_macs = prunekit.count(dense, x)["macs"]
+    model, seconds = dense, 0.0
+    for step in range(1, args.steps + 1):
+        target = dense_macs * (1 - budget) ** (step / args.steps)
+        fraction = 1 - target / prunekit.count(model, x)["macs"]
+        model, _, s = prune_once(model, method, fraction, data, args, seed)
+        seconds += s
+        if step == args.steps:
+            acc_oneshot = evaluate(model.eval(), data["test"])["accuracy"]  # before the last fine-tuning
+        model = finetune(model, data, args, seed + step, share=1 / args.steps)
+    acc = evaluate(model, data["test"])["accuracy"]
+    return {"acc_oneshot": acc_oneshot, "accuracy": acc, "score_seconds": seconds, **_describe(model, x)}
+
+
+def library(dense, method, budget, data, args, seed) -> dict:
+    from benchmarks.bench_criteria_accuracy import tp_prune
+
+    x = data["train"][0][:1]
+    t0 = time.perf_counter()
+    pruned, info = tp_prune(dense, x, data["prune"], method, budget, CLASSIFIER[args.model], args.tp_iters)
+    seconds = time.perf_counter() - t0
+    acc_oneshot = evaluate(pruned.eval(), data["test"])["accuracy"]
+    acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
+    return {"acc_oneshot": acc_oneshot, "accuracy": acc, "score_seconds": seconds,
+            "tp_pruning_ratio": info["tp_pruning_ratio"], **_describe(pruned, x)}
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summarize(rows) -> dict:
+    table = []
+    cells = sorted({(r["schedule"], r["budget"], r["method"]) for r in rows if r["samples"] == r["base_samples"]})
+    for schedule, budget, method in cells:
+        group = [r for r in rows if (r["schedule"], r["budget"], r["method"]) == (schedule, budget, method)
+                 and r["samples"] == r["base_samples"]]
+        table.append({"schedule": schedule, "budget": budget, "method": method,
+                      **{k: stats([r[k] for r in group]) for k in ("acc_oneshot", "accuracy", "params", "macs")}})
+    comparisons = {}
+    for schedule in sorted({r["schedule"] for r in rows}):
+        for budget in sorted({r["budget"] for r in rows}):
+            part = [r for r in rows if r["schedule"] == schedule and r["budget"] == budget
+                    and r["samples"] == r["base_samples"]]
+            for value in ("acc_oneshot", "accuracy"):
+                comparisons[f"{schedule} {budget} {value}"] = paired(part, value, "method", "sosp-h", match=("seed",))
+    return {"table": table, "paired_sosp_h_minus": comparisons}
+
+
+def _pct(stat):
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def markdown(result) -> str:
+    s = result["summary"]
+    lines = [f"# SOSP benchmark ({result['meta']['protocol']})", "", f"Command: `{result['meta']['command']}`", ""]
+    lines.append(markdown_table(["schedule", "MACs removed", "method", "one-shot acc (%)", "acc after FT (%)",
+                                 "params", "n"],
+                                [[r["schedule"], f"{r['budget']:.0%}", r["method"], _pct(r["acc_oneshot"]),
+                                  _pct(r["accuracy"]), f"{r['params']['mean']:,.0f}", r["accuracy"]["n"]]
+                                 for r in s["table"]]))
+    lines += ["", "Paired SOSP-H − method (same seed), percentage points, mean ± s.e., wins/ties/losses:", ""]
+    rows = []
+    for key, per in s["paired_sosp_h_minus"].items():
+        for method, d in per.items():
+            rows.append([key, method, f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
+                         f"{d['wins']}/{d['ties']}/{d['losses']}"])
+    lines.append(markdown_table(["schedule budget value", "method", "SOSP-H − method", "W/T/L"], rows))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+def load(args) -> dict:
+    (X, y), (Xt, yt), _ = load_data({"format": "idx", "root": args.data})
+    g = torch.Generator().manual_seed(1234)  # fixed subsets, the same for every seed and method
+    perm = torch.randperm(len(X), generator=g)
+    prune_idx, ft_idx = perm[:args.prune_samples], perm[:args.ft_samples]
+    return {"train": (X, y), "prune": make_batches(X[prune_idx], y[prune_idx], 128),
+            "ft": (X[ft_idx], y[ft_idx]), "test": (Xt, yt), "perm": perm}
+
+
+def plan_rows(args):
+    rows = []
+    for budget in args.budgets:
+        rows += [("one-shot", m, budget, args.prune_samples) for m in args.methods]
+        rows += [("iterative", m, budget, args.prune_samples) for m in args.iterative if budget in args.iterative_budgets]
+        rows += [("library", m, budget, args.prune_samples) for m in args.library]
+    rows += [("one-shot", "sosp-h", b, n) for n in args.samples_sweep for b in args.sweep_budgets]
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--methods", nargs="+", default=list(PK + TP_ON_PK))
+    p.add_argument("--library", nargs="*", default=list(TP_LIB))
+    p.add_argument("--iterative", nargs="*", default=["sosp-h", "taylor", "tp-magnitude@pk", "l1"])
+    p.add_argument("--iterative-budgets", type=float, nargs="*", default=[0.7, 0.9])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--samples-sweep", type=int, nargs="*", default=[256, 4096])
+    p.add_argument("--sweep-budgets", type=float, nargs="*", default=[0.7])
+    p.add_argument("--prune-samples", type=int, default=1024)
+    p.add_argument("--ft-samples", type=int, default=20000)
+    p.add_argument("--ft-epochs", type=int, default=1)
+    p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--tp-iters", type=int, default=10)
+    p.add_argument("--data", default=FASHION)
+    p.add_argument("--cache", default="runs/sosp")
+    p.add_argument("--out", default="benchmarks/results/sosp.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    protocol = {"model": args.model, "width": args.width, "prune_samples": args.prune_samples,
+                "ft_samples": args.ft_samples, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "steps": args.steps}
+    store = Store(args.out, key=("seed", "schedule", "method", "budget", "samples"),
+                  meta={"protocol": protocol, "machine": machine(1)}, resume=True, must_match=("protocol",))
+    data = load(args)
+    for seed in args.seeds:
+        dense = prunekit.load(dense_path(args.cache, args.model, args.width, seed)).eval()
+        for schedule, method, budget, samples in plan_rows(args):
+            key = {"seed": seed, "schedule": schedule, "method": method, "budget": budget, "samples": samples}
+            if store.done(**key):
+                continue
+            run = {"one-shot": one_shot, "iterative": iterative, "library": library}[schedule]
+            idx = data["perm"][:samples]  # the base pruning samples are the first of the same permutation
+            local = data if samples == args.prune_samples else {**data, "prune": make_batches(
+                data["train"][0][idx], data["train"][1][idx], 128)}
+            t0 = time.perf_counter()
+            row = run(dense, method, budget, local, args, seed)
+            store.add({**key, "base_samples": args.prune_samples, **row, "seconds": time.perf_counter() - t0})
+            print(seed, schedule, method, budget, samples, f"{row['acc_oneshot']:.3f} -> {row['accuracy']:.3f}",
+                  flush=True)
+        store.save(summarize, markdown)
+    store.save(summarize, markdown)
+
+
+if __name__ == "__main__":
+    main()
