@@ -193,3 +193,17 @@ def test_time_in_rounds_statistic():
     ms = prunekit.core.measure.time_in_rounds({"a": nn.Linear(4, 4)}, torch.randn(3, 4), batch_size=5, rounds=2,
                                          repeats=2, warmup=0, statistic="min_ms")
     assert set(ms) == {"a"} and ms["a"] > 0
+
+
+def test_a_family_of_latency_plans_from_one_set_of_scores_is_nested_and_meets_each_target(mlp):
+    _, _, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    scores = torch.rand(len(s), generator=torch.Generator().manual_seed(3)) + 0.1
+    budgets = [prunekit.Budget(latency=f) for f in (0.6, 0.2, 0.4)]  # any order
+    plans = prunekit.select_family(s, scores, budgets, latency=lat)
+    for budget, plan in zip(budgets, plans):
+        assert plan.achieved["latency"] >= budget.latency - 1e-9
+        assert plan.removed == prunekit.select(s, scores, budget, latency=lat).removed
+    small, middle, large = (set(plans[i].removed) for i in (1, 2, 0))
+    assert small < middle < large
+    assert [p.meta["family"]["index"] for p in plans] == [0, 1, 2]

@@ -43,7 +43,7 @@ from .structures import Structures
 if TYPE_CHECKING:  # pragma: no cover
     from .latency import LatencyModel
 
-__all__ = ["Budget", "PruningPlan", "select", "BudgetError", "collapse_guard", "group_normalize", "GROUP_NORMS",
+__all__ = ["Budget", "PruningPlan", "select", "select_family", "BudgetError", "collapse_guard", "group_normalize", "GROUP_NORMS",
            "DEFAULT_GROUP_NORM", "DEFAULT_MAX_GROUP_RATIO", "broadcast_plan", "check_same_plan", "PlanMismatchError"]
 
 
@@ -514,6 +514,32 @@ def _plan_digest(plan: PruningPlan) -> bytes:
         h.update(name.encode() + b"\0" + json.dumps(list(mask.shape)).encode() + b"\0")
         h.update(mask.flatten().to(torch.uint8).numpy().tobytes())
     return h.digest()
+
+
+def select_family(structures: Structures, scores, budgets: Sequence[Budget], **options) -> list[PruningPlan]:
+    """One plan per budget from the same scores: a family of models from one saliency pass.
+
+    Every plan is :func:`select` with the same ``options``; since :func:`select` removes the
+    shortest prefix of one order that meets the budget, the plans are **nested**: a plan for
+    a larger budget removes everything a smaller one removes (checked; ``plan.meta["family"]``
+    records each plan's position). Pick the speed/accuracy point after the fact.
+
+    Example:
+        >>> import torch, prunekit
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> s = prunekit.find_structures(net, torch.randn(1, 4))
+        >>> plans = select_family(s, torch.arange(8.0), [Budget(structures=f) for f in (0.25, 0.5)])
+        >>> [len(p.removed) for p in plans], set(plans[0].removed) <= set(plans[1].removed)
+        ([2, 4], True)
+    """
+    plans = [select(structures, scores, budget, **options) for budget in budgets]
+    by_size = sorted(range(len(plans)), key=lambda i: len(plans[i].removed))
+    for a, b in zip(by_size, by_size[1:]):
+        if not set(plans[a].removed) <= set(plans[b].removed):  # select's prefix property broke
+            raise RuntimeError(f"select_family: plan for {budgets[b]} does not contain the plan for {budgets[a]}")
+    for i, plan in enumerate(plans):
+        plan.meta["family"] = {"index": i, "of": len(plans), "nested": True}
+    return plans
 
 
 def broadcast_plan(plan: PruningPlan | None, src: int = 0, group=None, *, structures: Structures | None = None
