@@ -8,13 +8,13 @@ Protocol:
 2. Model: ``attention_gcn`` with channels (16, 32, 32); for every seed and fold a dense
    model is trained ``--pretrain`` epochs (initialisation and shuffling seeded by the seed).
 3. From that checkpoint every method gets the same budget of ``--epochs + --finetune``
-   training epochs (SGD momentum 0.9, cosine, batch 32, ``--lr``):
+   training epochs (SGD momentum 0.9, cosine, batch 32), through one protocol,
+   :func:`prunekit.ctf.run` (the same as ``prunekit prune --method ctf``):
 
    * **ctf** – CTF masks (all four granularities, the defaults of :class:`prunekit.ctf.CTF`:
-     learnable thresholds, last quarter of the epochs with the masks frozen) trained for
-     the first number of ``--ctf-split`` (default 8) epochs, finalized, materialized, then
-     fine-tuned the second (default 12) at ``--ft-lr`` (default 0.05, the lr of every other
-     fine-tuning) with the zeros frozen (8 + 12 against 12 + 8: ``docs/ctf.md``);
+     learnable thresholds, last quarter of the epochs with the masks frozen) trained at ``--lr``
+     for the first number of ``--ctf-split`` (default 8) epochs, finalized, materialized, then
+     fine-tuned the second (default 12) with the zeros frozen (8 + 12 against 12 + 8: ``docs/ctf.md``);
    * **column-only**, **row-only** (and **channel-only**) – the structured-only variants
      (:func:`prunekit.ctf.structured_ctf`), ``--epochs`` (default 12) with masks, then
      ``--finetune`` (default 8);
@@ -23,8 +23,14 @@ Protocol:
      for ``--epochs`` epochs, thresholded to the rate, fine-tuned ``--finetune`` epochs;
      **l1** – the same with ``granularity="entry"``;
    * **magnitude** – global unstructured magnitude pruning right away, then
-     ``--epochs + --finetune`` epochs of fine-tuning at ``--lr`` with the zeros frozen;
+     ``--epochs + --finetune`` epochs of fine-tuning with the zeros frozen;
+     **magnitude-normalized** – the same ranking ``|W| / rms(W^ℓ)`` within each layer;
    * **random** – :func:`prunekit.ctf.random_prune` (entries, seeded), then the same.
+
+   Every fine-tuning runs at ``--ft-lr`` (default ``prunekit.ctf.FINETUNE["lr"]`` = 0.05,
+   the ``--lr`` default), without weight decay, for every method alike (until this went
+   through :func:`prunekit.ctf.run`, one-shot methods fine-tuned at ``--lr``: the same default;
+   the rows are unchanged, checked at the smallest settings).
 
    Rates are fractions of the prunable weights (every weight of dimension ≥ 2 but the
    classifier's).
@@ -65,16 +71,12 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.ctf import CTF, FrozenZeros, GroupLasso, magnitude_prune, random_prune, structured_ctf
+from prunekit.ctf import CTF, FINETUNE, METHODS as ALL_METHODS, run
 from prunekit.data import default_transform, load_fpha, load_sbu, to_tensors, write_fpha, write_sbu
 from prunekit.pipeline.train import evaluate, fit
 
 CHANNELS = (16, 32, 32)
 NUM_CLASSES = {"sbu": 8, "fpha": 45}
-CTF_LIKE = {"ctf": {}, "ctf-fixed": {"thresholds": "fixed"}, "column-only": {"granularity": "column"},
-            "row-only": {"granularity": "row"}, "channel-only": {"granularity": "channel"}}
-ONE_SHOT = ("magnitude", "random")
-LASSO = {"group-lasso": "column", "l1": "entry"}
 METHODS = ("ctf", "magnitude", "random", "column-only", "row-only", "group-lasso")
 BATCH = 32
 
@@ -113,31 +115,16 @@ def new_model(dataset: str, seed: int, state=None):
     return model
 
 
-def nonzero_params(model) -> int:
-    return sum(int((p != 0).sum()) for p in model.parameters())
-
-
 def latency_ms(model, x) -> float:
     result = prunekit.measure_latency(model, x, repeats=10, threads=1)
     return next(iter(result["batches"].values()))["median_ms"]
 
 
-def describe(small, plan, rate, x_latency, acc_pruned, acc_final, seconds, extra) -> dict:
-    counted = prunekit.count(small, x_latency[:1])
-    return {"accuracy_pruned": acc_pruned, "accuracy": acc_final, "rate": rate,
-            "params": counted["params"], "nonzero_params": nonzero_params(small), "macs": counted["macs"],
-            "structures_removed": len(plan.removed), "structured_params_removed": plan.achieved["params"],
-            "structured_macs_removed": plan.achieved["macs"], "latency_ms_b16": latency_ms(small, x_latency),
-            "seconds": seconds, **extra}
-
-
-def finetune(small, data, epochs, lr, seed):
-    if epochs <= 0:
-        return evaluate(small, data[2:])["accuracy"]
+def continue_dense(model, data, epochs, lr, seed) -> float:
+    """Train the dense model ``epochs`` more (the reference with as much training as a pruned row): test accuracy."""
     Xtr, ytr, Xte, yte = data
-    frozen = FrozenZeros(small)
-    history = fit(small, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=lr, batch_size=BATCH, progress=False, seed=seed)
-    frozen.remove()
+    history = fit(model, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=lr, batch_size=BATCH, progress=False, seed=seed,
+                  weight_decay=FINETUNE["weight_decay"])
     return history["eval_accuracy"][-1]
 
 
@@ -149,74 +136,31 @@ def split(method, args) -> tuple[int, int]:
     return args.epochs, args.finetune
 
 
-def run_ctf(method, state, data, rate, args, seed, x_latency) -> dict:
+def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
+    """One row: :func:`prunekit.ctf.run` from the dense checkpoint, with the benchmark's split of the epoch budget."""
     Xtr, ytr, Xte, yte = data
-    model = new_model(args.dataset, seed, state)
-    start = time.perf_counter()
-    kwargs = dict(CTF_LIKE[method])
-    granularity = kwargs.pop("granularity", None)
-    if granularity:
-        ctf = structured_ctf(model, rate, granularity, example_inputs=Xtr[:2], **kwargs)
-    else:
-        ctf = CTF(model, rate, example_inputs=Xtr[:2], **kwargs)
     epochs, ft_epochs = split(method, args)
-    fit(model, (Xtr, ytr), (Xte, yte), epochs=epochs, lr=args.lr, batch_size=BATCH, progress=False,
-        callbacks=[ctf], seed=seed)
-    model.eval()
-    acc_masks = evaluate(model, (Xte, yte))["accuracy"]
-    kept_masks = ctf.kept_fraction()["binary"]
-    plan = ctf.finalize()
-    acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
-    small = prunekit.materialize(model, plan)
-    acc_final = finetune(small, data, ft_epochs, args.ft_lr, seed)
-    report = ctf.report()
-    extra = {"accuracy_masks": acc_masks, "kept_masks": kept_masks, "attributed": report["attributed"],
-             "rank_fix": report["rank_fix"], "hard_phase": report.get("hard_phase"),
-             "kept_per_epoch": [round(r["binary"], 4) for r in ctf.history],
-             "target_per_epoch": [round(r["target"], 4) for r in ctf.history],
-             "mask_epochs": epochs, "finetune_epochs": ft_epochs}
-    return describe(small, plan, report["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start, extra)
-
-
-def run_one_shot(method, state, data, rate, args, seed, x_latency) -> dict:
-    Xtr, ytr, Xte, yte = data
-    model = new_model(args.dataset, seed, state).eval()
-    start = time.perf_counter()
-    if method == "magnitude":
-        plan = magnitude_prune(model, rate, example_inputs=Xtr[:2])
-    else:
-        plan = random_prune(model, rate, seed=seed, example_inputs=Xtr[:2])
-    acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
-    small = prunekit.materialize(model, plan)
-    acc_final = finetune(small, data, args.epochs + args.finetune, args.lr, seed)
-    return describe(small, plan, plan.meta["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start, {})
-
-
-def run_lasso(method, state, data, rate, args, seed, x_latency) -> dict:
-    Xtr, ytr, Xte, yte = data
-    model = new_model(args.dataset, seed, state)
-    start = time.perf_counter()
-    lasso = GroupLasso(model, rate, strength=args.lasso_strength, granularity=LASSO[method], example_inputs=Xtr[:2])
-    fit(model, (Xtr, ytr), (Xte, yte), epochs=args.epochs, lr=args.lr, batch_size=BATCH, progress=False,
-        callbacks=[lasso], seed=seed)
-    model.eval()
-    acc_dense = evaluate(model, (Xte, yte))["accuracy"]
-    plan = lasso.finalize()
-    acc_pruned = evaluate(model, (Xte, yte))["accuracy"]
-    small = prunekit.materialize(model, plan)
-    acc_final = finetune(small, data, args.finetune, args.ft_lr, seed)
-    return describe(small, plan, plan.meta["rate"], x_latency, acc_pruned, acc_final, time.perf_counter() - start,
-                    {"accuracy_regularised": acc_dense, "strength": args.lasso_strength})
-
-
-def run_method(method, *args) -> dict:
-    if method in CTF_LIKE:
-        return run_ctf(method, *args)
-    if method in ONE_SHOT:
-        return run_one_shot(method, *args)
-    if method in LASSO:
-        return run_lasso(method, *args)
-    raise ValueError(f"unknown method {method!r}")
+    options = {"strength": args.lasso_strength} if method in ("group-lasso", "l1") else {}
+    result = run(new_model(args.dataset, seed, state), (Xtr, ytr), (Xte, yte), rate, epochs=epochs,
+                 finetune_epochs=ft_epochs, method=method, lr=args.lr, finetune_lr=args.ft_lr, batch_size=BATCH,
+                 seed=seed, **options)
+    plan, report = result.plan, result.report
+    row = {"accuracy_pruned": result.accuracy_before_finetune, "accuracy": result.accuracy,
+           "rate": result.rate_reached, "params": result.params, "nonzero_params": result.nonzero_params,
+           "macs": result.macs, "structures_removed": len(plan.removed),
+           "structured_params_removed": plan.achieved["params"], "structured_macs_removed": plan.achieved["macs"],
+           "latency_ms_b16": latency_ms(result.model, x_latency), "seconds": result.seconds}
+    if "masks" in result.history:  # CTF and its structured-only variants
+        masks = result.history["masks"]
+        row.update({"accuracy_masks": result.accuracy_masks, "kept_masks": report["kept_masks"],
+                    "attributed": report["attributed"], "rank_fix": report["rank_fix"],
+                    "hard_phase": report.get("hard_phase"),
+                    "kept_per_epoch": [round(r["binary"], 4) for r in masks],
+                    "target_per_epoch": [round(r["target"], 4) for r in masks],
+                    "mask_epochs": epochs, "finetune_epochs": ft_epochs})
+    elif "accuracy_regularised" in report:  # group lasso / l1
+        row.update({"accuracy_regularised": report["accuracy_regularised"], "strength": report["strength"]})
+    return row
 
 
 def overhead(dataset, state, data, epochs=4, rounds=2):
@@ -490,8 +434,7 @@ def main():  # noqa: C901
     parser.add_argument("--folds", type=int, nargs="+", default=[1], help="SBU folds (FPHA: the 1:1 split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        choices=list(CTF_LIKE) + list(ONE_SHOT) + list(LASSO))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
     parser.add_argument("--pretrain", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=12, help="epochs with masks / regulariser")
     parser.add_argument("--finetune", type=int, default=8, help="fine-tuning epochs after finalize")
@@ -499,7 +442,8 @@ def main():  # noqa: C901
                         help="CTF's own split of the budget: epochs with masks, then fine-tuning (measured: 8 + 12 "
                              "beat 12 + 8 at 0.9 and 0.99 on SBU folds 1-2; must sum to --epochs + --finetune)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--ft-lr", type=float, default=0.05, help="fine-tuning lr after masks / regulariser")
+    parser.add_argument("--ft-lr", type=float, default=FINETUNE["lr"],
+                        help="fine-tuning lr of every method (default: prunekit.ctf.FINETUNE)")
     parser.add_argument("--lasso-strength", type=float, default=1e-3)
     parser.add_argument("--no-overhead", action="store_true", help="skip the training-overhead timing")
     parser.add_argument("--continued", action="store_true",
@@ -609,7 +553,7 @@ def main():  # noqa: C901
                      "latency_ms_b16": latency_ms(model, x_latency)}
             if args.continued:
                 longer = new_model(args.dataset, seed, state)
-                dense["accuracy_continued"] = finetune(longer, data, args.epochs + args.finetune, args.lr, seed)
+                dense["accuracy_continued"] = continue_dense(longer, data, args.epochs + args.finetune, args.lr, seed)
             stored = [d for d in dense_rows if d["fold"] == fold and d["seed"] == seed]
             if stored and abs(stored[0]["accuracy"] - dense["accuracy"]) > 1e-9:
                 raise RuntimeError(f"fold {fold} seed {seed}: the retrained dense model reaches "

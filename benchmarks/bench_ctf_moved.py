@@ -11,10 +11,11 @@ Protocol (small enough for 2 shared cores, one thread):
 * Models: ``cnn`` – a tiny conv net (1→16→32→32 channels, 3×3, BatchNorm, 12×12 inputs);
   ``gcn`` – :func:`prunekit.models.attention_gcn` with channels (8, 16) on SBU-shaped
   skeleton inputs ``[3, 16 frames, 30 joints]``.
-* ``fit`` protocol (the library's, as in ``benchmarks/bench_ctf.py``): a dense model trained
-  ``--pretrain`` epochs, then :func:`prunekit.pipeline.train.fit` with the CTF callback for
-  ``--epochs`` epochs (SGD momentum 0.9, cosine, lr 0.05, batch 32; CTF's defaults: the last quarter
-  with frozen masks), then ``finalize``. ``loop`` protocol (a user's own loop): the same
+* ``fit`` protocol (the library's, :func:`prunekit.ctf.run` as in ``benchmarks/bench_ctf.py``,
+  without fine-tuning): a dense model trained ``--pretrain`` epochs, then
+  :func:`prunekit.pipeline.train.fit` with the CTF callback for ``--epochs`` epochs (SGD momentum
+  0.9, cosine, lr 0.05, batch 32, no weight decay; CTF's defaults: the last quarter with frozen
+  masks), then ``finalize`` and ``materialize``. ``loop`` protocol (a user's own loop): the same
   dense start, a plain SGD loop that calls ``ctf.step`` each epoch and adds
   ``ctf.penalty()`` to every batch's loss (SGD momentum 0.9, weight decay 5e-4, constant lr 0.025).
 * ``before``: CTF with the earlier defaults (``threshold_control=False, settle=0``: the budget
@@ -46,7 +47,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.ctf import CTF
+from prunekit.ctf import CTF, run
 from prunekit.pipeline.train import evaluate, fit
 
 CONFIGS = {
@@ -102,43 +103,54 @@ class FreezeProbe:
             self.kept = self.ctf.kept_fraction()["binary"]
 
 
-def run_one(model_name, protocol, config, rate, seed, args, data, dense_state):
+def run_fit(model, rate, config, seed, args, data) -> dict:
+    """The library's protocol, :func:`prunekit.ctf.run` without fine-tuning: ``fit`` with the CTF callback."""
     Xtr, ytr, Xte, yte = data
-    model = make_model(model_name, seed)
-    model.load_state_dict(dense_state)
+    result = run(model, (Xtr, ytr), (Xte, yte), rate, epochs=args.epochs, finetune_epochs=0, lr=args.lr,
+                 batch_size=BATCH, seed=seed, **CONFIGS[config])
+    soft = [r for r in result.history["masks"] if not r["frozen"]]  # the last soft epoch ends at the freeze
+    return {"kept_at_freeze": soft[-1]["binary"], "report": result.report, "accuracy": result.accuracy,
+            "seconds": result.seconds}
+
+
+def run_loop(model, rate, config, seed, args, data) -> dict:
+    """A user's own loop: :meth:`CTF.step` each epoch, :meth:`CTF.penalty` on every batch, then finalize."""
+    Xtr, ytr, Xte, yte = data
     ctf = CTF(model, rate, example_inputs=Xtr[:2], **CONFIGS[config])
     probe = FreezeProbe(ctf)
     start = time.perf_counter()
-    if protocol == "fit":
-        fit(model, (Xtr, ytr), epochs=args.epochs, lr=args.lr, batch_size=BATCH, progress=False, seed=seed,
-            callbacks=[ctf, probe])
-    else:
-        torch.manual_seed(seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=args.lr / 2, momentum=0.9, weight_decay=5e-4)
-        for epoch in range(args.epochs):
-            ctf.step(epoch, args.epochs)
-            model.train()
-            order = torch.randperm(len(Xtr))
-            for i in range(0, len(Xtr), BATCH):
-                idx = order[i:i + BATCH]
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]) + ctf.penalty()
-                loss.backward()
-                opt.step()
-            probe.on_epoch_end(epoch, {})
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=args.lr / 2, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(args.epochs):
+        ctf.step(epoch, args.epochs)
+        model.train()
+        order = torch.randperm(len(Xtr))
+        for i in range(0, len(Xtr), BATCH):
+            idx = order[i:i + BATCH]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]) + ctf.penalty()
+            loss.backward()
+            opt.step()
+        probe.on_epoch_end(epoch, {})
     seconds = time.perf_counter() - start
     if not ctf.frozen:  # hard=0 or a loop that never froze: the state finalize starts from
         probe.kept = ctf.kept_fraction()["binary"]
     ctf.finalize()
-    report = ctf.report()
-    rf = report["rank_fix"]
-    acc = evaluate(model, (Xte, yte))["accuracy"]
+    return {"kept_at_freeze": probe.kept, "report": ctf.report(), "accuracy": evaluate(model, (Xte, yte))["accuracy"],
+            "seconds": seconds}
+
+
+def run_one(model_name, protocol, config, rate, seed, args, data, dense_state):
+    model = make_model(model_name, seed)
+    model.load_state_dict(dense_state)
+    out = (run_fit if protocol == "fit" else run_loop)(model, rate, config, seed, args, data)
+    rf = out["report"]["rank_fix"]
     return {"model": model_name, "protocol": protocol, "config": config, "rate": rate, "seed": seed,
-            "kept_at_freeze": probe.kept, "target_keep": 1 - rate,
+            "kept_at_freeze": out["kept_at_freeze"], "target_keep": 1 - rate,
             "moved": rf["moved"], "prunable": rf["prunable"], "moved_share": rf["moved"] / rf["prunable"],
-            "dropped": rf["dropped"], "revived": rf["revived"], "rate_reached": report["rate"],
-            "accuracy": acc, "seconds": seconds}
+            "dropped": rf["dropped"], "revived": rf["revived"], "rate_reached": out["report"]["rate"],
+            "accuracy": out["accuracy"], "seconds": out["seconds"]}
 
 
 def summarize(rows):

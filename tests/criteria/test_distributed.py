@@ -7,7 +7,9 @@ samples 5-7 in one batch, one of whose targets is ``ignore_index`` (so rank 1 co
 scores equal one process over the union of the shards (≤ 1e-5 relative; in float64 they agree to
 ~1e-15), both ranks get bit-identical scores and select the identical plan. Also: ``num_samples``
 counts samples over all ranks, an explicit ``group=``, ``group=False`` (local), ``broadcast_plan``,
-``check_same_plan`` on different plans, and an error on one rank raised on both (no hang).
+``check_same_plan`` on different plans, an error on one rank raised on both (no hang), SOSP-I's ``Q``
+refused on both when it does not fit on one (``max_q_bytes``), large sums reduced in place, and the
+training helpers (``average_gradients``, ``call_together``).
 
 One spawn (2 processes) serves every test of this module; the workers write their results to
 files that the tests compare with single-process references computed here.
@@ -28,6 +30,11 @@ from torch import nn
 
 import prunekit
 from prunekit.criteria import saliency, sosp_h_terms, sosp_i_pairwise
+from prunekit.criteria import sosp as sosp_module
+from prunekit.criteria.distributed import (
+    RemoteRankError, average_gradients, call_together, reduce_sums, resolve_group,
+)
+from prunekit.criteria.sosp import SaliencyMemoryError, available_memory_bytes
 from prunekit.core.plan import PlanMismatchError, PruningPlan, broadcast_plan, check_same_plan
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -164,11 +171,39 @@ def _worker(rank, out_dir, init_file):
             results["sizes"] = str(exc)
         # the collectives still work after the errors
         results["after"] = saliency(model, structures, shard, "taylor")
+        _memory_and_helpers(rank, results, model, structures, shard)
     except Exception:  # noqa: BLE001 - reported to the test through the results file
         results["crash"] = traceback.format_exc()
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
+
+
+def _memory_and_helpers(rank, results, model, structures, shard):
+    """SOSP-I's Q refused on one rank; in-place reduction; gradient averaging; call_together."""
+    try:  # max_q_bytes stands for rank 1's memory: 64 bytes hold no Q
+        saliency(model, structures, shard, "sosp-i", max_q_bytes=64 if rank == 1 else None)
+        results["q-refused"] = None
+    except Exception as exc:  # noqa: BLE001 - the type is what the test checks
+        results["q-refused"] = (type(exc).__name__, str(exc))
+    ctx = resolve_group(None)
+    big = torch.full((1 << 16,), float(rank + 1), dtype=torch.float64)  # large float64 sums: in place
+    ptr = big.data_ptr()
+    (summed,) = reduce_sums(ctx, lambda: [big], "test")
+    results["in-place"] = (summed is big, summed.data_ptr() == ptr, float(summed[0]), float(summed[-1]))
+    t, u = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    if rank == 1:
+        t.grad = torch.tensor([2.0, 4.0, 6.0])  # a gradient on rank 1 only; u has none anywhere
+    results["average"] = (average_gradients([t, u], ctx), t.grad.tolist(), u.grad)
+    w = torch.zeros(2, requires_grad=True)
+    w.grad = torch.tensor([1.0, float("inf")]) if rank == 0 else torch.tensor([1.0, 1.0])
+    results["average-inf"] = (average_gradients([w], ctx), w.grad)
+    try:
+        call_together(ctx, lambda: 1 // rank, "a step that fails on rank 0")
+        results["together"] = None
+    except Exception as exc:  # noqa: BLE001 - the type is what the test checks
+        results["together"] = type(exc).__name__
+    results["together-ok"] = call_together(ctx, lambda: rank * 10, "a step")
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +297,36 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(ranks):
     assert torch.equal(ranks[0]["after"], ranks[1]["after"])
 
 
+def test_q_that_does_not_fit_on_one_rank_is_refused_on_every_rank(ranks):
+    model, structures, _, _ = _case("cnn")
+    n = len(structures)
+    name, message = ranks[1]["q-refused"]
+    assert name == "SaliencyMemoryError"
+    assert f"{n}×{n} pairwise matrix Q" in message and f"{n * n * 8} bytes" in message
+    assert "only 64 bytes" in message and "max_q_bytes" in message
+    assert "fewer structures" in message and "sosp-h" in message
+    assert ranks[0]["q-refused"][0] == "RemoteRankError"
+
+
+def test_large_sums_are_reduced_in_place(ranks):
+    for r in range(WORLD):
+        assert ranks[r]["in-place"] == (True, True, 3.0, 3.0)  # 1 + 2, in the caller's own buffer
+
+
+def test_gradients_averaged_over_ranks(ranks):
+    for r in range(WORLD):
+        finite, t_grad, u_grad = ranks[r]["average"]
+        assert finite and t_grad == [1.0, 2.0, 3.0] and u_grad is None  # (0 + [2, 4, 6]) / 2; none stays none
+        finite, w_grad = ranks[r]["average-inf"]
+        assert not finite and w_grad is None  # an overflow on one rank drops the step on both
+
+
+def test_call_together_raises_on_every_rank(ranks):
+    assert ranks[0]["together"] == "ZeroDivisionError"
+    assert ranks[1]["together"] == "RemoteRankError"
+    assert [ranks[r]["together-ok"] for r in range(WORLD)] == [0, 10]
+
+
 # ---------------------------------------------------------------------------- not initialized
 
 @pytest.mark.parametrize("method", METHODS)
@@ -286,3 +351,37 @@ def test_plan_helpers_without_torch_distributed():
     with pytest.raises(ValueError, match="no plan"):
         broadcast_plan(None)
     assert isinstance(PruningPlan.from_json(plan.to_json()), PruningPlan)
+
+
+def test_q_is_refused_up_front_when_the_memory_probe_says_it_does_not_fit(monkeypatch):
+    model, structures, inputs, targets = _case("cnn")
+    n = len(structures)
+    consumed = []
+
+    def data():
+        consumed.append(1)
+        yield inputs, targets
+
+    monkeypatch.setattr(sosp_module, "available_memory_bytes", lambda device: n * n * 8 - 1)
+    with pytest.raises(SaliencyMemoryError, match=r"of the available RAM / ranks on this machine") as err:
+        saliency(model, structures, data(), "sosp-i")
+    assert f"{n * n * 8} bytes" in str(err.value) and f"only {n * n * 8 - 1} bytes" in str(err.value)
+    assert not consumed  # refused before any pass
+    monkeypatch.setattr(sosp_module, "available_memory_bytes", lambda device: n * n * 8)
+    assert saliency(model, structures, [(inputs, targets)], "sosp-i").shape == (n,)  # exactly fits
+    wanted = saliency(model, structures, [(inputs, targets)], "sosp-i")
+    assert torch.equal(saliency(model, structures, [(inputs, targets)], "sosp-i", max_q_bytes=n * n * 8), wanted)
+
+
+def test_available_memory_probe(monkeypatch):
+    free = available_memory_bytes("cpu")
+    assert free is None or free > 0
+    if free is not None:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks share this machine's RAM
+        assert available_memory_bytes("cpu") == pytest.approx(free / 4, rel=0.2)
+    assert available_memory_bytes("meta") is None
+    t = torch.zeros(2, requires_grad=True)
+    t.grad = torch.tensor([4.0, 8.0])
+    assert average_gradients([t], None, unscale=4.0) and t.grad.tolist() == [1.0, 2.0]
+    assert call_together(None, lambda: "x", "alone") == "x"
+    assert issubclass(RemoteRankError, RuntimeError)

@@ -1,4 +1,4 @@
-"""CTF (coarse-to-fine learned masks) and its baselines: numbers, not smoke.
+"""CTF (prunekit.ctf.ctf): the penalty, the schedule, the hard phase, finalize and the plan — numbers, not smoke.
 
 Small models (attention GCN with channels (8, 16), ST-GCN with (8, 8)) and a handful of
 calls to ``find_structures`` keep the file fast on a 2-core machine.
@@ -12,143 +12,34 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import prunekit
-from prunekit.ctf import (
-    CTF, CTFMask, GroupLasso, band_stop, fix_to_budget, magnitude_prune, random_prune, structured_ctf,
-)
-from prunekit.ctf.masks import threshold_value
+from prunekit.ctf import CTF, CTFMask
 from prunekit.pipeline.train import fit
-
-COARSE_OPEN = {"channel": 1e-6, "column": 1e-6, "row": 1e-6}
-
-
-def _gcn(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    args = dict(graph="sbu", channels=(8, 16), num_heads=4)
-    args.update(kwargs)
-    return prunekit.models.create("attention_gcn", **args)
-
-
-def _x(batch=4, frames=16, seed=1):
-    return torch.randn(batch, 3, frames, 30, generator=torch.Generator().manual_seed(seed))
-
-
-def _set_threshold(mask: CTFMask, granularity: str, value: float) -> None:
-    owner = mask.head_tie if granularity == "channel" and mask.head_tie is not None else mask
-    rho = getattr(owner, f"a_{granularity}")
-    with torch.no_grad():
-        rho.fill_(value + math.log(-math.expm1(-value)))  # inverse softplus
-
-
-def _zeros(model, names):
-    params = dict(model.named_parameters())
-    return sum(int((params[n] == 0).sum()) for n in names), sum(params[n].numel() for n in names)
-
-
-# ----------------------------------------------------------------------------- the gate and the factors
-
-
-def test_band_stop_is_a_band_stop_and_identity_at_zero_threshold():
-    u = torch.tensor([0.0, 0.5, 0.99, 1.01, 3.0])
-    assert band_stop(u, 1.0, 1e-3).tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0, 1.0], abs=1e-4)
-    assert band_stop(-u, 1.0, 1e-3).tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0, 1.0], abs=1e-4)  # symmetric
-    assert band_stop(u, 0.0, 0.3).tolist() == pytest.approx([1.0] * 5, abs=1e-6)
-    # exact value at a soft temperature: σ((u−a)/τ) + σ((−u−a)/τ)
-    assert float(band_stop(torch.tensor(0.5), 1.0, 0.5)) == pytest.approx(
-        1 / (1 + math.exp(1.0)) + 1 / (1 + math.exp(3.0)), rel=1e-6)
-
-
-@pytest.mark.parametrize("granularity", ["channel", "column", "row"])
-def test_a_closed_coarse_factor_removes_its_whole_group_whatever_the_entries(granularity):
-    # weight [K·Cc, R] = [2·3, 4]; every entry has |w| ≥ 1 ≫ a_entry, so E ≈ 1 everywhere
-    w = torch.full((6, 4), 3.0)
-    w[::2] *= -1  # signs do not matter
-    k_view = w.view(2, 3, 4)
-    if granularity == "channel":
-        k_view[1] = 1.0      # block 1: rms 1
-    elif granularity == "column":
-        k_view[:, 2] = -1.0  # column (output unit) 2 = rows {2, 5}: rms 1
-    else:
-        k_view[:, :, 0] = 1.0  # row (input unit) 0: rms 1
-    a = {"channel": 1e-6, "column": 1e-6, "row": 1e-6, "entry": 0.1}
-    a[granularity] = 2.0  # between the closed group's rms (1) and the others' (≥ 2.2)
-    mask = CTFMask(w.shape, blocks=2, scale=1.0, a_init=a)
-    mask.temperature.value = 0.01
-    with torch.no_grad():
-        factors = mask.factors(w)
-        psi = mask.mask(w).view(2, 3, 4)
-    assert float(factors["entry"].min()) > 0.999
-    closed = {"channel": psi[1], "column": psi[:, 2], "row": psi[:, :, 0]}[granularity]
-    assert float(closed.max()) < 1e-6
-    rest = psi.clone()
-    {"channel": lambda t: t[1].fill_(1.0), "column": lambda t: t[:, 2].fill_(1.0),
-     "row": lambda t: t[:, :, 0].fill_(1.0)}[granularity](rest)
-    assert float(rest.min()) > 0.99
-    # the forward of the parametrization zeroes the group exactly as ψ says
-    assert torch.equal(mask(w), w * mask.mask(w))
-
-
-def test_with_every_coarse_factor_open_the_entry_factor_alone_decides():
-    torch.manual_seed(0)
-    w = torch.randn(12, 5, 3)
-    mask = CTFMask(w.shape, blocks=3, scale=1.0, a_init={**COARSE_OPEN, "entry": 0.7})
-    mask.temperature.value = 0.05
-    a = float(mask.threshold("entry").detach())
-    assert a == pytest.approx(0.7, rel=1e-5)
-    psi = mask.mask(w).detach()
-    assert torch.allclose(psi, band_stop(w.abs(), a, 0.05), atol=1e-4)
-    binary = psi > 0.5
-    assert torch.equal(binary, w.abs() > a)
-    assert 0.2 < binary.float().mean() < 0.8  # a real mix of kept and pruned entries
-
-
-def test_gradients_reach_the_latent_weight_through_both_paths():
-    torch.manual_seed(0)
-    w = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
-    mask = CTFMask(w.shape, blocks=2, scale=1.0,
-                   a_init={"channel": 0.6, "column": 0.7, "row": 0.5, "entry": 0.6}).double()
-    mask.temperature.value = 0.4
-    g_out = torch.randn(6, 4, 3, dtype=torch.float64)
-    total = torch.autograd.grad((mask(w) * g_out).sum(), w)[0]
-    direct = mask.mask(w).detach() * g_out                                          # ∂/∂Ŵ through the Ŵ factor
-    through_psi = torch.autograd.grad((w.detach() * mask.mask(w) * g_out).sum(), w)[0]  # through ψ(Ŵ)
-    assert torch.allclose(total, direct + through_psi, atol=1e-12)
-    assert direct.norm() > 0.1 and through_psi.norm() > 0.1
-    assert (total - direct).norm() / total.norm() > 0.05  # the ψ path is not negligible
-    # and the analytic gradient matches finite differences
-    assert torch.autograd.gradcheck(lambda t: mask(t), (w,), eps=1e-6, atol=1e-6)
-    # thresholds receive gradient too
-    rho = mask.a_entry
-    assert rho.requires_grad and not isinstance(rho, nn.Parameter)
-    (mask(w) * g_out).sum().backward()
-    assert rho.grad is not None and float(rho.grad.abs()) > 0
+from tests.ctf.helpers import COARSE_OPEN, count_zeros, gcn, inputs, set_threshold, templates, untuned
 
 
 def test_head_gate_is_shared_by_query_key_and_value():
-    model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x())
-    gcn = model.blocks[0].gcn
+    model = gcn()
+    ctf = CTF(model, 0.5, example_inputs=inputs())
+    layer = model.blocks[0].gcn
     names = [f"blocks.0.gcn.{p}.weight" for p in ("query", "key", "value")]
     masks = [ctf.masks_by_name[n] for n in names]
     assert all(m.blocks == 4 for m in masks) and masks[0].head_tie is masks[2].head_tie
     assert masks[0].columns == 8 and masks[2].columns == 8 and masks[2].rows == 3
     with torch.no_grad():  # head 2 small in query, key and value: its shared rms falls under a = 0.5
-        for conv in (gcn.query, gcn.key):
+        for conv in (layer.query, layer.key):
             conv.parametrizations["weight"].original[16:24] *= 0.05
-        gcn.value.parametrizations["weight"].original[16:24] *= 0.05
-    _set_threshold(masks[0], "channel", 0.5)
+        layer.value.parametrizations["weight"].original[16:24] *= 0.05
+    set_threshold(masks[0], "channel", 0.5)
     ctf.tau = 0.01
-    for conv in (gcn.query, gcn.key, gcn.value):
+    for conv in (layer.query, layer.key, layer.value):
         w = conv.weight.detach()
         assert float(w[16:24].abs().max()) < 1e-12
         assert float(w[:16].abs().max()) > 0.01
 
 
-# ----------------------------------------------------------------------------- penalty and schedule
-
-
 def test_penalty_is_zero_when_the_mask_sum_equals_the_budget():
-    model = _gcn()
-    ctf = CTF(model, 0.4, example_inputs=_x(), lam=7.0, relative=False, budget="soft")
+    model = gcn()
+    ctf = CTF(model, 0.4, example_inputs=inputs(), lam=7.0, relative=False, budget="soft")
     ctf.tau = 0.3
     soft = ctf.kept_fraction()["soft"]
     with torch.no_grad():
@@ -163,21 +54,9 @@ def test_penalty_is_zero_when_the_mask_sum_equals_the_budget():
     assert abs(float(ctf.penalty().detach())) < 1e-9
 
 
-def test_mac_cost_weights_each_entry_by_its_macs():
-    model = _gcn()
-    x = _x(batch=2, frames=16)
-    ctf = CTF(model, 0.5, example_inputs=x, cost="macs")
-    # a 1×1 value conv runs at every (t, v) position; query/key on time-pooled input (v only)
-    assert ctf.costs["blocks.0.gcn.value.weight"] == 16 * 30
-    assert ctf.costs["blocks.0.gcn.query.weight"] == 30
-    assert ctf.costs["blocks.1.tcn.weight"] == 8 * 30  # stride 2 in time: 8 output frames
-    total = sum(ctf.costs[n] * ctf._latent(n).numel() for n in ctf.names)
-    assert ctf.total_cost == pytest.approx(total)
-
-
 def test_tau_is_annealed_geometrically_to_tau_end():
-    model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x(), tau_start=0.8, tau_end=0.01, hard=0.0)
+    model = gcn()
+    ctf = CTF(model, 0.5, example_inputs=inputs(), tau_start=0.8, tau_end=0.01, hard=0.0)
     taus = []
     for epoch in range(6):
         ctf.on_epoch_start(epoch, 6)
@@ -188,8 +67,8 @@ def test_tau_is_annealed_geometrically_to_tau_end():
 
 
 def test_budget_ramp_moves_the_target_from_the_initial_masks_to_the_rate():
-    model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x(), ramp=0.5, hard=0.0)
+    model = gcn()
+    ctf = CTF(model, 0.8, example_inputs=inputs(), ramp=0.5, hard=0.0)
     assert ctf.target_keep == pytest.approx(0.2)  # outside fit: the final target
     ctf.on_epoch_start(0, 4)
     k0 = ctf._start_keep
@@ -209,21 +88,21 @@ def test_budget_ramp_moves_the_target_from_the_initial_masks_to_the_rate():
 
 
 def test_relative_penalty_divides_the_error_by_the_budget():
-    model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x(), lam=3.0, relative=True, budget="soft")
+    model = gcn()
+    ctf = CTF(model, 0.8, example_inputs=inputs(), lam=3.0, relative=True, budget="soft")
     ctf.tau = 0.3
     soft = ctf.kept_fraction()["soft"]
     assert ctf.target_keep == pytest.approx(0.2)
     assert float(ctf.penalty().detach()) == pytest.approx(3.0 * ((soft - 0.2) / 0.2) ** 2, rel=1e-5)
-    absolute = CTF(_gcn(), 0.8, example_inputs=_x(), lam=3.0, relative=False, budget="soft")
+    absolute = CTF(gcn(), 0.8, example_inputs=inputs(), lam=3.0, relative=False, budget="soft")
     absolute.tau = 0.3
     assert float(absolute.penalty().detach()) == pytest.approx(3.0 * (soft - 0.2) ** 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("weight_penalty", [False, True])
 def test_weight_penalty_switch_decides_who_gets_the_penalty_gradient(weight_penalty):
-    model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x(), weight_penalty=weight_penalty, a_init={g: 0.5 for g in COARSE_OPEN})
+    model = gcn()
+    ctf = CTF(model, 0.8, example_inputs=inputs(), weight_penalty=weight_penalty, a_init={g: 0.5 for g in COARSE_OPEN})
     ctf.tau = 0.2
     value = ctf.penalty()
     value.backward()
@@ -235,7 +114,7 @@ def test_weight_penalty_switch_decides_who_gets_the_penalty_gradient(weight_pena
         assert weight_grad > 0
     else:
         assert weight_grad == 0.0  # the budget moves the thresholds only (tied head gates included)
-    other = CTF(_gcn(), 0.8, example_inputs=_x(), weight_penalty=not weight_penalty,
+    other = CTF(gcn(), 0.8, example_inputs=inputs(), weight_penalty=not weight_penalty,
                 a_init={g: 0.5 for g in COARSE_OPEN})
     other.tau = 0.2
     assert float(other.penalty().detach()) == pytest.approx(float(value.detach()), rel=1e-6)  # same value
@@ -245,13 +124,13 @@ def test_weight_penalty_switch_decides_who_gets_the_penalty_gradient(weight_pena
 def test_threshold_penalty_gradient_equals_autograd_through_the_detached_masks(budget, cost):
     # the default path (thresholds only) differentiates Σψ analytically; the reference is autograd
     # through soft_mask(detach=True), tied head gates, MAC costs and the straight-through count included
-    model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x(), budget=budget, cost=cost, lam=3.0)
+    model = gcn()
+    ctf = CTF(model, 0.8, example_inputs=inputs(), budget=budget, cost=cost, lam=3.0)
     assert not ctf.weight_penalty
     generator = torch.Generator().manual_seed(0)
     for mask in ctf.masks_by_name.values():
         for g in mask.granularities:
-            _set_threshold(mask, g, 0.2 + 0.6 * float(torch.rand((), generator=generator)))
+            set_threshold(mask, g, 0.2 + 0.6 * float(torch.rand((), generator=generator)))
     ctf.tau = 0.15
     value = ctf.penalty()
     value.backward()
@@ -274,15 +153,26 @@ def test_threshold_penalty_gradient_equals_autograd_through_the_detached_masks(b
 
 
 def test_fixed_thresholds_always_put_the_penalty_on_the_weights():
-    ctf = CTF(_gcn(), 0.8, example_inputs=_x(), thresholds="fixed", weight_penalty=False)
-    assert ctf.weight_penalty
+    assert CTF(gcn(), 0.8, example_inputs=inputs(), thresholds="fixed").weight_penalty
+    with pytest.raises(ValueError, match="weight_penalty"):  # nothing else could carry the budget
+        CTF(gcn(), 0.8, example_inputs=inputs(), thresholds="fixed", weight_penalty=False)
+
+
+def test_ctf_refuses_a_masked_model_and_a_rate_out_of_range():
+    model = gcn()
+    CTF(model, 0.5, example_inputs=inputs())
+    with pytest.raises(ValueError, match="already carries CTF masks"):
+        CTF(model, 0.5, example_inputs=inputs())
+    for rate in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="rate must be in"):
+            CTF(gcn(), rate, example_inputs=inputs())
 
 
 def test_binary_budget_counts_what_finalize_keeps_with_the_soft_gradient():
-    model = _gcn()
+    model = gcn()
     a = {"channel": 0.1, "column": 0.1, "row": 0.1, "entry": 0.8}
-    binary = CTF(model, 0.8, example_inputs=_x(), lam=2.0, relative=False, budget="binary", a_init=a)
-    soft = CTF(_gcn(), 0.8, example_inputs=_x(), lam=2.0, relative=False, budget="soft", a_init=a)
+    binary = CTF(model, 0.8, example_inputs=inputs(), lam=2.0, relative=False, budget="binary", a_init=a)
+    soft = CTF(gcn(), 0.8, example_inputs=inputs(), lam=2.0, relative=False, budget="soft", a_init=a)
     for c in (binary, soft):
         c.tau = 0.3
     kept = binary.kept_fraction()
@@ -299,20 +189,20 @@ def test_binary_budget_counts_what_finalize_keeps_with_the_soft_gradient():
     ratio = (kept["binary"] - 0.2) / (kept["soft"] - 0.2)
     assert torch.allclose(g_bin, g_soft * ratio, rtol=1e-4, atol=1e-12)
     with pytest.raises(ValueError, match="budget"):
-        CTF(_gcn(), 0.5, example_inputs=_x(), budget="hard")
+        CTF(gcn(), 0.5, example_inputs=inputs(), budget="hard")
 
 
 def test_defaults_depend_on_whether_thresholds_learn():
-    learn = CTF(_gcn(), 0.9, example_inputs=_x())
+    learn = CTF(gcn(), 0.9, example_inputs=inputs())
     assert (learn.lam, learn.relative, learn.weight_penalty, learn.budget, learn.hard) == (50.0, True, False,
                                                                                           "binary", 0.25)
-    fixed = CTF(_gcn(), 0.9, example_inputs=_x(), thresholds="fixed")
+    fixed = CTF(gcn(), 0.9, example_inputs=inputs(), thresholds="fixed")
     assert (fixed.lam, fixed.relative, fixed.weight_penalty) == (200.0, False, True)
 
 
 def test_hard_phase_schedule_freezes_the_masks_at_the_exact_budget():
-    model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x(), tau_start=0.8, tau_end=0.01, hard=0.25)
+    model = gcn()
+    ctf = CTF(model, 0.5, example_inputs=inputs(), tau_start=0.8, tau_end=0.01, hard=0.25)
     assert ctf.soft_epochs(8) == 6 and ctf.soft_epochs(1) == 1 and ctf.soft_epochs(3) == 3
     taus, frozen = [], []
     for epoch in range(8):
@@ -344,17 +234,15 @@ class _Recorder:
 
 @pytest.fixture(scope="module")
 def hard_trained():
-    """attention GCN, CTF at rate 0.8 for 4 epochs, the last 2 with frozen masks; output unit 5 of block 0 small."""
+    """attention GCN, CTF at rate 0.8 for 4 epochs, the last 2 with frozen masks (nothing shrunk by hand)."""
     torch.manual_seed(0)
-    model = _gcn()
-    X, y = _x(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
+    model = gcn()
+    X, y = inputs(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
     ctf = CTF(model, 0.8, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, threshold_lr=0.5, hard=0.5)
-    with torch.no_grad():
-        model.blocks[0].gcn.value.parametrizations["weight"].original[5::8] *= 1e-3
     recorder = _Recorder(ctf)
     fit(model, (X, y), epochs=4, batch_size=8, lr=0.05, callbacks=[ctf, recorder], progress=False, seed=0)
     # a second CTF restored from the first one's state reproduces the hard phase (fit's resume path)
-    clone = _gcn()
+    clone = gcn()
     ctf_clone = CTF(clone, 0.8, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, hard=0.5)
     clone.load_state_dict(model.state_dict())
     ctf_clone.load_state_dict(ctf.state_dict())
@@ -363,7 +251,7 @@ def hard_trained():
     with torch.no_grad():
         before = model(X)
         restored = clone(X)
-    bias_before = model.blocks[0].gcn.value.bias.detach().clone()
+    bias_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("value.bias")}
     plan = ctf.finalize()
     return {"model": model, "ctf": ctf, "plan": plan, "X": X, "before": before, "restored": restored,
             "recorder": recorder, "ctf_clone": ctf_clone, "bias_before": bias_before}
@@ -384,10 +272,13 @@ def test_hard_phase_keeps_masks_and_thresholds_fixed(hard_trained):
 def test_finalize_after_the_hard_phase_returns_the_trained_model(hard_trained):
     model, plan, X, ctf = hard_trained["model"], hard_trained["plan"], hard_trained["X"], hard_trained["ctf"]
     total = ctf.report()["prunable_weights"]
-    zeros, _ = _zeros(model, ctf.names)
+    zeros, _ = count_zeros(model, ctf.names)
     assert zeros == total - round(0.2 * total)  # exact, nothing left for finalize to fix
-    assert ("blocks.0.gcn", "unit", 5) in {tuple(d) for d in plan.removed_desc}
-    assert float(hard_trained["bias_before"][5::8].abs().max()) == 0.0  # held at 0 during the hard phase
+    units = [tuple(d) for d in plan.removed_desc if d[1] == "unit"]
+    assert units  # the frozen masks closed whole output units of the graph attentions
+    for layer, _, j in units:  # their biases were held at 0 during the hard phase, before finalize
+        columns = ctf.masks_by_name[f"{layer}.value.weight"].columns
+        assert float(hard_trained["bias_before"][f"{layer}.value.bias"][j::columns].abs().max()) == 0.0
     with torch.no_grad():
         after = model(X)
         small = prunekit.materialize(model, plan)(X)
@@ -399,28 +290,32 @@ def test_finalize_after_the_hard_phase_returns_the_trained_model(hard_trained):
         hard_trained["ctf"].report()["pruned_by_masks"])
 
 
-# ----------------------------------------------------------------------------- training, finalize, plans
-
-
 @pytest.fixture(scope="module")
 def trained():
-    """attention GCN trained 4 epochs with CTF at rate 0.9, finalized; a column and a head start with small
-    weights, and CTF's masks (not the test) must close them."""
+    """attention GCN trained 4 epochs with CTF at rate 0.9 (coarse thresholds start at 0.3), finalized; the learned
+    binary masks ψ > ½ are kept from just before finalize. Nothing is shrunk or zeroed by hand."""
     torch.manual_seed(0)
-    model = _gcn()
-    X, y = _x(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
+    model = gcn()
+    X, y = inputs(batch=24, frames=16, seed=2), torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(3))
     ctf = CTF(model, 0.9, example_inputs=X[:2], a_init={"channel": 0.3, "column": 0.3}, threshold_lr=0.5, hard=0.0)
-    gcn = model.blocks[0].gcn
-    with torch.no_grad():  # output unit 5 of block 0 and head 1 of block 1: small latent weights
-        gcn.value.parametrizations["weight"].original[5::8] *= 1e-3
-        for conv in (model.blocks[1].gcn.query, model.blocks[1].gcn.key):
-            conv.parametrizations["weight"].original[8:16] *= 1e-3
-        model.blocks[1].gcn.value.parametrizations["weight"].original[16:32] *= 1e-3
     history = fit(model, (X, y), epochs=4, batch_size=8, lr=0.05, callbacks=[ctf], progress=False, seed=0)
     before = ctf.report()
     masks = {n: m.clone() for n, m in ctf.masks().items()}  # the learned binary masks ψ > ½, before the rank fix
     plan = ctf.finalize()
     return {"model": model, "ctf": ctf, "plan": plan, "X": X, "history": history, "before": before, "masks": masks}
+
+
+def _closed_by_masks(ctf, masks) -> tuple[set, set]:
+    """``(units, heads)`` of both graph attentions that binary masks close entirely: a unit is an output column of
+    the value weight (rows ``k·Cc + j``), a head a block of its query, key and value weights."""
+    units, heads = set(), set()
+    for layer in ("blocks.0.gcn", "blocks.1.gcn"):
+        view = {p: masks[f"{layer}.{p}.weight"].reshape(ctf.masks_by_name[f"{layer}.{p}.weight"].view_shape)
+                for p in ("query", "key", "value")}
+        value = view["value"]
+        units |= {(layer, "unit", j) for j in range(value.shape[1]) if not bool(value[:, j].any())}
+        heads |= {(layer, "head", h) for h in range(value.shape[0]) if not any(bool(v[h].any()) for v in view.values())}
+    return units, heads
 
 
 def test_fit_drives_the_masks_toward_the_budget_and_anneals_tau(trained):
@@ -433,7 +328,7 @@ def test_fit_drives_the_masks_toward_the_budget_and_anneals_tau(trained):
 
 def test_final_rate_equals_the_target_within_one_weight(trained):
     model, ctf = trained["model"], trained["ctf"]
-    zeros, total = _zeros(model, ctf.names)
+    zeros, total = count_zeros(model, ctf.names)
     assert abs(zeros - round(0.9 * total)) <= 1
     assert ctf.report()["rate"] == pytest.approx(0.9, abs=1 / total)
     assert trained["plan"].meta["ctf"]["rate"] == pytest.approx(0.9, abs=1 / total)
@@ -450,28 +345,29 @@ def test_parametrizations_are_gone_after_finalize(trained):
         trained["ctf"].penalty()
 
 
-def test_plan_lists_closed_columns_and_heads_as_structures(trained):
-    plan, masks = trained["plan"], trained["masks"]
-    # the learned masks closed them (nothing zeroed by hand), and the rank fix changed almost nothing
-    assert not bool(masks["blocks.0.gcn.value.weight"][5::8].any())
-    assert not any(bool(masks[f"blocks.1.gcn.{p}.weight"][8:16].any()) for p in ("query", "key"))
-    assert not bool(masks["blocks.1.gcn.value.weight"][16:32].any())
-    rank_fix = trained["ctf"].report()["rank_fix"]
-    assert rank_fix["moved"] <= 0.01 * rank_fix["prunable"]
+def test_plan_removes_the_units_and_heads_the_learned_masks_closed(trained):
+    plan, ctf, masks = trained["plan"], trained["ctf"], trained["masks"]
+    units, heads = _closed_by_masks(ctf, masks)
+    assert len(units) >= 2 and len(heads) >= 2  # closed by training alone
+    rank_fix = ctf.report()["rank_fix"]
+    assert rank_fix["moved"] <= 0.01 * rank_fix["prunable"] and rank_fix["revived"] == 0
     removed = {tuple(d) for d in plan.removed_desc}
-    assert ("blocks.0.gcn", "unit", 5) in removed
-    assert ("blocks.1.gcn", "head", 1) in removed
+    assert units | heads <= removed
+    final = {n: p.detach() != 0 for n, p in trained["model"].named_parameters() if n in masks}
+    assert {d for d in removed if d[1] in ("unit", "head")} == set().union(*_closed_by_masks(ctf, final))
     # the entry part holds the other zeros; nothing in it overlaps a removed structure
-    model = trained["model"]
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in trained["model"].named_parameters()}
     for name, keep in plan.entry_masks.items():
         assert torch.equal(params[name] == 0, ~keep | (params[name] == 0)) and not bool(keep.all())
-    value_keep = plan.entry_masks.get("blocks.0.gcn.value.weight")
+    layer, _, j = min(units)
+    columns = ctf.masks_by_name[f"{layer}.value.weight"].columns
+    value_keep = plan.entry_masks.get(f"{layer}.value.weight")
     if value_keep is not None:
-        assert bool(value_keep[5::8].all())  # the removed unit is not repeated as entry zeros
+        assert bool(value_keep[j::columns].all())  # the removed unit is not repeated as entry zeros
     # the removed structures' biases and BatchNorm were zeroed with them
-    assert float(params["blocks.0.gcn.value.bias"][5::8].abs().max()) == 0.0
-    assert float(params["blocks.0.bn1.weight"][5]) == 0.0
+    block = layer.rsplit(".", 1)[0]
+    assert float(params[f"{layer}.value.bias"][j::columns].abs().max()) == 0.0
+    assert float(params[f"{block}.bn1.weight"][j]) == 0.0
 
 
 def test_masked_and_materialized_outputs_agree(trained):
@@ -501,8 +397,8 @@ def test_report_attributes_every_pruned_entry_to_one_granularity(trained):
 
 
 def _short_run(seed):
-    model = _gcn(seed=3)
-    X = _x(batch=16, frames=16, seed=5)
+    model = gcn(seed=3)
+    X = inputs(batch=16, frames=16, seed=5)
     y = torch.randint(0, 8, (16,), generator=torch.Generator().manual_seed(6))
     ctf = CTF(model, 0.7, example_inputs=X[:2])
     fit(model, (X, y), epochs=2, batch_size=8, lr=0.05, callbacks=[ctf], progress=False, seed=seed)
@@ -519,11 +415,11 @@ def test_the_same_seed_gives_the_same_masks():
 
 
 def test_macs_cost_hits_the_mac_budget_within_one_entry():
-    model = _gcn()
-    x = _x(batch=2)
+    model = gcn()
+    x = inputs(batch=2)
     ctf = CTF(model, 0.6, example_inputs=x, cost="macs")
     for mask in ctf.masks_by_name.values():
-        _set_threshold(mask, "entry", 0.8)
+        set_threshold(mask, "entry", 0.8)
     ctf.tau = 0.05
     ctf.finalize()
     params = dict(model.named_parameters())
@@ -535,7 +431,7 @@ def test_macs_cost_hits_the_mac_budget_within_one_entry():
 def test_stgcn_subsets_are_blocks_and_materialize_agrees():
     torch.manual_seed(0)
     model = prunekit.models.create("stgcn", graph="sbu", channels=(8, 8))
-    x = _x(batch=2)
+    x = inputs(batch=2)
     ctf = CTF(model, 0.8, example_inputs=x)
     assert ctf.masks_by_name["blocks.0.gcn.conv.weight"].blocks == 3  # K adjacency subsets
     assert ctf.masks_by_name["blocks.0.gcn.conv.weight"].columns == 8
@@ -543,8 +439,8 @@ def test_stgcn_subsets_are_blocks_and_materialize_agrees():
     with torch.no_grad():  # output unit 3 of block 1: rows {3, 11, 19}
         model.blocks[1].gcn.conv.parametrizations["weight"].original[3::8] *= 0.01
     for mask in ctf.masks_by_name.values():
-        _set_threshold(mask, "column", 0.3)
-        _set_threshold(mask, "entry", 0.5)
+        set_threshold(mask, "column", 0.3)
+        set_threshold(mask, "entry", 0.5)
     ctf.tau = 0.02
     plan = ctf.finalize()
     assert ("blocks.1.gcn", "unit", 3) in {tuple(d) for d in plan.removed_desc}
@@ -554,179 +450,17 @@ def test_stgcn_subsets_are_blocks_and_materialize_agrees():
         assert torch.allclose(small(x), model(x), atol=1e-5)
 
 
-def test_exclude_and_classifier_detection():
-    model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x(), exclude=["blocks.0.tcn", "blocks.1.residual.0.weight"])
-    assert ctf.classifier == "fc"
-    assert "fc.weight" not in ctf.names and "blocks.0.tcn.weight" not in ctf.names
-    assert "blocks.1.residual.0.weight" not in ctf.names and "blocks.1.tcn.weight" in ctf.names
-    assert "blocks.0.gcn.graph_bias" not in ctf.names  # not a module weight
-    with pytest.raises(ValueError, match="already carries CTF masks"):
-        CTF(model, 0.5, example_inputs=_x())
-    with pytest.raises(ValueError, match="rate"):
-        CTF(_gcn(), 1.0, example_inputs=_x())
-
-
 def test_fixed_thresholds_are_not_trained_and_model_can_be_copied():
-    model = _gcn()
-    ctf = CTF(model, 0.5, example_inputs=_x(), thresholds="fixed")
+    model = gcn()
+    ctf = CTF(model, 0.5, example_inputs=inputs(), thresholds="fixed")
     assert ctf.parameters() == []
     assert all(float(m.threshold("entry")) == pytest.approx(0.5, rel=1e-5) for m in ctf.masks_by_name.values())
     assert not any(m.a_entry.requires_grad for m in ctf.masks_by_name.values())
-    x = _x()
+    x = inputs()
     model(x).sum().backward()  # caches Σψ with a graph; a deep copy must still work
     clone = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(clone(x), model(x))
-
-
-def test_structured_only_variant_prunes_whole_columns():
-    model = _gcn()
-    x = _x(batch=2)
-    ctf = structured_ctf(model, 0.5, "column", example_inputs=x)
-    assert ctf.granularities == ("column",)
-    for mask in ctf.masks_by_name.values():
-        _set_threshold(mask, "column", 0.9)
-    ctf.tau = 0.05
-    ctf.finalize()
-    params = dict(model.named_parameters())
-    zeros, total = _zeros(model, ctf.names)
-    largest_column = max(ctf.masks_by_name[n].rows * ctf.masks_by_name[n].blocks *
-                         math.prod(ctf.masks_by_name[n].shape[2:]) for n in ctf.names)
-    assert 0 <= zeros - 0.5 * total <= largest_column  # rate met with whole groups
-    for n in ctf.names:  # every zero lies in an all-zero column
-        m = ctf.masks_by_name[n]
-        view = params[n].detach().reshape(m.view_shape)
-        col_zero = (view == 0).all(dim=(0, 2, 3))
-        assert torch.equal((view == 0).any(dim=(0, 2, 3)), col_zero)
-
-
-def test_channel_only_cannot_go_past_the_heads_and_never_closes_a_whole_weight():
-    model = _gcn()
-    x = _x(batch=2)
-    probe = structured_ctf(model, 0.1, "channel", example_inputs=x)
-    keep = 0
-    for n in probe.names:
-        m = probe.masks_by_name[n]
-        numel = math.prod(m.shape)
-        keep += numel // m.blocks if "channel" in m.granularities else numel  # plain layers have no block gate
-    total = sum(math.prod(probe.masks_by_name[n].shape) for n in probe.names)
-    assert probe.max_rate() == pytest.approx(1 - keep / total, abs=1e-12)
-    assert 0.05 < probe.max_rate() < 0.5
-    assert CTF(_gcn(), 0.99, example_inputs=x).max_rate() == 1.0
-    with pytest.warns(UserWarning, match="at most"):
-        beyond = structured_ctf(_gcn(), 0.9, "channel", example_inputs=x)
-    assert beyond.reachable_rate == pytest.approx(probe.max_rate()) and beyond.rate == 0.9
-    assert beyond.target_keep == pytest.approx(1 - probe.max_rate())
-    beyond.finalize()
-    assert probe.max_rate() - 0.05 < beyond.report()["rate"] <= probe.max_rate() + 1e-9  # as far as it goes
-    for mask in probe.masks_by_name.values():  # every head gate shut
-        if "channel" in mask.granularities:
-            _set_threshold(mask, "channel", 100.0)
-    probe.tau = 0.01
-    probe.finalize()
-    params = dict(model.named_parameters())
-    for n in probe.names:
-        m = probe.masks_by_name[n]
-        if "channel" in m.granularities:
-            blocks = params[n].detach().reshape(m.view_shape).abs().sum(dim=(1, 2, 3))
-            assert int((blocks > 0).sum()) >= 1  # the best block of each weight is back
-    zeros, total_now = _zeros(model, probe.names)
-    assert zeros >= 0.1 * total_now
-
-
-# ----------------------------------------------------------------------------- baselines
-
-
-def test_magnitude_prune_keeps_the_largest_weights_globally():
-    model = _gcn()
-    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan = magnitude_prune(model, 0.75, example_inputs=_x(batch=2))
-    selected = plan.meta["names"]
-    assert "fc.weight" not in selected
-    magnitudes = torch.cat([dense[n].abs().flatten() for n in selected])
-    kept_min = min(float(dense[n].abs()[dict(model.named_parameters())[n] != 0].min()) for n in selected)
-    pruned_max = max(float(dense[n].abs()[dict(model.named_parameters())[n] == 0].max()) for n in selected)
-    assert pruned_max <= kept_min
-    zeros, total = _zeros(model, selected)
-    assert zeros == round(0.75 * magnitudes.numel()) and plan.meta["rate"] == pytest.approx(0.75, abs=1 / total)
-
-
-def test_random_prune_is_seeded():
-    plans = [random_prune(_gcn(), 0.5, seed=s, example_inputs=_x(batch=2)) for s in (4, 4, 5)]
-    assert plans[0].entry_masks.keys() == plans[1].entry_masks.keys()
-    assert all(torch.equal(plans[0].entry_masks[n], plans[1].entry_masks[n]) for n in plans[0].entry_masks)
-    assert any(not torch.equal(plans[0].entry_masks[n], plans[2].entry_masks[n]) for n in plans[0].entry_masks)
-
-
-def test_group_lasso_penalty_and_threshold():
-    model = _gcn()
-    lasso = GroupLasso(model, 0.5, strength=1e-3, granularity="column", example_inputs=_x(batch=2))
-    params = dict(model.named_parameters())
-    expected = 0.0
-    for n in lasso.names:
-        w = params[n].detach()
-        g = lasso.groups[n]
-        for j in range(int(g.max()) + 1):
-            entries = w[g == j]
-            expected += math.sqrt(entries.numel()) * float(entries.norm())
-    assert float(lasso.extra_loss(model).detach()) == pytest.approx(1e-3 * expected, rel=1e-5)
-    plan = lasso.finalize()
-    assert plan.meta["rate"] >= 0.5
-    l1 = GroupLasso(_gcn(), 0.5, strength=1e-3, granularity="entry", example_inputs=_x(batch=2))
-    l1_params = {n: p.detach() for n, p in l1.model.named_parameters()}
-    assert float(l1.extra_loss(l1.model).detach()) == pytest.approx(
-        1e-3 * sum(float(l1_params[n].abs().sum()) for n in l1.names), rel=1e-5)
-
-
-def test_fix_to_budget_with_groups_drops_whole_groups():
-    masks = {"a": torch.ones(2, 3, dtype=torch.bool)}
-    groups = {"a": torch.tensor([[0, 0, 0], [1, 1, 1]])}
-    scores = {"a": torch.tensor([[1.0, 1.0, 1.0], [0.1, 0.1, 0.1]])}
-    out = fix_to_budget(masks, scores, {"a": 1.0}, keep=3, groups=groups)
-    assert out["a"].tolist() == [[True, True, True], [False, False, False]]
-    revived = fix_to_budget({"a": out["a"]}, scores, {"a": 1.0}, keep=6, groups=groups)
-    assert bool(revived["a"].all())
-    guarded = fix_to_budget(masks, scores, {"a": 1.0}, keep=0, groups=groups)  # never the last group
-    assert guarded["a"].tolist() == [[True, True, True], [False, False, False]]
-    assert threshold_value(torch.tensor(0.0)) == pytest.approx(math.log(2))
-
-
-def test_band_stop_node_matches_autograd_of_the_formula():
-    from prunekit.ctf.masks import _BandStop
-
-    u = torch.linspace(-1.5, 1.5, 41, dtype=torch.float64).reshape(1, 41).repeat(3, 1).requires_grad_(True)
-    a = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(3, 41, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    fused = band_stop(u, a, 0.3)
-    assert fused.grad_fn is not None and "BandStop" in type(fused.grad_fn).__name__
-    reference = torch.sigmoid((u - a) / 0.3) + torch.sigmoid((-u - a) / 0.3)
-    assert torch.allclose(fused, reference, atol=1e-15)
-    g_fused = torch.autograd.grad((fused * weights).sum(), (u, a))
-    g_reference = torch.autograd.grad((reference * weights).sum(), (u, a))
-    for x, y in zip(g_fused, g_reference):
-        assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda u, a: _BandStop.apply(u, a, 0.3), (u, a))
-
-
-# ----------------------------------------------------------------------------- the masks reach the budget themselves
-
-
-def _templates(shape, n=192, classes=4, seed=0):
-    """Synthetic classification: a fixed random template per class × a random gain + noise."""
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.randn(classes, *shape, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    X = templates[y] * (0.5 + torch.rand(n, *([1] * len(shape)), generator=g)) + torch.randn(n, *shape, generator=g)
-    return X, y
-
-
-def _untuned(arch):
-    """Two architectures CTF's defaults were not tuned on (those were tuned on the attention GCN)."""
-    torch.manual_seed(0)
-    if arch == "resnet":
-        return prunekit.models.create("resnet20", in_channels=3, num_classes=4, width=0.25), (3, 12, 12)
-    return prunekit.models.create("mlp", in_channels=1, num_classes=4, hidden=(48, 32), input_shape=(8, 8)), (1, 8, 8)
 
 
 @pytest.mark.parametrize("arch", ["resnet", "mlp"])
@@ -735,8 +469,8 @@ def test_masks_reach_the_rate_before_they_freeze_on_untuned_architectures(arch, 
     # fit with the CTF callback and its defaults (the last quarter with frozen masks): when the masks
     # freeze, their own binary state ψ > ½ must already keep the budget, so the rank fix moves ≤ 1 %
     torch.set_num_threads(1)
-    model, shape = _untuned(arch)
-    X, y = _templates(shape)
+    model, shape = untuned(arch)
+    X, y = templates(shape)
     fit(model, (X, y), epochs=2, batch_size=32, lr=0.05, progress=False, seed=0)  # a dense start
     ctf = CTF(model, rate, example_inputs=X[:2])
     kept_at_freeze = []
@@ -758,7 +492,7 @@ def test_masks_reach_the_rate_before_they_freeze_on_untuned_architectures(arch, 
     assert rank_fix["moved"] <= 0.01 * rank_fix["prunable"], rank_fix
     assert report["rate"] == pytest.approx(rate, abs=1 / rank_fix["prunable"])
     # moved is measured against what the trained model ends with: the frozen masks are the final zeros
-    zeros, total = _zeros(model, ctf.names)
+    zeros, total = count_zeros(model, ctf.names)
     assert total == rank_fix["prunable"] and zeros == total - round((1 - rate) * total)
     assert plan.meta["ctf"]["rank_fix"] == rank_fix
 
@@ -766,8 +500,8 @@ def test_masks_reach_the_rate_before_they_freeze_on_untuned_architectures(arch, 
 def test_masks_reach_the_rate_in_a_custom_loop():
     # a user's own loop: step() each epoch (τ, budget ramp, freeze) and penalty() on every batch
     torch.set_num_threads(1)
-    model, shape = _untuned("mlp")
-    X, y = _templates(shape)
+    model, shape = untuned("mlp")
+    X, y = templates(shape)
     ctf = CTF(model, 0.95, example_inputs=X[:2])
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     kept = None
@@ -790,8 +524,8 @@ def test_without_the_controller_the_masks_stall_above_a_high_rate():
     # the diagnosis of issue 11, kept as a regression reference: the Adam step annealed with τ / τ_start
     # alone leaves the masks far above the target, and the rank fix decides the pruning
     torch.set_num_threads(1)
-    model, shape = _untuned("mlp")
-    X, y = _templates(shape)
+    model, shape = untuned("mlp")
+    X, y = templates(shape)
     ctf = CTF(model, 0.95, example_inputs=X[:2], threshold_control=False, settle=0.0)
     fit(model, (X, y), epochs=8, batch_size=32, lr=0.05, progress=False, seed=0, callbacks=[ctf])
     ctf.finalize()
@@ -800,8 +534,8 @@ def test_without_the_controller_the_masks_stall_above_a_high_rate():
 
 
 def test_controller_shifts_only_the_finest_thresholds_toward_the_target():
-    model = _gcn()
-    ctf = CTF(model, 0.8, example_inputs=_x())
+    model = gcn()
+    ctf = CTF(model, 0.8, example_inputs=inputs())
     assert ctf.threshold_control and ctf.settle == 0.5
     ctf.tau = 0.2
     before = {k: float(getattr(o, b).detach()) for k, (o, b) in ctf._threshold_buffers().items()}
@@ -817,4 +551,4 @@ def test_controller_shifts_only_the_finest_thresholds_toward_the_target():
     assert len(shift) == 1 and 0 < shift.pop() <= 0.25 + 1e-6  # one common shift, clipped
     assert ctf.kept_fraction()["soft"] < kept
     with pytest.raises(ValueError, match="learnable"):
-        CTF(_gcn(), 0.5, example_inputs=_x(), thresholds="fixed", threshold_control=True)
+        CTF(gcn(), 0.5, example_inputs=inputs(), thresholds="fixed", threshold_control=True)

@@ -45,16 +45,23 @@ def test_quick_demo_end_to_end(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "SYNTHETIC" in report and "sosp-h" in report and "| dense |" in report
     assert (tmp_path / "demo" / "accuracy_vs_rate.png").stat().st_size > 1000
-    rows = json.loads((tmp_path / "demo" / "results.json").read_text())["rows"]
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    rows, ctf_rows = results["rows"], results["ctf_rows"]
     dense = rows[0]
-    structured = [row for row in rows[1:] if row["method"] != "ctf"]
-    assert {row["method"] for row in structured} == {"random", "l1", "taylor", "sosp-h"}
-    for row in structured:
+    assert {row["method"] for row in rows[1:]} == {"random", "l1", "taylor", "sosp-h"}
+    for row in rows[1:]:
         assert row["achieved"]["macs"] >= 0.5 and row["macs"] <= 0.5 * dense["macs"]
         assert row["latency_ms"] > 0
-    (ctf,) = [row for row in rows if row["method"] == "ctf"]
-    assert ctf["achieved"]["weights"] == pytest.approx(0.9, abs=1e-3) and ctf["nonzero_params"] < 0.5 * dense["params"]
-    assert "ctf (90% weights)" in report
+    # part 2: CTF against magnitude at the same rate and budget, latency dense and sparsified
+    assert "## CTF against magnitude" in report and (tmp_path / "demo" / "ctf_vs_magnitude.png").stat().st_size > 1000
+    ctf_dense = ctf_rows[0]
+    by_method = {row["method"]: row for row in ctf_rows[1:]}
+    assert set(by_method) == {"ctf", "magnitude"}
+    for row in by_method.values():
+        assert row["achieved"]["weights"] == pytest.approx(0.9, abs=1e-3)
+        assert row["nonzero_params"] < 0.5 * ctf_dense["params"]
+        assert row["latency_ms"] > 0 and row["latency_ms_sparsified"] > 0
+        assert row["epochs"] + row["finetune_epochs"] == 3  # the same budget: 2 + 1 and 0 + 3
 
 
 def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
@@ -318,3 +325,75 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     assert main(["inspect", "resnet20"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error: KeyError" in err and "PRUNEKIT_TRACEBACK=1" in err
+
+
+# ------------------------------------------------------------------ prunekit export
+
+UNEXPORTABLE = '''
+import torch
+from torch import nn
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 4), Gate())
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+def _pruned_resnet_folder(tmp_path):
+    torch.manual_seed(0)
+    model = prunekit.models.create("resnet20", width=0.25).eval()
+    x = torch.randn(1, 3, 32, 32)
+    structures = prunekit.find_structures(model, x)
+    plan = prunekit.select(structures, prunekit.saliency(model, structures, None, method="l1"),
+                           prunekit.Budget(macs=0.5))
+    prunekit.save(prunekit.materialize(model, plan, structures), tmp_path / "small", plan=plan)
+    return tmp_path / "small"
+
+
+def test_export_a_pruned_folder_to_onnx_and_torch_export(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    folder = _pruned_resnet_folder(tmp_path)
+    small = prunekit.load(folder).eval()
+    x = torch.randn(3, 3, 32, 32)  # the plan records batch 1: the exported batch is dynamic
+    with torch.no_grad():
+        want = small(x).numpy()
+    assert main(["export", str(folder), "--onnx", str(tmp_path / "small.onnx")]) == 0
+    assert f"wrote {tmp_path / 'small.onnx'}" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert abs(got - want).max() <= 1e-4
+    assert main(["export", str(folder), "--torch-export", str(tmp_path / "small.pt2"), "--static-batch"]) == 0
+    program = torch.export.load(tmp_path / "small.pt2").module()
+    with torch.no_grad():
+        assert (program(x[:1]) - small(x[:1])).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "resnet20", "--onnx", "{tmp}"], "is a folder"),
+    (["export", "resnet20", "--torch-export", "{tmp}/a_file/m.pt2"], "a_file is not a folder"),
+    (["export", "{unexportable}:Net", "--input-shape", "2,4", "--torch-export", "{tmp}/m.pt2"],
+     "could not trace Net in module body.1 (Gate)"),
+    (["export", "resnet20", "--torch-export", "{tmp}/m.pt2", "--opset", "17"], "--opset applies to --onnx only"),
+    (["export", "resnet20", "--onnx", "a.onnx", "--torch-export", "b.pt2"], "not allowed with argument"),
+    (["export", "resnet20"], "one of the arguments --onnx --torch-export is required"),
+])
+def test_export_errors_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "unexportable.py").write_text(UNEXPORTABLE)
+    (tmp_path / "a_file").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{unexportable}", str(tmp_path / "unexportable.py"))
+            for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "unexportable.py"]  # nothing written

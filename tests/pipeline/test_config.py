@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.pipeline.config import ConfigError, TrainConfig, load_config
+from prunekit.pipeline.config import ConfigError, TrainConfig, check_data_spec, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -224,3 +224,80 @@ def test_unavailable_device_is_a_config_error(tmp_path, monkeypatch):
     load_config(_write(tmp_path, "model: mlp\ndevice: cpu\n")).check_device()
     with pytest.raises(ConfigError, match="key 'device' must be"):
         load_config(_write(tmp_path, "model: mlp\ndevice: 'cuda:x'\n"))
+
+
+# --------------------------------------------------------------------------- issue 16: split checks, optional PyYAML
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"format": "sbu", "root": 3}, "data: key 'data.root' must be a string (a folder), got 3"),
+    ({"format": "sbu", "root": "x", "fold": True},
+     "data: key 'data.fold' must be an integer 1..5 (SBU's 5-fold cross-validation), got True"),
+    ({"format": "synthetic-sbu", "seed": 1.5}, "data: key 'data.seed' must be an integer, got 1.5"),
+    ({"format": "synthetic-sbu", "difficulty": -0.1},
+     "data: key 'data.difficulty' must be a finite number >= 0, got -0.1"),
+    ({"format": "synthetic-sbu", "difficulty": True}, "data: key 'data.difficulty' must be a finite number >= 0, got True"),
+    ({"format": "synthetic-sbu", "difficulty": "hard"},
+     "data: key 'data.difficulty' must be a finite number >= 0, got 'hard'"),
+    # several bad values: the first in the documented order (root, fold, length, ...) is the one reported
+    ({"format": "synthetic-sbu", "velocity": 1, "length": 0, "seed": "s"},
+     "data: key 'data.length' must be an integer >= 1 (frames), got 0"),
+    ({"format": "sbu", "root": "x", "folds": 1, "fold": 9}, "data: unknown key 'data.folds' (did you mean 'fold'?)"),
+])
+def test_data_value_messages_are_exact(spec, message):
+    with pytest.raises(ConfigError) as info:
+        check_data_spec(spec)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_data_values_in_range_pass():
+    check_data_spec({"format": "synthetic-sbu", "seed": 0, "difficulty": 0, "length": 1, "velocity": False})
+    check_data_spec({"format": "synthetic-fpha", "difficulty": 2.5, "protocol": "1:1"})
+    check_data_spec({"format": "sbu", "root": "r", "fold": 5})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": ""}, "key 'model' must name a registered model, got ''"),
+    ({"epochs": 0}, "key 'epochs' must be >= 1, got 0"),
+    ({"checkpoint_every": 0}, "key 'checkpoint_every' must be >= 1, got 0"),
+    ({"momentum": -0.5}, "key 'momentum' must be >= 0, got -0.5"),
+    ({"weight_decay": -1.0, "optimizer": "nope"}, "key 'weight_decay' must be >= 0, got -1.0"),  # ranges first
+    ({"gamma": 1.5}, "key 'gamma' must be in (0, 1], got 1.5"),
+    ({"milestones": [-1]}, "key 'milestones' must be increasing non-negative epochs, got [-1]"),
+    ({"device": "cuda:7", "schedule": "bad"}, "key 'schedule' must be one of cosine, step, constant, got 'bad'"),
+    ({"data": {"format": "digits", "root": "x"}}, "unknown key 'data.root'"),
+])
+def test_train_config_value_messages_are_exact(changes, message):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{"model": "stgcn", **changes})
+    assert str(info.value).startswith("TrainConfig: " + message), str(info.value)
+
+
+def test_config_checks_are_below_the_complexity_limit():
+    import subprocess
+    import sys
+
+    import prunekit.pipeline.config as config
+
+    pytest.importorskip("ruff")
+    text = Path(config.__file__).read_text()
+    assert "noqa: C901" not in text
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "C901", "--ignore-noqa",
+                           "--isolated", "--config", "lint.mccabe.max-complexity = 15", config.__file__],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_yaml_config_without_pyyaml_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from prunekit.pipeline.config import MissingExtraError
+
+    p = _write(tmp_path, "model: stgcn\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"PyYAML.*pip install 'prunekit\[yaml\]'") as info:
+        load_config(p)
+    assert isinstance(info.value, ImportError) and isinstance(info.value, RuntimeError)
+    assert info.value.name == "yaml"
+    assert TrainConfig.from_dict({"model": "stgcn", "epochs": 2}).epochs == 2  # dicts need no YAML
+    check_data_spec({"format": "digits"})

@@ -9,7 +9,8 @@
   :mod:`~prunekit.core.latency` — latency models and budgets;
 * :mod:`~prunekit.core.sparse` — unstructured zeros stored sparse;
 * :mod:`~prunekit.core.io` — save and load pruned models; :mod:`~prunekit.core.summary` —
-  per-layer tables; :mod:`~prunekit.core.blocks` — the extension protocol.
+  per-layer tables; :mod:`~prunekit.core.blocks` — the extension protocol;
+  :mod:`~prunekit.core.export` — ONNX and ``torch.export`` files.
 
 Example:
     >>> from prunekit.core import find_structures, select, Budget
@@ -17,16 +18,18 @@ Example:
     True
 """
 from .blocks import PrunableBlock
+from .export import to_onnx, to_torch_export
 from .io import load, save
 from .latency import LatencyModel
 from .materialize import apply_masks, materialize
 from .measure import compare, count, measure_latency
-from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select
+from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select, select_family
 from .sparse import sparsify
 from .structures import Structure, Structures, UnsupportedModelError, find_structures
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError", "PrunableBlock",
-    "Budget", "BudgetError", "PruningPlan", "select", "broadcast_plan", "check_same_plan",
+    "Budget", "BudgetError", "PruningPlan", "select", "select_family", "broadcast_plan", "check_same_plan",
     "apply_masks", "materialize", "count", "compare", "measure_latency", "LatencyModel", "sparsify", "save", "load",
+    "to_onnx", "to_torch_export",
 ]

@@ -297,7 +297,78 @@ def _match_dtypes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             module._buffers[attr] = buf.to(saved.dtype)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:  # noqa: C901
+def _read_weights(data: bytes, weights_path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file's bytes."""
+    try:
+        return load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
+        raise ModelFileError(f"{weights_path}: unreadable safetensors file: {error}") from None
+
+
+def _recorded_arch(spec: dict, spec_path: Path) -> dict:
+    """The spec's ``arch`` entry, checked to be ``{"name": str, "kwargs": {...}}``."""
+    arch = spec.get("arch")
+    if not arch:
+        raise ModelFileError(f"{spec_path}: no registered architecture recorded; pass model=<your dense model>")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or \
+            not isinstance(arch.get("kwargs", {}), dict):
+        raise ModelFileError(f"{spec_path}: field 'arch': expected {{\"name\": str, \"kwargs\": {{...}}}}")
+    return arch
+
+
+def _arch_shapes(arch: dict, spec: dict, spec_path: Path, weights_path: Path,
+                 saved_numel: int) -> dict[str, tuple[int, ...]]:
+    """The dense shapes of the recorded architecture, built on the meta device; refuses one far
+    larger than the saved weights can account for."""
+    from .. import models
+    try:
+        with torch.device("meta"):  # sizes only: nothing is allocated
+            dense = _shapes(models.create(arch["name"], **arch.get("kwargs", {})))
+    except Exception as error:  # noqa: BLE001 - file content: report, never crash
+        raise ModelFileError(f"{spec_path}: field 'arch': cannot rebuild architecture "
+                             f"{str(arch)[:200]}: {error}") from None
+    dense_numel = sum(math.prod(s) for s in dense.values())
+    bound = saved_numel if spec.get("plan") is None else MAX_PRUNE_RATIO * saved_numel + (1 << 16)
+    if dense_numel > bound:
+        raise ModelFileError(f"{spec_path}: field 'arch.kwargs': architecture {arch['name']!r} with "
+                             f"{str(arch.get('kwargs'))[:200]} has {dense_numel} elements, but {weights_path.name} "
+                             f"holds {saved_numel}: refusing to build it")
+    return dense
+
+
+def _build_model(model: nn.Module | None, arch: dict | None, plan: dict | None, spec_path: Path) -> nn.Module:
+    """The model the weights go into: the dense model (given, or built from ``arch``), with ``plan``
+    materialized on it; a given model is never modified."""
+    try:
+        if model is None:
+            from .. import models
+            model = models.create(arch["name"], **arch.get("kwargs", {}))
+        if plan is not None:
+            model = materialize(model, PruningPlan.from_dict(plan, source=str(spec_path)))
+        else:
+            model = copy.deepcopy(model)
+    except ModelFileError:
+        raise
+    except Exception as error:  # noqa: BLE001 - file content: report, never crash
+        raise ModelFileError(f"{spec_path}: field 'plan': {error}") from None
+    return model
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """The saved tensors have exactly the model's names and shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{weights_path}: does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelFileError(f"{weights_path}: parameter {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"the model expects {tuple(expected[name].shape)}")
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a saved model; with ``model=`` (your own dense model), replay the plan on it.
 
     Parameters and buffers keep the dtype they were saved in (float64, bfloat16, ...).
@@ -307,59 +378,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module: 
     folder = Path(path)
     spec_path = folder / SPEC
     spec, weights_path, data = _read_version(folder)
-    try:
-        state = load_bytes(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
-        raise ModelFileError(f"{weights_path}: unreadable safetensors file: {error}") from None
-    saved_numel = sum(t.numel() for t in state.values())
-
+    state = _read_weights(data, weights_path)
     arch = None
     if model is None:
-        arch = spec.get("arch")
-        if not arch:
-            raise ModelFileError(f"{spec_path}: no registered architecture recorded; pass model=<your dense model>")
-        if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or \
-                not isinstance(arch.get("kwargs", {}), dict):
-            raise ModelFileError(f"{spec_path}: field 'arch': expected {{\"name\": str, \"kwargs\": {{...}}}}")
-        from .. import models
-        try:
-            with torch.device("meta"):  # sizes only: nothing is allocated
-                dense = _shapes(models.create(arch["name"], **arch.get("kwargs", {})))
-        except Exception as error:  # noqa: BLE001 - file content: report, never crash
-            raise ModelFileError(f"{spec_path}: field 'arch': cannot rebuild architecture "
-                                 f"{str(arch)[:200]}: {error}") from None
-        dense_numel = sum(math.prod(s) for s in dense.values())
-        bound = saved_numel if spec.get("plan") is None else MAX_PRUNE_RATIO * saved_numel + (1 << 16)
-        if dense_numel > bound:
-            raise ModelFileError(f"{spec_path}: field 'arch.kwargs': architecture {arch['name']!r} with "
-                                 f"{str(arch.get('kwargs'))[:200]} has {dense_numel} elements, but {weights_path.name} "
-                                 f"holds {saved_numel}: refusing to build it")
+        arch = _recorded_arch(spec, spec_path)
+        dense = _arch_shapes(arch, spec, spec_path, weights_path, sum(t.numel() for t in state.values()))
     else:
         dense = _shapes(model)
     if spec.get("plan") is not None:
         _check_plan(spec["plan"], spec_path, dense)
-    try:
-        if model is None:
-            from .. import models
-            model = models.create(arch["name"], **arch.get("kwargs", {}))
-        if spec.get("plan") is not None:
-            plan = PruningPlan.from_dict(spec["plan"], source=str(spec_path))
-            model = materialize(model, plan)
-        else:
-            model = copy.deepcopy(model)
-    except ModelFileError:
-        raise
-    except Exception as error:  # noqa: BLE001 - file content: report, never crash
-        raise ModelFileError(f"{spec_path}: field 'plan': {error}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ModelFileError(f"{weights_path}: does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ModelFileError(f"{weights_path}: parameter {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"the model expects {tuple(expected[name].shape)}")
+    model = _build_model(model, arch, spec.get("plan"), spec_path)
+    _check_state(model, state, weights_path)
     _match_dtypes(model, state)
     try:
         model.load_state_dict(state, strict=True)

@@ -44,7 +44,55 @@ from torch import nn
 __all__ = ["PrunedMultiheadAttention", "multi_head_attention"]
 
 
-def multi_head_attention(query, key, value, *, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight,  # noqa: C901
+def _batch_first(query, key, value, key_padding_mask, *, is_batched: bool, batch_first: bool):
+    """The inputs as ``(N, L, E)`` (an unbatched input gets ``N = 1``), and the padding mask to match."""
+    if is_batched and not batch_first:  # (L, N, E) -> (N, L, E)
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    elif not is_batched:
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    return query, key, value, key_padding_mask
+
+
+def _additive_mask(attn_mask, key_padding_mask, *, is_causal: bool, need_weights: bool, n: int, num_heads: int,
+                   tgt_len: int, src_len: int):
+    """The one mask added to the scores, shaped to broadcast over ``(N, H, L, S)``, and the causal flag
+    left for ``scaled_dot_product_attention``; returns ``(mask, is_causal)``."""
+    if is_causal and attn_mask is None:
+        raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                           "method `generate_square_subsequent_mask` to create this mask.")
+    if is_causal and key_padding_mask is None and not need_weights:
+        return None, is_causal  # scaled_dot_product_attention applies the causal mask itself
+    if key_padding_mask is not None:
+        is_causal = False
+    if attn_mask is not None:  # (L, S) for every batch entry and head, or (N·H, L, S)
+        attn_mask = (attn_mask.view(1, 1, tgt_len, src_len) if attn_mask.dim() == 2
+                     else attn_mask.view(n, num_heads, tgt_len, src_len))
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.view(n, 1, 1, src_len)
+        attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
+    return attn_mask, is_causal
+
+
+def _attend(q, k, v, attn_mask, *, scale: float, dropout_p: float, is_causal: bool, need_weights: bool,
+            v_head_dim: int):
+    """Per-head attention of ``(N, H, L, d)`` queries on keys and values; returns ``(output, weights)``
+    (``weights`` per head, ``None`` unless ``need_weights``)."""
+    if need_weights:
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        weights = F.softmax(scores, dim=-1)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        return torch.matmul(weights, v), weights
+    if v_head_dim == 0:  # scaled_dot_product_attention skips the scores then; the cost model counts them
+        return torch.matmul(torch.matmul(q * scale, k.transpose(-2, -1)).softmax(-1), v), None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale=scale), None
+
+
+def multi_head_attention(query, key, value, *, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, out_weight,
                          out_bias, num_heads: int, qk_head_dim: int, v_head_dim: int, scale: float,
                          dropout_p: float = 0.0, training: bool = False, batch_first: bool = False,
                          key_padding_mask=None, need_weights: bool = True, attn_mask=None,
@@ -61,47 +109,19 @@ def multi_head_attention(query, key, value, *, q_weight, q_bias, k_weight, k_bia
                                          target_type=query.dtype)
     attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
                                   target_type=query.dtype, check_other=False)
-    if is_batched and not batch_first:  # (L, N, E) -> (N, L, E)
-        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-    elif not is_batched:
-        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask.unsqueeze(0)
+    query, key, value, key_padding_mask = _batch_first(query, key, value, key_padding_mask,
+                                                       is_batched=is_batched, batch_first=batch_first)
     n, tgt_len, src_len = query.shape[0], query.shape[1], key.shape[1]
-    if is_causal and attn_mask is None:
-        raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
-                           "method `generate_square_subsequent_mask` to create this mask.")
-    if is_causal and key_padding_mask is None and not need_weights:
-        attn_mask = None  # scaled_dot_product_attention applies the causal mask itself
-    else:
-        if key_padding_mask is not None:
-            is_causal = False
-        if attn_mask is not None:  # (L, S) for every batch entry and head, or (N·H, L, S)
-            attn_mask = (attn_mask.view(1, 1, tgt_len, src_len) if attn_mask.dim() == 2
-                         else attn_mask.view(n, num_heads, tgt_len, src_len))
-        if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask.view(n, 1, 1, src_len)
-            attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
+    attn_mask, is_causal = _additive_mask(attn_mask, key_padding_mask, is_causal=is_causal, need_weights=need_weights,
+                                          n=n, num_heads=num_heads, tgt_len=tgt_len, src_len=src_len)
     if not training:
         dropout_p = 0.0
 
     q = F.linear(query, q_weight, q_bias).view(n, tgt_len, num_heads, qk_head_dim).transpose(1, 2)
     k = F.linear(key, k_weight, k_bias).view(n, src_len, num_heads, qk_head_dim).transpose(1, 2)
     v = F.linear(value, v_weight, v_bias).view(n, src_len, num_heads, v_head_dim).transpose(1, 2)
-    if need_weights:
-        scores = torch.matmul(q * scale, k.transpose(-2, -1))
-        if attn_mask is not None:
-            scores = scores + attn_mask
-        weights = F.softmax(scores, dim=-1)
-        if dropout_p > 0.0:
-            weights = F.dropout(weights, p=dropout_p)
-        out = torch.matmul(weights, v)
-    else:
-        if v_head_dim == 0:  # scaled_dot_product_attention skips the scores then; the cost model counts them
-            out = torch.matmul(torch.matmul(q * scale, k.transpose(-2, -1)).softmax(-1), v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale=scale)
-        weights = None
+    out, weights = _attend(q, k, v, attn_mask, scale=scale, dropout_p=dropout_p, is_causal=is_causal,
+                           need_weights=need_weights, v_head_dim=v_head_dim)
     out = out.transpose(1, 2).reshape(n, tgt_len, num_heads * v_head_dim)
     out = F.linear(out, out_weight, out_bias)
     if weights is not None and average_attn_weights:

@@ -44,6 +44,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .analysis import trace as run_trace
 from .analysis.atoms import NONE
@@ -351,7 +352,8 @@ def _resolve_ignored(model: nn.Module, ignore) -> list[str]:
     return sorted(set(out))
 
 
-def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), probe: bool = True) -> Structures:
+def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), probe: bool = True,
+                    progress: bool | None = None) -> Structures:
     """Find every prunable structure of ``model`` and the groups they form.
 
     Args:
@@ -363,6 +365,9 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
             widths they read or write are frozen. Recorded in plans, so replays agree.
         probe: materialize one structure of every group and freeze groups whose
             removal breaks the forward (default on; off only for speed).
+        progress: a tqdm bar over the steps (trace, structures, probe): ``None`` (default)
+            shows it only when stderr is a terminal (never in logs or CI output), ``True``
+            always, ``False`` never. The result does not depend on it.
 
     Returns:
         :class:`Structures`, ordered deterministically (groups in parameter order,
@@ -374,20 +379,29 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
         >>> len(s), s[0].slices, s[0].consumers
         (8, [('0.bias', 0, [0]), ('0.weight', 0, [0])], [('2.weight', 1, [0])])
     """
+    disable = _bar_disabled(progress)
     model = unwrap(model)
     ignored = _resolve_ignored(model, ignore)
-    try:
-        t = run_trace(model, example_inputs, set(ignored))
-    except Exception as error:
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: the forward pass failed on the example inputs "
-            f"({type(error).__name__}: {error}); pass inputs the model accepts (a tensor, a tuple, or a dict "
-            f"of keyword arguments)") from error
-    _tie_size_arguments(t)
-    extra_frozen: set[int] = set()
-    structures = _build(model, t, example_inputs, ignored, extra_frozen)
-    if probe and len(structures):
-        structures = _probe(model, t, example_inputs, ignored, structures, extra_frozen)
+    with tqdm(total=3 if probe else 2, desc="find_structures", unit="step", leave=False, disable=disable,
+              dynamic_ncols=True) as bar:
+        bar.set_postfix_str("trace")
+        try:
+            t = run_trace(model, example_inputs, set(ignored))
+        except Exception as error:
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: the forward pass failed on the example inputs "
+                f"({type(error).__name__}: {error}); pass inputs the model accepts (a tensor, a tuple, or a dict "
+                f"of keyword arguments)") from error
+        _tie_size_arguments(t)
+        bar.update()
+        bar.set_postfix_str("structures")
+        extra_frozen: set[int] = set()
+        structures = _build(model, t, example_inputs, ignored, extra_frozen)
+        bar.update()
+        if probe and len(structures):
+            bar.set_postfix_str(f"probe {len(structures.groups)} groups")
+            structures = _probe(model, t, example_inputs, ignored, structures, extra_frozen, disable)
+        bar.update(bar.total - bar.n)
     unknown = structures.frozen["unknown"]
     if unknown:
         warnings.warn(
@@ -397,6 +411,17 @@ def find_structures(model: nn.Module, example_inputs, ignore: Sequence = (), pro
             + f". {structures.frozen['share']:.1%} of the parameters are frozen in all "
               f"(see structures.frozen).", FrozenWarning, stacklevel=2)
     return structures
+
+
+def _bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for ``progress=``: ``None`` lets tqdm hide the bar off a terminal; ranks other
+    than 0 of ``torch.distributed`` never show one."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return True
+    return None if progress is None else not progress
 
 
 def _tie_size_arguments(t) -> None:
@@ -680,7 +705,7 @@ def _build(model, t, example_inputs, ignored, extra_frozen) -> Structures:
                       type(model).__name__, _frozen_report(model, t, tensors), ignored, plan_data)
 
 
-def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Structures:
+def _probe(model, t, example_inputs, ignored, structures, extra_frozen, disable: bool | None = True) -> Structures:
     """Remove a few structures of every group at once; bisect and freeze the groups whose removal fails.
 
     The probe runs on a copy with seeded random weights and inputs rebuilt from the
@@ -741,7 +766,8 @@ def _probe(model, t, example_inputs, ignored, structures, extra_frozen) -> Struc
 
     if each:
         # small enough to probe every group alone: removals in other groups cannot hide a failure
-        bad.extend(g for g in candidates if fails([g]))
+        alone = tqdm(candidates, desc="probe", unit="group", leave=False, disable=disable, dynamic_ncols=True)
+        bad.extend(g for g in alone if fails([g]))
         search([g for g in candidates if g not in bad])  # and the survivors together
     else:
         search(candidates, last=True)  # one pass when nothing fails; a bisection re-randomizes

@@ -2,7 +2,7 @@
 
 Every method has the same signature and is reached through :func:`saliency`::
 
-    saliency(model, structures, data, method, loss_fn=None, num_samples=None, *, loss=None, output=None, **options)
+    saliency(model, structures, data, method, loss_fn=None, num_samples=None, *, loss=None, output=None, progress=None, **options)
 
 ==========  ==========================================================  =============
 method      score of structure s                                        options
@@ -13,7 +13,7 @@ method      score of structure s                                        options
 ``taylor``  ``|θ_sᵀ g|``
 ``obd``     ``½ Σ_{i∈s} θ_i² F_ii`` (empirical Fisher diagonal)          ``chunk_size``
 ``sosp-h``  ``|−θ_sᵀ g + ½ θ_sᵀ G θ_P|``, ``θ_P = Σ_s θ_s``             ``curvature``, ``first_order``
-``sosp-i``  ``|θ_sᵀ g| + ½ Σ_{s'} |θ_sᵀ G θ_{s'}|``                     ``max_memory_bytes``, ``chunk_size``
+``sosp-i``  ``|θ_sᵀ g| + ½ Σ_{s'} |θ_sᵀ G θ_{s'}|``                     ``max_memory_bytes``, ``chunk_size``, ``max_q_bytes``
 ==========  ==========================================================  =============
 
 θ_s is θ restricted to the slices of s, g the gradient of the mean loss over the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -9,8 +10,10 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from prunekit.core.measure import call_model
+from prunekit.core.structures import _bar_disabled
 
 from .losses import OutputSpec, check_output_spec, select_output
 
@@ -65,6 +68,39 @@ def reference_kernels():
         else:
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         yield
+
+
+# ---------------------------------------------------------------------------- progress
+
+#: ``(progress, label)`` for the bars of :class:`Batches`; set by :func:`saliency` through :func:`progress_of`
+_PROGRESS: contextvars.ContextVar[tuple[Optional[bool], str]] = contextvars.ContextVar(
+    "prunekit_saliency_progress", default=(None, "saliency"))
+
+
+@contextlib.contextmanager
+def progress_of(progress: Optional[bool], label: str = "saliency"):
+    """Bars of the batch passes inside: ``True`` shown, ``False`` hidden, ``None`` shown when stderr is a terminal."""
+    _bar_disabled(progress)  # validates
+    token = _PROGRESS.set((progress, label))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _sample_total(data, num_samples: Optional[int]) -> Optional[int]:
+    """How many samples the pass will see, where that is cheap to know (else ``None``)."""
+    if num_samples is not None:
+        return num_samples
+    dataset = getattr(data, "dataset", None)  # a DataLoader
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    if isinstance(data, (list, tuple)):
+        try:
+            return sum(int(_first_tensor(batch[0]).shape[0]) for batch in data)
+        except (TypeError, IndexError, KeyError, AttributeError):  # malformed: __iter__ says why
+            return None
+    return None
 
 
 # ---------------------------------------------------------------------------- pytrees of a batch
@@ -213,6 +249,16 @@ class Batches:
         self.total = 0
         if self.num_samples == 0:  # a rank whose share of num_samples is 0 (allow_empty only)
             return
+        progress, label = _PROGRESS.get()
+        with tqdm(total=_sample_total(self.data, self.num_samples), desc=label, unit="sample", leave=False,
+                  disable=_bar_disabled(progress), dynamic_ncols=True) as bar:
+            for item in self._items():
+                bar.update(item.n)
+                yield item
+        if self.total == 0 and not self.allow_empty:
+            raise ValueError("saliency: the data yielded no samples")
+
+    def _items(self) -> Iterator[Batch]:
         for batch in self.data:
             if self.num_samples is not None and self.total >= self.num_samples:
                 break
@@ -234,8 +280,6 @@ class Batches:
                 continue
             self.total += item.n
             yield Batch(item.inputs.to(self.device), item.targets.to(self.device), item.n)
-        if self.total == 0 and not self.allow_empty:
-            raise ValueError("saliency: the data yielded no samples")
 
 
 # ---------------------------------------------------------------------------- the model call

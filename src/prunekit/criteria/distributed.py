@@ -25,7 +25,14 @@ Protocol of one reduction (:func:`reduce_sums`): every rank first runs its local
 with one ``MAX`` all-reduce, so that an error on one rank (bad targets, a memory limit)
 is raised on *every* rank instead of leaving the others waiting in a collective, and ranks
 that score different structures are told so. Then the sums are all-reduced (``SUM``): the
-small ones packed in one float64 buffer, large float64 tensors (SOSP-I's ``Q``) in place.
+small ones packed in one float64 buffer, large float64 tensors (SOSP-I's ``Q``) in place
+(no copy when the tensor already lives where the backend reduces: CPU for gloo, CUDA for
+NCCL; a CUDA ``Q`` under gloo goes through one host copy).
+
+The same protocol serves training (:func:`prunekit.pipeline.train.fit`):
+:func:`call_together` runs a step that may fail on some ranks only (a folder lock, a
+checkpoint) and raises on every rank, and :func:`average_gradients` averages the gradients
+of tensors that ``DistributedDataParallel`` does not see (CTF's learnable thresholds).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 __all__ = ["DistContext", "resolve_group", "reduce_sums", "local_num_samples", "broadcast_tensor",
-           "comm_device", "is_active"]
+           "comm_device", "is_active", "call_together", "average_gradients", "RemoteRankError"]
 
 _IN_PLACE_MIN_NUMEL = 1 << 16  # float64 tensors at least this large are all-reduced in place, not copied
 
@@ -221,6 +228,73 @@ def reduce_sums(ctx: Optional[DistContext], compute: Callable[[], Sequence[Any]]
                 out[i] = float(buffer[offset])
                 offset += 1
     return out
+
+
+def call_together(ctx: Optional[DistContext], fn: Callable[[], Any], what: str) -> Any:
+    """``fn()`` on this rank, with its failure reported to every rank of ``ctx``: returns its result,
+    or raises on every rank (its own exception where ``fn`` failed, :class:`RemoteRankError` on the
+    others), so that no rank is left waiting in the next collective. ``ctx=None``: ``fn()``.
+
+    Example:
+        >>> call_together(None, lambda: 42, "a step")
+        42
+    """
+    result: list = []
+
+    def compute() -> list:
+        result.append(fn())
+        return []
+
+    reduce_sums(ctx, compute, what)
+    return result[0]
+
+
+@torch.no_grad()
+def average_gradients(tensors: Sequence[torch.Tensor], ctx: Optional[DistContext], *,
+                      unscale: Optional[float] = None) -> bool:
+    """Average the ``.grad`` of ``tensors`` over the ranks of ``ctx`` in place (one all-reduce), as
+    ``DistributedDataParallel`` does for a model's parameters; returns whether they are all finite.
+
+    For tensors a training loop updates itself (CTF's thresholds are buffers, not parameters, so
+    DDP leaves their gradients per rank). A tensor without a gradient counts as zero; it gets
+    the average if another rank has one, and stays ``None`` if no rank has. ``unscale``: divide
+    by it first (a ``GradScaler``'s scale); non-finite results (an fp16 overflow, on any rank)
+    are dropped (``.grad = None``) and ``False`` is returned, as ``GradScaler`` skips the step.
+    ``ctx=None``: only the unscaling and the check.
+
+    Example:
+        >>> t = torch.zeros(2, requires_grad=True); t.grad = torch.tensor([2.0, 4.0])
+        >>> average_gradients([t], None, unscale=2.0), t.grad.tolist()
+        (True, [1.0, 2.0])
+    """
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return True
+    scale = 1.0 / float(unscale) if unscale else 1.0
+    if ctx is None:
+        grads = [t.grad for t in tensors if t.grad is not None]
+        if scale != 1.0:
+            for g in grads:
+                g.mul_(scale)
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+    else:
+        device = tensors[0].device
+        flags = torch.tensor([0.0 if t.grad is None else 1.0 for t in tensors], dtype=torch.float64, device=device)
+        parts = [flags] + [(t.grad if t.grad is not None else torch.zeros_like(t)).detach().reshape(-1).to(
+            device=device, dtype=torch.float64) for t in tensors]
+        buffer = _all_reduce(ctx, torch.cat(parts), _dist().ReduceOp.SUM)
+        buffer[len(tensors):] *= scale / ctx.world_size
+        finite = bool(torch.isfinite(buffer).all())
+        offset = len(tensors)
+        for i, t in enumerate(tensors):
+            part = buffer[offset: offset + t.numel()]
+            offset += t.numel()
+            if buffer[i] > 0:
+                t.grad = part.reshape(t.shape).to(device=t.device, dtype=t.dtype).clone()
+    if not finite:
+        for t in tensors:
+            t.grad = None
+    return finite
 
 
 def same_scores(ctx: Optional[DistContext], scores: torch.Tensor) -> torch.Tensor:

@@ -347,7 +347,61 @@ def check_output_spec(output: OutputSpec) -> None:
                      f"got {type(output).__name__}")
 
 
-def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:  # noqa: C901
+def _default_output(raw: Any) -> torch.Tensor:
+    """``output=None``: a tensor itself, else the ``logits`` entry/attribute, else the first tensor."""
+    if isinstance(raw, torch.Tensor):
+        return raw
+    fields = _fields(raw)
+    if fields is not None:
+        values = dict(fields)
+        if isinstance(values.get("logits"), torch.Tensor):
+            return values["logits"]
+        candidates = [v for _, v in fields]
+    elif isinstance(getattr(raw, "logits", None), torch.Tensor):
+        return raw.logits
+    elif isinstance(raw, (tuple, list)):
+        candidates = list(raw)
+    else:
+        candidates = []
+    for value in candidates:
+        if isinstance(value, torch.Tensor):
+            return value
+    raise ValueError(f"the model returned {type(raw).__name__} with no tensor in it (no 'logits', no tensor "
+                     f"element); pass output= (a key, an index or a callable returning the output tensor)")
+
+
+def _output_by_name(raw: Any, output: str) -> Any:
+    """``output="name"``: that key of a mapping, else that attribute."""
+    fields = _fields(raw)
+    if fields is not None and isinstance(raw, Mapping):
+        if output not in raw:
+            raise ValueError(f"output={output!r}: the model's output has no key {output!r}; "
+                             f"keys: {', '.join(map(str, raw.keys()))}")
+        return raw[output]
+    if isinstance(raw, torch.Tensor) or not hasattr(raw, output):
+        names = [k for k, _ in fields] if fields is not None else []
+        listing = f"; fields: {', '.join(names)}" if names else ""
+        raise ValueError(f"output={output!r}: the model returned {type(raw).__name__}, which has no "
+                         f"key or attribute {output!r}{listing}")
+    return getattr(raw, output)
+
+
+def _output_by_index(raw: Any, output: int) -> Any:
+    """``output=i``: position ``i`` of a tuple/list, of a mapping's values or of a dataclass's fields."""
+    fields = _fields(raw)
+    if fields is not None:
+        seq = [v for _, v in fields]
+    elif isinstance(raw, (tuple, list)):
+        seq = list(raw)
+    else:
+        raise ValueError(f"output={output}: an index needs a tuple, list, mapping or dataclass output; "
+                         f"the model returned {type(raw).__name__}")
+    if not -len(seq) <= output < len(seq):
+        raise ValueError(f"output={output}: index out of range for a model output of {len(seq)} elements")
+    return seq[output]
+
+
+def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:
     """The tensor the loss sees, from whatever the model returned.
 
     ``output``: ``None`` (default) — a tensor is itself; otherwise the ``logits``
@@ -368,54 +422,13 @@ def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:  # noqa:
         torch.Size([4])
     """
     if output is None:
-        if isinstance(raw, torch.Tensor):
-            return raw
-        fields = _fields(raw)
-        if fields is not None:
-            values = dict(fields)
-            if isinstance(values.get("logits"), torch.Tensor):
-                return values["logits"]
-            candidates = [v for _, v in fields]
-        elif isinstance(getattr(raw, "logits", None), torch.Tensor):
-            return raw.logits
-        elif isinstance(raw, (tuple, list)):
-            candidates = list(raw)
-        else:
-            candidates = []
-        for value in candidates:
-            if isinstance(value, torch.Tensor):
-                return value
-        raise ValueError(f"the model returned {type(raw).__name__} with no tensor in it (no 'logits', no tensor "
-                         f"element); pass output= (a key, an index or a callable returning the output tensor)")
+        return _default_output(raw)
     if callable(output) and not isinstance(output, str):
         chosen, what = output(raw), f"output={getattr(output, '__name__', 'callable')}(raw)"
     elif isinstance(output, str):
-        fields = _fields(raw)
-        if fields is not None and isinstance(raw, Mapping):
-            if output not in raw:
-                raise ValueError(f"output={output!r}: the model's output has no key {output!r}; "
-                                 f"keys: {', '.join(map(str, raw.keys()))}")
-            chosen = raw[output]
-        elif isinstance(raw, torch.Tensor) or not hasattr(raw, output):
-            names = [k for k, _ in fields] if fields is not None else []
-            listing = f"; fields: {', '.join(names)}" if names else ""
-            raise ValueError(f"output={output!r}: the model returned {type(raw).__name__}, which has no "
-                             f"key or attribute {output!r}{listing}")
-        else:
-            chosen = getattr(raw, output)
-        what = f"output={output!r}"
+        chosen, what = _output_by_name(raw, output), f"output={output!r}"
     else:
-        fields = _fields(raw)
-        if fields is not None:
-            seq = [v for _, v in fields]
-        elif isinstance(raw, (tuple, list)):
-            seq = list(raw)
-        else:
-            raise ValueError(f"output={output}: an index needs a tuple, list, mapping or dataclass output; "
-                             f"the model returned {type(raw).__name__}")
-        if not -len(seq) <= output < len(seq):
-            raise ValueError(f"output={output}: index out of range for a model output of {len(seq)} elements")
-        chosen, what = seq[output], f"output={output}"
+        chosen, what = _output_by_index(raw, output), f"output={output}"
     if not isinstance(chosen, torch.Tensor):
         raise ValueError(f"{what} selected a {type(chosen).__name__}, not a tensor")
     return chosen

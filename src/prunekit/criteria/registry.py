@@ -30,6 +30,7 @@ from torch import nn
 
 from prunekit.core.structure_types import Structure
 
+from ._common import progress_of
 from .distributed import resolve_group, same_scores, warn_local
 from .losses import check_output_spec, resolve_loss
 
@@ -101,7 +102,7 @@ def available_methods() -> dict[str, str]:
 
 def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[Iterable], method: str,
              loss_fn: Optional[Callable] = None, num_samples: Optional[int] = None, *,
-             loss=None, output=None, group=None, **options) -> torch.Tensor:
+             loss=None, output=None, group=None, progress: Optional[bool] = None, **options) -> torch.Tensor:
     """One saliency score per structure; a lower score means less important.
 
     Args:
@@ -146,6 +147,9 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
             Every rank of the group must call ``saliency`` with the same method, structures
             and options; an error on one rank is raised on all of them
             (:mod:`prunekit.criteria.distributed`).
+        progress: a tqdm bar over the samples of each data pass: ``None`` (default) shows it
+            only when stderr is a terminal (never in logs or CI output), ``True`` always,
+            ``False`` never; on rank 0 only. Scores do not depend on it.
         **options: method-specific options (``seed``, ``curvature``, ``first_order``,
             ``max_memory_bytes``, ``chunk_size``); see each method.
 
@@ -215,7 +219,8 @@ def saliency(model: nn.Module, structures: Sequence[Structure], data: Optional[I
         return torch.zeros(0, dtype=torch.float64)
     if criterion.needs_data and criterion.distributed:  # False: this process alone (not initialized, or asked)
         options["group"] = group if ctx is not None else False
-    scores = criterion.fn(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, **options)
+    with progress_of(progress, f"saliency {criterion.name}"):
+        scores = criterion.fn(model, structures, data, loss_fn=loss_fn, num_samples=num_samples, **options)
     scores = scores.detach().to(device="cpu", dtype=torch.float64)
     scores = same_scores(ctx, scores)
     if scores.shape != (len(structures),):

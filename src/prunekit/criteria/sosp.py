@@ -36,6 +36,8 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -53,9 +55,10 @@ from .distributed import local_num_samples, reduce_sums, resolve_group
 from .taylor_obd import _nonzero_samples, _nonzero_total
 
 __all__ = ["sosp_h", "sosp_h_terms", "sosp_i", "sosp_i_pairwise", "SOSPIPairwise", "SaliencyMemoryError",
-           "DEFAULT_MAX_MEMORY_BYTES"]
+           "DEFAULT_MAX_MEMORY_BYTES", "available_memory_bytes", "RAM_FRACTION"]
 
 DEFAULT_MAX_MEMORY_BYTES = 2 * 2**30  # 2 GiB for SOSP-I's |S|×|S| matrix
+RAM_FRACTION = 0.5  # of the machine's available RAM that SOSP-I's Q may take (shared by the ranks on it)
 
 _CURVATURES = ("gauss-newton", "hessian")
 
@@ -263,15 +266,18 @@ class SOSPIPairwise:
     num_samples: int
 
     def saliency(self) -> torch.Tensor:
-        """``λ^I_s = |θ_sᵀ g| + ½ Σ_{s'} |Q_{ss'}|``."""
-        return self.gradient.abs() + 0.5 * self.Q.abs().sum(1)
+        """``λ^I_s = |θ_sᵀ g| + ½ Σ_{s'} |Q_{ss'}|`` (``|Q|`` a block of rows at a time: no second ``|S|²`` buffer)."""
+        rows = max(1, (1 << 24) // max(1, self.Q.shape[-1]))  # 128 MiB of float64 per block
+        row_sums = torch.cat([self.Q[i: i + rows].abs().sum(1) for i in range(0, self.Q.shape[0], rows)]) \
+            if self.Q.shape[0] else self.Q.new_zeros(0)
+        return self.gradient.abs() + 0.5 * row_sums
 
 
 def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
                     loss_fn: LossSpec = None, num_samples: Optional[int] = None,
                     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
                     chunk_size: Optional[int] = None, output: OutputSpec = None,
-                    group=None) -> SOSPIPairwise:
+                    group=None, max_q_bytes: Optional[int] = None) -> SOSPIPairwise:
     """The full pairwise matrix ``Q`` of SOSP-I and the gradient terms.
 
     .. math::  Q_{ss'} = \\frac1W \\sum_n φ_s(x_n)^T Λ_n φ_{s'}(x_n), \\qquad
@@ -300,8 +306,12 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     vectorised with ``is_grads_batched``; no model pass).
 
     Raises:
-        SaliencyMemoryError: before allocating, when ``|S|² × 8`` bytes exceed
-            ``max_memory_bytes`` (default 2 GiB).
+        SaliencyMemoryError: before any pass (on every rank, if one rank's is short), when
+            ``Q``'s ``|S|² × 8`` bytes exceed ``max_memory_bytes`` (default 2 GiB) or the
+            memory this rank has (:func:`available_memory_bytes`: free CUDA memory, or
+            :data:`RAM_FRACTION` of the available RAM shared by the ranks of the machine;
+            ``max_q_bytes`` replaces that probe, e.g. in tests). The message gives both
+            sizes and the ways out: fewer structures at once, or ``sosp-h``.
 
     Example:
         >>> import torch
@@ -319,8 +329,8 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
         loss = resolve_loss(loss_fn)
         forward = ModelCall(model, output)
         num = len(structures)
-        needed = _q_bytes(num, max_memory_bytes)
         scaling = StructureScaling(model, structures)
+        needed = _q_bytes(num, max_memory_bytes, scaling.device, max_q_bytes)
         Q = torch.zeros(num, num, dtype=torch.float64, device=scaling.device)
         grad_sum = torch.zeros(num, dtype=torch.float64, device=scaling.device)
         ones = scaling.ones()
@@ -387,9 +397,50 @@ def sosp_i_pairwise(model: nn.Module, structures: Sequence[Structure], data: Ite
     return SOSPIPairwise(Q=Q, gradient=grad_sum / total, num_samples=int(samples))
 
 
-def _q_bytes(num: int, max_memory_bytes: int) -> int:
-    """Bytes of SOSP-I's float64 ``num × num`` matrix ``Q``; :class:`SaliencyMemoryError` above the budget."""
+def available_memory_bytes(device) -> Optional[int]:
+    """Bytes this process may still allocate on ``device`` for SOSP-I's ``Q``, or ``None`` when unknown.
+
+    CUDA: the device's free memory (``torch.cuda.mem_get_info``). CPU: :data:`RAM_FRACTION` of
+    ``MemAvailable`` in ``/proc/meminfo``, divided among the ranks of this machine
+    (``LOCAL_WORLD_SIZE``, set by ``torchrun``), each of which holds its own ``Q``.
+
+    Example:
+        >>> available_memory_bytes("cpu") is None or available_memory_bytes("cpu") > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found = re.search(r"^MemAvailable:\s+(\d+)\s*kB", f.read(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if found is None:
+        return None
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return int(int(found.group(1)) * 1024 * RAM_FRACTION) // ranks
+
+
+def _q_bytes(num: int, max_memory_bytes: int, device="cpu", max_q_bytes: Optional[int] = None) -> int:
+    """Bytes of SOSP-I's float64 ``num × num`` matrix ``Q``; :class:`SaliencyMemoryError` when it does not fit."""
     needed = num * num * torch.finfo(torch.float64).bits // 8
+    available = max_q_bytes if max_q_bytes is not None else available_memory_bytes(device)
+    if available is not None and needed > available:
+        source = "max_q_bytes" if max_q_bytes is not None else (
+            "free CUDA memory" if torch.device(device).type == "cuda"
+            else f"{RAM_FRACTION:g} of the available RAM / ranks on this machine")
+        raise SaliencyMemoryError(
+            f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
+            f"({_human(needed)}) on every rank, but only {available} bytes ({_human(available)}) are available "
+            f"on {device} ({source}). Score fewer structures at once (Q grows with their square: half as many "
+            f"take a quarter of the memory; find_structures(..., ignore=[...]) or scoring a subset), or use "
+            f"method='sosp-h' (memory linear in the number of structures, about 2 gradient passes).")
     if needed > max_memory_bytes:
         raise SaliencyMemoryError(
             f"sosp-i needs a {num}×{num} pairwise matrix Q for {num} structures: {needed} bytes "
@@ -439,7 +490,7 @@ def auto_chunk_size(classes: int, num_params: int, budget_bytes: int, element_by
 def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
            loss_fn: LossSpec = None, num_samples: Optional[int] = None,
            max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, chunk_size: Optional[int] = None,
-           output: OutputSpec = None, group=None) -> torch.Tensor:
+           output: OutputSpec = None, group=None, max_q_bytes: Optional[int] = None) -> torch.Tensor:
     """SOSP-I saliency ``λ^I_s = |θ_sᵀ g| + ½ Σ_{s'∈S} |Q_{ss'}|``, ``Q_{ss'} = θ_sᵀ G θ_{s'}``.
 
     prunekit's formulation: the upper bound of ``|ΔL(M)|`` that decouples the
@@ -459,4 +510,4 @@ def sosp_i(model: nn.Module, structures: Sequence[Structure], data: Iterable, *,
     """
     return sosp_i_pairwise(model, structures, data, loss_fn=loss_fn, num_samples=num_samples,
                            max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, output=output,
-                           group=group).saliency()
+                           group=group, max_q_bytes=max_q_bytes).saliency()

@@ -100,7 +100,41 @@ def _trace(model: nn.Module, example_inputs, modules: Iterable[nn.Module]):
     return output, record
 
 
-def prunable_weights(model: nn.Module, example_inputs=None, exclude: Sequence = (),  # noqa: C901
+def _find_classifier(model: nn.Module, example_inputs, weights: dict[str, nn.Module]) -> str | None:
+    """The module whose output is the model's output (traced on ``example_inputs``), else the last ``nn.Linear``.
+
+    When the traced output comes from no weight module and the model has no ``nn.Linear``,
+    the last weight module called is the classifier.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    if example_inputs is not None:
+        output, record = _trace(model, example_inputs, weights.values())
+        last = [m for m, (_, out, _) in record.items() if out is output]  # an outer module's comes last
+        if last:
+            return names[last[-1]]
+        if record and not any(isinstance(m, nn.Linear) for m in record):
+            return names[max(record, key=lambda m: record[m][2])]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _excluded(model: nn.Module, exclude: Sequence, weights: dict[str, nn.Module]) -> tuple[set[int], set[str]]:
+    """``(ids of excluded modules, excluded parameter names)`` from names, parameter names or modules."""
+    excluded_modules, excluded_params = set(), set()
+    modules = dict(model.named_modules())
+    for item in exclude or ():
+        if isinstance(item, nn.Module):
+            excluded_modules.update(id(m) for m in item.modules())
+        elif item in weights:
+            excluded_params.add(item)
+        elif item in modules:
+            excluded_modules.update(id(m) for m in modules[item].modules())
+        else:
+            raise ValueError(f"exclude: {item!r} is neither a module nor a weight of {type(model).__name__}")
+    return excluded_modules, excluded_params
+
+
+def prunable_weights(model: nn.Module, example_inputs=None, exclude: Sequence = (),
                      params: Sequence[str] | None = None) -> tuple[list[str], str | None]:
     """The weights CTF masks, and the classifier module left out.
 
@@ -120,32 +154,8 @@ def prunable_weights(model: nn.Module, example_inputs=None, exclude: Sequence = 
         if missing:
             raise ValueError(f"params {missing}: not the weight (dim ≥ 2) of any module of {type(model).__name__}")
         return [p for p in weights if p in set(params)], None
-    names = {m: n for n, m in model.named_modules()}
-    classifier = None
-    if example_inputs is not None:
-        output, record = _trace(model, example_inputs, weights.values())
-        for module, (_, out, _) in record.items():
-            if out is output:
-                classifier = names[module]
-        if classifier is None and record:
-            linears = [m for m in record if isinstance(m, nn.Linear)]
-            if not linears:
-                classifier = names[max(record, key=lambda m: record[m][2])]
-    if classifier is None:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if linears:
-            classifier = linears[-1]
-    excluded_modules, excluded_params = set(), set()
-    modules = dict(model.named_modules())
-    for item in exclude or ():
-        if isinstance(item, nn.Module):
-            excluded_modules.update(id(m) for m in item.modules())
-        elif item in weights:
-            excluded_params.add(item)
-        elif item in modules:
-            excluded_modules.update(id(m) for m in modules[item].modules())
-        else:
-            raise ValueError(f"exclude: {item!r} is neither a module nor a weight of {type(model).__name__}")
+    classifier = _find_classifier(model, example_inputs, weights)
+    excluded_modules, excluded_params = _excluded(model, exclude, weights)
     selected = []
     for pname, module in weights.items():
         mname = pname.rsplit(".", 1)[0] if "." in pname else ""

@@ -18,8 +18,8 @@ weights under the frozen binary masks.
 
 prunekit's choices where the paper leaves room (**[ours]**: relative binary budget on the
 thresholds, budget ramp, budget controller, settle phase, hard phase, rank fix), their reasons
-and the commands that measured them are in ``docs/ctf.md``; the options are documented on
-:class:`CTF`.
+and the commands that measured them are in ``docs/ctf.md``; the options, their defaults and how
+they depend on each other are documented on :class:`~prunekit.ctf.options.CTFOptions`.
 
 Caveat: ``torch.nn.utils.parametrize`` gives a parametrized module a class shared by its
 deep copies, and removing a parametrization deletes the property from that class; call
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -53,19 +52,15 @@ from torch.nn.utils import parametrize
 
 from ..core.plan import PruningPlan
 from ..core.structures import find_structures
+from ..criteria.distributed import average_gradients, resolve_group
 from .common import (
     _removable, _weight_modules, entry_costs, fix_to_budget, head_ties, plan_from_masks, prunable_weights,
     resolve_example_inputs, weight_layouts,
 )
-from .masks import GRANULARITIES, CTFMask, HeadTie, Temperature
+from .masks import CTFMask, HeadTie, Temperature
+from .options import DEFAULT_A_INIT, CTFOptions
 
-__all__ = ["CTF", "DEFAULT_A_INIT", "CONTROL_GAIN", "CONTROL_MAX_STEP"]
-
-# Initial thresholds in units of each layer's rms (see CTF's docstring).
-DEFAULT_A_INIT = {
-    "learnable": {"channel": 0.05, "column": 0.05, "row": 0.05, "entry": 0.05},
-    "fixed": {"channel": 0.5, "column": 0.5, "row": 0.5, "entry": 0.5},
-}
+__all__ = ["CTF", "CTFOptions", "DEFAULT_A_INIT", "CONTROL_GAIN", "CONTROL_MAX_STEP"]
 
 # The budget controller (CTF._control_step): fraction of the predicted gap closed per step, and the
 # largest common threshold shift per step (in ρ, a = softplus(ρ)).
@@ -83,47 +78,15 @@ class CTF:
     Args:
         model: modified in place (parametrizations attached now, removed by :meth:`finalize`).
         rate: fraction of the prunable weights (or of their MACs) to remove, in ``[0, 1)``.
+        options: a :class:`~prunekit.ctf.options.CTFOptions` (default ``CTFOptions()``): the
+            granularities, the penalty, the thresholds, the schedule, with their documented
+            defaults and how they depend on each other.
         example_inputs: one batch the model accepts (default: the registry's example batch
             for models built by :func:`prunekit.models.create`); used to find the
             classifier, to count MACs and to find the structures (now: the hard phase and
             :meth:`finalize` use them).
-        cost: ``"params"`` (every entry counts 1) or ``"macs"`` (each entry weighted by the
-            MACs it costs per sample).
-        granularities: active factors, a subset of ``("channel", "column", "row", "entry")``.
-            ``("column",)`` etc. give the structured-only variants.
-        exclude: module or parameter names (or modules) to leave dense; the classifier is
-            always left dense.
-        params: explicit weight names to mask instead of the default selection (every
-            ``weight`` of dimension ≥ 2 but the classifier's).
-        lam: ``λ`` of the normalised budget penalty (default 50 with learnable thresholds,
-            200 with fixed ones).
-        tau_start, tau_end: temperature schedule (units of each layer's rms).
-        thresholds: ``"learnable"`` (trained by CTF's own Adam) or ``"fixed"``.
-        a_init: initial thresholds per granularity (units of each layer's rms); defaults in
-            :data:`DEFAULT_A_INIT`: 0.05 when learnable (almost dense at the start), 0.5 when
-            fixed (the weights must shrink below it).
-        tie_heads: share the block gate of an attention layer's query, key and value.
-        layouts: ``{weight name: K}`` overriding the detected number of blocks.
-        ramp: fraction of the soft epochs over which the budget target moves from the
-            initial kept fraction to ``1 − rate`` (0: the paper's fixed target).
-        threshold_lr: Adam step size of the learnable thresholds (on ``ρ``, ``a = softplus(ρ)``).
-        hard: fraction of the epochs, at the end, trained with the masks frozen to their
-            binarised, rank-fixed values (:meth:`freeze`); 0: soft masks to the end.
-        budget: ``"binary"`` (the penalty counts ``ψ > 0.5`` with the soft gradient) or
-            ``"soft"`` (the paper's ``Σψ``).
-        relative: divide the budget miss by ``1 − rate`` (default: with learnable thresholds).
-        weight_penalty: let the penalty's gradient reach the latent weights too (default:
-            only with fixed thresholds; learnable ones alone carry the budget otherwise).
-        anneal_threshold_lr: scale the threshold (Adam) step by ``τ / τ_start``.
-        threshold_control: after every threshold step, shift all thresholds by one common
-            amount so that the binary kept fraction meets the current target (a damped
-            Newton step, see :meth:`_control_step`); default: on with learnable thresholds.
-            Without it the masks stall above the target at high rates and the rank fix
-            at the freeze decides most of the pruning (``report()["rank_fix"]["moved"]``).
-        settle: fraction of the soft epochs, at their end, in which the forward pass uses
-            ``Ŵ ⊙ ψ(sg(Ŵ))``: ``ψ`` is not differentiated with respect to the weights (the
-            thresholds still learn), so weights no longer jump across their thresholds and
-            the masks hold the budget up to the freeze (default ½: from the end of the ramp).
+        **overrides: any field of :class:`~prunekit.ctf.options.CTFOptions` by name
+            (``CTF(model, 0.9, lam=20)``), over ``options``; the resolved settings are ``self.options``.
 
     Use it as a :func:`~prunekit.pipeline.train.fit` callback (``extra_loss`` adds :meth:`penalty`,
     ``on_epoch_start`` anneals ``τ``, advances the ramp and starts the hard phase), or in a
@@ -132,75 +95,28 @@ class CTF:
     the hard phase); then :meth:`finalize`. ``report()["rank_fix"]`` (after
     :meth:`finalize`) says how much the rank fix, rather than the learned masks, decided:
     ``moved`` prunable entries (of ``prunable``) end in another state than the masks'
-    ``ψ > ½`` when they froze (``dropped`` + ``revived``).
+    ``ψ > ½`` when they froze (``dropped`` + ``revived``). :func:`prunekit.ctf.run` is the
+    whole protocol (masks, finalize, materialize, fine-tune, evaluate) in one call.
 
     Attributes:
         names: the masked weights. ``classifier``: the module left dense.
         masks_by_name: ``{weight name: CTFMask}``. ``history``: one row per epoch.
     """
 
-    def __init__(self, model: nn.Module, rate: float, *, example_inputs=None, cost: str = "params",  # noqa: C901
-                 granularities: Sequence[str] = GRANULARITIES, exclude: Sequence | None = None,
-                 params: Sequence[str] | None = None, lam: float | None = None, tau_start: float = 0.5,
-                 tau_end: float = 0.02, thresholds: str = "learnable", a_init: dict | None = None,
-                 tie_heads: bool = True, layouts: dict[str, int] | None = None, ramp: float = 0.5,
-                 threshold_lr: float = 0.2, hard: float = 0.25, budget: str = "binary",
-                 relative: bool | None = None, weight_penalty: bool | None = None,
-                 anneal_threshold_lr: bool = True, threshold_control: bool | None = None,
-                 settle: float = 0.5):
+    def __init__(self, model: nn.Module, rate: float, options: CTFOptions | None = None, *,
+                 example_inputs=None, **overrides):
         if not (0.0 <= float(rate) < 1.0) or math.isnan(rate):
             raise ValueError(f"CTF: rate must be in [0, 1), got {rate}")
-        if thresholds not in ("learnable", "fixed"):
-            raise ValueError(f"CTF: thresholds must be 'learnable' or 'fixed', got {thresholds!r}")
-        if cost not in ("params", "macs"):
-            raise ValueError(f"CTF: cost must be 'params' or 'macs', got {cost!r}")
-        granularities = tuple(granularities)
-        unknown = set(granularities) - set(GRANULARITIES)
-        if unknown or not granularities:
-            raise ValueError(f"CTF: granularities must be a non-empty subset of {GRANULARITIES}, got {granularities}")
-        if not (tau_start > 0 and tau_end > 0):
-            raise ValueError(f"CTF: temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
-        if not 0.0 <= ramp <= 1.0:
-            raise ValueError(f"CTF: ramp must be in [0, 1], got {ramp}")
-        if not 0.0 <= hard < 1.0:
-            raise ValueError(f"CTF: hard must be in [0, 1), got {hard}")
-        if not 0.0 <= settle <= 1.0:
-            raise ValueError(f"CTF: settle must be in [0, 1], got {settle}")
-        self.settle = float(settle)
+        if options is not None and not isinstance(options, CTFOptions):
+            raise TypeError(f"CTF: options must be a CTFOptions, got {type(options).__name__}")
         if any(isinstance(m, CTFMask) for m in model.modules()):
             raise ValueError("CTF: the model already carries CTF masks (finalize the other CTF first)")
-        self.model = model
-        self.rate = float(rate)
-        self.cost = cost
-        self.granularities = tuple(g for g in GRANULARITIES if g in granularities)
-        learnable = thresholds == "learnable"
-        # learnable: the budget moves the thresholds (Adam), so a strong relative penalty is safe;
-        # fixed: only the weights can meet it (SGD), which a strong penalty destabilises
-        self.relative = learnable if relative is None else bool(relative)
-        self.lam = float(lam if lam is not None else (50.0 if learnable else 200.0))
-        self.weight_penalty = (not learnable) or bool(weight_penalty)
-        self.tau_start, self.tau_end = float(tau_start), float(tau_end)
-        self.ramp = float(ramp)
-        self.hard = float(hard)
-        if budget not in ("soft", "binary"):
-            raise ValueError(f"CTF: budget must be 'soft' or 'binary', got {budget!r}")
-        self.budget = budget
-        self._frozen: dict | None = None  # set when the hard phase starts: pre-freeze state and rank fix
-        self.threshold_lr = float(threshold_lr)
-        self._adam: dict[str, list] = {}
-        self._beta1 = 0.5
-        self.anneal_threshold_lr = bool(anneal_threshold_lr)
-        self.threshold_control = (thresholds == "learnable") if threshold_control is None else bool(threshold_control)
-        if self.threshold_control and thresholds != "learnable":
-            raise ValueError("CTF: threshold_control needs learnable thresholds")
-        self._control: dict | None = None  # the last penalty's budget error and threshold slopes
-        self._epoch, self._epochs = 0, None  # known once fit calls on_epoch_start
-        self._epoch_start_generation, self._steps_per_epoch = 0, None
-        self._start_keep: float | None = None
-        self.learnable = thresholds == "learnable"
-        self.a_init = {**DEFAULT_A_INIT[thresholds], **(a_init or {})}
+        self.options = (options or CTFOptions()).replace(**overrides).resolved()
+        self.model, self.rate = model, float(rate)
+        self._use_options(self.options)
         self.example_inputs = resolve_example_inputs(model, example_inputs)
-        self.names, self.classifier = prunable_weights(model, self.example_inputs, exclude or (), params)
+        self.names, self.classifier = prunable_weights(model, self.example_inputs, self.options.exclude or (),
+                                                       self.options.params)
         if not self.names:
             raise ValueError(f"CTF: {type(model).__name__} has no prunable weight (dim ≥ 2, not the classifier)")
         # the structures, found now (the tracer cannot see through the parametrizations): the layouts
@@ -208,25 +124,54 @@ class CTF:
         # finalize turns the masks into a plan
         self._structures = find_structures(model, self.example_inputs)
         self.layouts = weight_layouts(model, self.names, self._structures)
-        for name, k in (layouts or {}).items():
+        for name, k in (self.options.layouts or {}).items():
             if name not in self.layouts:
                 raise ValueError(f"CTF: layouts names {name!r}, which is not a masked weight")
             self.layouts[name] = (int(k), None)
-        self.costs = entry_costs(model, self.names, self.example_inputs, cost)
+        self.costs = entry_costs(model, self.names, self.example_inputs, self.cost)
+        self._attach_masks()
+        self.total_cost = sum(self.costs[n] * self._latent(n).numel() for n in self.names)
+        # the rate the penalty and the rank fix aim at: ``rate``, or what the granularities can reach
+        self._max_rate = self.max_rate()
+        if self.reachable_rate < self.rate - 1e-9:
+            warnings.warn(f"CTF: granularities {self.granularities} can remove at most {self.reachable_rate:.4f} of "
+                          f"{type(model).__name__}'s prunable weights (one group of every masked weight stays; "
+                          f"weights without a {self.granularities[-1]} factor stay whole), not rate {self.rate}: "
+                          "aiming at that instead", stacklevel=2)
+        self.target_keep = 1.0 - self.reachable_rate  # the penalty's current target (moves during the ramp)
+        self._hook = model.register_forward_pre_hook(self._before_forward) if self.learnable else None
+
+    def _use_options(self, o: CTFOptions) -> None:
+        """The resolved options as attributes, and the training state at its start."""
+        self.cost, self.granularities, self.budget = o.cost, tuple(o.granularities), o.budget
+        self.lam, self.relative, self.weight_penalty, self.ramp = o.lam, o.relative, o.weight_penalty, o.ramp
+        self.tau_start, self.tau_end, self.hard, self.settle = o.tau_start, o.tau_end, o.hard, o.settle
+        self.threshold_lr, self.anneal_threshold_lr = o.threshold_lr, bool(o.anneal_threshold_lr)
+        self.threshold_control, self.learnable, self.a_init = o.threshold_control, o.thresholds == "learnable", o.a_init
+        self._frozen: dict | None = None  # set when the hard phase starts: pre-freeze state and rank fix
+        self._adam: dict[str, list] = {}
+        self._beta1 = 0.5
+        self._control: dict | None = None  # the last penalty's budget error and threshold slopes
+        self._epoch, self._epochs = 0, None  # known once fit calls on_epoch_start
+        self._epoch_start_generation, self._steps_per_epoch = 0, None
+        self._start_keep: float | None = None
         self.temperature = Temperature(self.tau_start)
         self.masks_by_name: dict[str, CTFMask] = {}
         self.history: list[dict] = []
         self.finalized = False
         self._report: dict | None = None
-        ties = {}
-        if tie_heads and "channel" in self.granularities:
-            for key, members in head_ties(self.layouts).items():
-                ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable)
         self._held_zero: list = []
         self._hold_hook = None
-        params_now = dict(model.named_parameters())
+
+    def _attach_masks(self) -> None:
+        """A :class:`CTFMask` parametrization on every masked weight, head gates tied per attention layer."""
+        ties = {}
+        if self.options.tie_heads and "channel" in self.granularities:
+            for key, members in head_ties(self.layouts).items():
+                ties[key] = HeadTie(self.layouts[members[0]][0], self.a_init["channel"], self.learnable)
+        params_now = dict(self.model.named_parameters())
         for name in self.names:
-            module = _module_of(model, name)
+            module = _module_of(self.model, name)
             weight = params_now[name].detach()
             scale = float(weight.pow(2).mean().sqrt()) or 1.0
             k, tie_key = self.layouts[name]
@@ -240,16 +185,6 @@ class CTF:
             mask.to(weight.device)
             parametrize.register_parametrization(module, "weight", mask)
             self.masks_by_name[name] = mask
-        self.total_cost = sum(self.costs[n] * self._latent(n).numel() for n in self.names)
-        # the rate the penalty and the rank fix aim at: ``rate``, or what the granularities can reach
-        self._max_rate = self.max_rate()
-        if self.reachable_rate < self.rate - 1e-9:
-            warnings.warn(f"CTF: granularities {self.granularities} can remove at most {self.reachable_rate:.4f} of "
-                          f"{type(model).__name__}'s prunable weights (one group of every masked weight stays; "
-                          f"weights without a {self.granularities[-1]} factor stay whole), not rate {self.rate}: "
-                          "aiming at that instead", stacklevel=2)
-        self.target_keep = 1.0 - self.reachable_rate  # the penalty's current target (moves during the ramp)
-        self._hook = model.register_forward_pre_hook(self._before_forward) if self.learnable else None
 
     @property
     def reachable_rate(self) -> float:
@@ -288,9 +223,16 @@ class CTF:
     @torch.no_grad()
     def _update_thresholds(self) -> None:
         """One Adam step (β = 0.5, 0.999) on every threshold with a gradient, then clear it; then,
-        with ``threshold_control``, the budget controller's common shift (:meth:`_control_step`)."""
+        with ``threshold_control``, the budget controller's common shift (:meth:`_control_step`).
+
+        Under ``torch.distributed`` the threshold gradients are first averaged over the ranks
+        (they are buffers, which DistributedDataParallel does not reduce), so every rank takes
+        the same step in any training loop."""
         control, self._control = self._control, None
         buffers = self._threshold_buffers()
+        group = resolve_group(None)
+        if group is not None:
+            average_gradients([getattr(owner, bname) for owner, bname in buffers.values()], group)
         moves: dict[tuple[int, str], torch.Tensor] = {}
         for key, (owner, bname) in buffers.items():
             rho = getattr(owner, bname)

@@ -123,184 +123,238 @@ class _Stream:
         return int.from_bytes(self.take(n), "little")
 
 
-def parse_plain_pickle(data: bytes, *, path: str | os.PathLike):  # noqa: C901
+class _Machine:
+    """The pickle machine: stack, marks and memo, and one handler per opcode (family)."""
+
+    __slots__ = ("stream", "path", "stack", "marks", "memo")
+
+    def __init__(self, data: bytes, path):
+        self.stream, self.path = _Stream(data, path), path
+        self.stack: list = []
+        self.marks: list[list] = []
+        self.memo: dict[int, object] = {}
+
+    def fail(self, message: str, at: int | None = None) -> DataFormatError:
+        return DataFormatError(f"{message} (byte {self.stream.pos if at is None else at})", path=self.path)
+
+    def pop_mark(self) -> list:
+        if not self.marks:
+            raise self.fail("pickle opcode needs a MARK but there is none")
+        items = self.stack
+        self.stack = self.marks.pop()
+        if any(item is _MARK for item in items):  # pragma: no cover - defensive
+            raise self.fail("malformed MARK nesting")
+        return items
+
+    def pop(self):
+        if not self.stack:
+            raise self.fail("pickle stack underflow")
+        return self.stack.pop()
+
+    def top(self):
+        if not self.stack:
+            raise self.fail("pickle stack underflow")
+        return self.stack[-1]
+
+    def push_global(self, module: str, name: str, at: int) -> None:
+        kind = _TAGS.get((module, name))
+        if kind is None:
+            raise DataFormatError(f"refusing to unpickle global '{module}.{name}' (only NumPy arrays and plain "
+                                  f"types are allowed; byte {at})", path=self.path)
+        self.stack.append(_Tag(kind, f"{module}.{name}"))
+
+    def set_items(self, target, items: list, at: int) -> None:
+        if not isinstance(target, dict):
+            raise self.fail(f"SETITEM(S) on a {type(target).__name__}, not a dict", at)
+        if len(items) % 2:
+            raise self.fail("SETITEMS with an odd number of items", at)
+        for k in range(0, len(items), 2):
+            key = items[k]
+            if type(key) not in (str, bytes, int):
+                raise self.fail(f"dict key of type {_kind(key)} (only str, bytes and int keys are allowed)", at)
+            target[key] = items[k + 1]
+
+    def append(self, target, items: list, at: int) -> None:
+        if not isinstance(target, list):
+            raise self.fail(f"APPEND(S) on a {_kind(target)}, not a list", at)
+        target.extend(items)
+
+    def result(self):
+        """The one value left on the stack at STOP, its array placeholders resolved."""
+        if self.marks:
+            raise self.fail("pickle stream ends inside a MARK")
+        if len(self.stack) != 1:
+            raise self.fail(f"pickle stream ends with {len(self.stack)} values on the stack, expected 1")
+        return _resolve(self.stack[0], self.fail)
+
+    # opcode handlers: handler(code, at), ``at`` the opcode's byte offset
+
+    def op_proto(self, code: int, at: int) -> None:
+        version = self.stream.uint(1)
+        if version > 5:
+            raise self.fail(f"unsupported pickle protocol {version}", at)
+
+    def op_frame(self, code: int, at: int) -> None:  # only a length hint
+        self.stream.take(8)
+
+    def op_mark(self, code: int, at: int) -> None:
+        self.marks.append(self.stack)
+        self.stack = []
+
+    def op_pop(self, code: int, at: int) -> None:
+        self.pop()
+
+    def op_pop_mark(self, code: int, at: int) -> None:
+        self.pop_mark()
+
+    def op_dup(self, code: int, at: int) -> None:
+        self.stack.append(self.top())
+
+    def op_constant(self, code: int, at: int) -> None:  # NONE, NEWTRUE, NEWFALSE
+        self.stack.append({0x4E: None, 0x88: True, 0x89: False}[code])
+
+    def op_binint(self, code: int, at: int) -> None:  # BININT (signed), BININT1, BININT2
+        if code == 0x4A:
+            self.stack.append(int.from_bytes(self.stream.take(4), "little", signed=True))
+        else:
+            self.stack.append(self.stream.uint(1 if code == 0x4B else 2))
+
+    def op_long1(self, code: int, at: int) -> None:
+        n = self.stream.uint(1)
+        if n > 16:
+            raise self.fail(f"integer of {n} bytes (at most 16 allowed)", at)
+        self.stack.append(int.from_bytes(self.stream.take(n), "little", signed=True))
+
+    def op_binfloat(self, code: int, at: int) -> None:
+        self.stack.append(struct.unpack(">d", self.stream.take(8))[0])
+
+    def op_unicode(self, code: int, at: int) -> None:  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
+        n = self.stream.uint({0x58: 4, 0x8C: 1, 0x8D: 8}[code])
+        raw = self.stream.take(n)
+        try:
+            self.stack.append(bytes(raw).decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError:
+            raise self.fail("invalid UTF-8 in a string", at) from None
+
+    def op_binstring(self, code: int, at: int) -> None:  # BINSTRING, SHORT_BINSTRING (Python 2 str): bytes
+        n = int.from_bytes(self.stream.take(4 if code == 0x54 else 1), "little", signed=code == 0x54)
+        if n < 0:
+            raise self.fail("negative string length", at)
+        self.stack.append(bytes(self.stream.take(n)))
+
+    def op_binbytes(self, code: int, at: int) -> None:  # BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
+        n = self.stream.uint({0x42: 4, 0x43: 1, 0x8E: 8, 0x96: 8}[code])
+        self.stack.append(bytes(self.stream.take(n)))  # bytearrays come back as (immutable) bytes
+
+    def op_empty(self, code: int, at: int) -> None:  # EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE
+        self.stack.append({0x7D: dict, 0x5D: list, 0x29: tuple}[code]())
+
+    def op_tuple_n(self, code: int, at: int) -> None:  # TUPLE1..3
+        n = code - 0x84
+        if len(self.stack) < n:
+            raise self.fail("pickle stack underflow")
+        items = tuple(self.stack[-n:])
+        del self.stack[-n:]
+        self.stack.append(items)
+
+    def op_tuple(self, code: int, at: int) -> None:
+        items = tuple(self.pop_mark())  # pop_mark swaps the stack: append afterwards
+        self.stack.append(items)
+
+    def op_list(self, code: int, at: int) -> None:
+        items = list(self.pop_mark())
+        self.stack.append(items)
+
+    def op_dict(self, code: int, at: int) -> None:
+        items = self.pop_mark()
+        target: dict = {}
+        self.set_items(target, items, at)
+        self.stack.append(target)
+
+    def op_append(self, code: int, at: int) -> None:
+        value = self.pop()
+        self.append(self.top(), [value], at)
+
+    def op_appends(self, code: int, at: int) -> None:
+        items = self.pop_mark()
+        self.append(self.top(), items, at)
+
+    def op_setitem(self, code: int, at: int) -> None:
+        value, key = self.pop(), self.pop()
+        self.set_items(self.top(), [key, value], at)
+
+    def op_setitems(self, code: int, at: int) -> None:
+        items = self.pop_mark()
+        self.set_items(self.top(), items, at)
+
+    def op_put(self, code: int, at: int) -> None:  # BINPUT, LONG_BINPUT, MEMOIZE
+        index = len(self.memo) if code == 0x94 else self.stream.uint(1 if code == 0x71 else 4)
+        self.memo[index] = self.top()
+
+    def op_get(self, code: int, at: int) -> None:  # BINGET, LONG_BINGET
+        index = self.stream.uint(1 if code == 0x68 else 4)
+        if index not in self.memo:
+            raise self.fail(f"memo index {index} read before it was written", at)
+        self.stack.append(self.memo[index])
+
+    def op_global(self, code: int, at: int) -> None:
+        module = self.stream.line()
+        name = self.stream.line()
+        self.push_global(module, name, at)
+
+    def op_stack_global(self, code: int, at: int) -> None:
+        name, module = self.pop(), self.pop()
+        if type(module) is not str or type(name) is not str:
+            raise self.fail("STACK_GLOBAL with non-string names", at)
+        self.push_global(module, name, at)
+
+    def op_reduce(self, code: int, at: int) -> None:
+        args, func = self.pop(), self.pop()
+        self.stack.append(_reduce(func, args, at, self.fail))
+
+    def op_build(self, code: int, at: int) -> None:
+        state = self.pop()
+        _build(self.top(), state, at, self.fail)
+
+
+_STOP = 0x2E
+_HANDLERS = {
+    0x80: _Machine.op_proto, 0x95: _Machine.op_frame, 0x28: _Machine.op_mark, 0x30: _Machine.op_pop,
+    0x31: _Machine.op_pop_mark, 0x32: _Machine.op_dup,
+    0x4E: _Machine.op_constant, 0x88: _Machine.op_constant, 0x89: _Machine.op_constant,
+    0x4A: _Machine.op_binint, 0x4B: _Machine.op_binint, 0x4D: _Machine.op_binint, 0x8A: _Machine.op_long1,
+    0x47: _Machine.op_binfloat,
+    0x58: _Machine.op_unicode, 0x8C: _Machine.op_unicode, 0x8D: _Machine.op_unicode,
+    0x54: _Machine.op_binstring, 0x55: _Machine.op_binstring,
+    0x42: _Machine.op_binbytes, 0x43: _Machine.op_binbytes, 0x8E: _Machine.op_binbytes, 0x96: _Machine.op_binbytes,
+    0x7D: _Machine.op_empty, 0x5D: _Machine.op_empty, 0x29: _Machine.op_empty,
+    0x85: _Machine.op_tuple_n, 0x86: _Machine.op_tuple_n, 0x87: _Machine.op_tuple_n,
+    0x74: _Machine.op_tuple, 0x6C: _Machine.op_list, 0x64: _Machine.op_dict,
+    0x61: _Machine.op_append, 0x65: _Machine.op_appends, 0x73: _Machine.op_setitem, 0x75: _Machine.op_setitems,
+    0x71: _Machine.op_put, 0x72: _Machine.op_put, 0x94: _Machine.op_put,
+    0x68: _Machine.op_get, 0x6A: _Machine.op_get,
+    0x63: _Machine.op_global, 0x93: _Machine.op_stack_global,
+    0x52: _Machine.op_reduce, 0x62: _Machine.op_build,
+}
+
+
+def parse_plain_pickle(data: bytes, *, path: str | os.PathLike):
     """Interpret a pickle stream as plain data (see the module docstring); never runs code.
 
     Raises :class:`DataFormatError` (naming ``path`` and the byte offset) for anything
     outside the plain-data subset, a truncated stream or an inconsistent array.
     """
-    stream = _Stream(bytes(data), path)
-    stack: list = []
-    marks: list[list] = []
-    memo: dict[int, object] = {}
-
-    def fail(message: str, at: int | None = None) -> DataFormatError:
-        return DataFormatError(f"{message} (byte {stream.pos if at is None else at})", path=path)
-
-    def pop_mark() -> list:
-        nonlocal stack
-        if not marks:
-            raise fail("pickle opcode needs a MARK but there is none")
-        items = stack
-        stack = marks.pop()
-        if any(item is _MARK for item in items):  # pragma: no cover - defensive
-            raise fail("malformed MARK nesting")
-        return items
-
-    def pop():
-        if not stack:
-            raise fail("pickle stack underflow")
-        return stack.pop()
-
-    def top():
-        if not stack:
-            raise fail("pickle stack underflow")
-        return stack[-1]
-
-    def push_global(module: str, name: str, at: int):
-        kind = _TAGS.get((module, name))
-        if kind is None:
-            raise DataFormatError(f"refusing to unpickle global '{module}.{name}' (only NumPy arrays and plain "
-                                  f"types are allowed; byte {at})", path=path)
-        stack.append(_Tag(kind, f"{module}.{name}"))
-
-    def set_items(target, items: list, at: int):
-        if not isinstance(target, dict):
-            raise fail(f"SETITEM(S) on a {type(target).__name__}, not a dict", at)
-        if len(items) % 2:
-            raise fail("SETITEMS with an odd number of items", at)
-        for k in range(0, len(items), 2):
-            key = items[k]
-            if type(key) not in (str, bytes, int):
-                raise fail(f"dict key of type {_kind(key)} (only str, bytes and int keys are allowed)", at)
-            target[key] = items[k + 1]
-
-    def append(target, items: list, at: int):
-        if not isinstance(target, list):
-            raise fail(f"APPEND(S) on a {_kind(target)}, not a list", at)
-        target.extend(items)
-
+    machine = _Machine(bytes(data), path)
     while True:
-        at = stream.pos
-        code = stream.take(1)[0]
-        if code == 0x80:  # PROTO
-            version = stream.uint(1)
-            if version > 5:
-                raise fail(f"unsupported pickle protocol {version}", at)
-        elif code == 0x95:  # FRAME: only a length hint
-            stream.take(8)
-        elif code == 0x2E:  # STOP
-            break
-        elif code == 0x28:  # MARK
-            marks.append(stack)
-            stack = []
-        elif code == 0x30:  # POP
-            pop()
-        elif code == 0x31:  # POP_MARK
-            pop_mark()
-        elif code == 0x32:  # DUP
-            stack.append(top())
-        elif code == 0x4E:  # NONE
-            stack.append(None)
-        elif code == 0x88:  # NEWTRUE
-            stack.append(True)
-        elif code == 0x89:  # NEWFALSE
-            stack.append(False)
-        elif code == 0x4A:  # BININT
-            stack.append(int.from_bytes(stream.take(4), "little", signed=True))
-        elif code == 0x4B:  # BININT1
-            stack.append(stream.uint(1))
-        elif code == 0x4D:  # BININT2
-            stack.append(stream.uint(2))
-        elif code == 0x8A:  # LONG1
-            n = stream.uint(1)
-            if n > 16:
-                raise fail(f"integer of {n} bytes (at most 16 allowed)", at)
-            stack.append(int.from_bytes(stream.take(n), "little", signed=True))
-        elif code == 0x47:  # BINFLOAT
-            stack.append(struct.unpack(">d", stream.take(8))[0])
-        elif code in (0x58, 0x8C, 0x8D):  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
-            n = stream.uint({0x58: 4, 0x8C: 1, 0x8D: 8}[code])
-            raw = stream.take(n)
-            try:
-                stack.append(bytes(raw).decode("utf-8", "surrogatepass"))
-            except UnicodeDecodeError:
-                raise fail("invalid UTF-8 in a string", at) from None
-        elif code in (0x54, 0x55):  # BINSTRING, SHORT_BINSTRING (Python 2 str): bytes
-            n = int.from_bytes(stream.take(4 if code == 0x54 else 1), "little", signed=code == 0x54)
-            if n < 0:
-                raise fail("negative string length", at)
-            stack.append(bytes(stream.take(n)))
-        elif code in (0x42, 0x43, 0x8E, 0x96):  # BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
-            n = stream.uint({0x42: 4, 0x43: 1, 0x8E: 8, 0x96: 8}[code])
-            stack.append(bytes(stream.take(n)))  # bytearrays come back as (immutable) bytes
-        elif code == 0x7D:  # EMPTY_DICT
-            stack.append({})
-        elif code == 0x5D:  # EMPTY_LIST
-            stack.append([])
-        elif code == 0x29:  # EMPTY_TUPLE
-            stack.append(())
-        elif code in (0x85, 0x86, 0x87):  # TUPLE1..3
-            n = code - 0x84
-            if len(stack) < n:
-                raise fail("pickle stack underflow")
-            items = tuple(stack[-n:])
-            del stack[-n:]
-            stack.append(items)
-        elif code == 0x74:  # TUPLE
-            items = tuple(pop_mark())  # pop_mark swaps `stack`: append afterwards
-            stack.append(items)
-        elif code == 0x6C:  # LIST
-            items = list(pop_mark())
-            stack.append(items)
-        elif code == 0x64:  # DICT
-            items = pop_mark()
-            target: dict = {}
-            set_items(target, items, at)
-            stack.append(target)
-        elif code == 0x61:  # APPEND
-            value = pop()
-            append(top(), [value], at)
-        elif code == 0x65:  # APPENDS
-            items = pop_mark()
-            append(top(), items, at)
-        elif code == 0x73:  # SETITEM
-            value, key = pop(), pop()
-            set_items(top(), [key, value], at)
-        elif code == 0x75:  # SETITEMS
-            items = pop_mark()
-            set_items(top(), items, at)
-        elif code in (0x71, 0x72, 0x94):  # BINPUT, LONG_BINPUT, MEMOIZE
-            index = len(memo) if code == 0x94 else stream.uint(1 if code == 0x71 else 4)
-            memo[index] = top()
-        elif code in (0x68, 0x6A):  # BINGET, LONG_BINGET
-            index = stream.uint(1 if code == 0x68 else 4)
-            if index not in memo:
-                raise fail(f"memo index {index} read before it was written", at)
-            stack.append(memo[index])
-        elif code == 0x63:  # GLOBAL
-            module = stream.line()
-            name = stream.line()
-            push_global(module, name, at)
-        elif code == 0x93:  # STACK_GLOBAL
-            name, module = pop(), pop()
-            if type(module) is not str or type(name) is not str:
-                raise fail("STACK_GLOBAL with non-string names", at)
-            push_global(module, name, at)
-        elif code == 0x52:  # REDUCE
-            args, func = pop(), pop()
-            stack.append(_reduce(func, args, at, fail))
-        elif code == 0x62:  # BUILD
-            state = pop()
-            _build(top(), state, at, fail)
-        else:
-            raise fail(f"unsupported pickle opcode 0x{code:02x} ({_OPNAMES.get(code, 'unknown')}); only plain data "
-                       "and NumPy arrays are read", at)
-    if marks:
-        raise fail("pickle stream ends inside a MARK")
-    if len(stack) != 1:
-        raise fail(f"pickle stream ends with {len(stack)} values on the stack, expected 1")
-    return _resolve(stack[0], fail)
+        at = machine.stream.pos
+        code = machine.stream.take(1)[0]
+        if code == _STOP:
+            return machine.result()
+        handler = _HANDLERS.get(code)
+        if handler is None:
+            raise machine.fail(f"unsupported pickle opcode 0x{code:02x} ({_OPNAMES.get(code, 'unknown')}); only "
+                               "plain data and NumPy arrays are read", at)
+        handler(machine, code, at)
 
 
 def _kind(value) -> str:

@@ -92,7 +92,9 @@ def load_bottleneck_config(path) -> dict:
         >>> load_bottleneck_config("configs/bottleneck/synthetic_sbu.yaml")["method"]  # doctest: +SKIP
         'sosp-h'
     """
-    import yaml
+    from .config import require_yaml
+
+    yaml = require_yaml()
 
     with open(path) as handle:
         config = yaml.safe_load(handle) or {}

@@ -267,9 +267,20 @@ def _rng_state(enc: _Encoder) -> dict:
         "cuda": [],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = [{"__tensor__": enc.add(f"rng/cuda/{i}", s)}
-                       for i, s in enumerate(torch.cuda.get_rng_state_all())]
+        if _distributed():
+            # one rank per device: store this rank's own generator (the ranks' generators advance
+            # alike), not every device's, which would touch (and allocate on) the others' GPUs
+            out["cuda_current"] = {"__tensor__": enc.add("rng/cuda/current", torch.cuda.get_rng_state())}
+        else:
+            out["cuda"] = [{"__tensor__": enc.add(f"rng/cuda/{i}", s)}
+                           for i, s in enumerate(torch.cuda.get_rng_state_all())]
     return out
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _set_rng_state(state: dict, tensors: dict, file: Path) -> None:
@@ -280,7 +291,14 @@ def _set_rng_state(state: dict, tensors: dict, file: Path) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         cuda = [_decode(s, tensors, file) for s in state.get("cuda", [])]
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        current = state.get("cuda_current")
+        if torch.cuda.is_available() and _distributed() and (current is not None or cuda):
+            # each rank restores its own device from the writer's own (or, from a one-process
+            # checkpoint, device 0's) generator
+            torch.cuda.set_rng_state(_decode(current, tensors, file) if current is not None else cuda[0])
+        elif current is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(_decode(current, tensors, file))
+        elif cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
     except CheckpointError:
         raise
@@ -317,8 +335,9 @@ def save_checkpoint(
         lock_timeout: seconds to wait for another writer of the folder before
             raising :class:`FolderLockedError`.
 
-    The torch, numpy and python global RNG states are always stored; restore them
-    with ``load_checkpoint(..., restore_rng=True)``.
+    The torch, numpy and python global RNG states are always stored (CUDA: every device's;
+    under ``torch.distributed`` this rank's own device's, which each rank restores into its
+    own); restore them with ``load_checkpoint(..., restore_rng=True)``.
 
     Example:
         >>> import tempfile, torch

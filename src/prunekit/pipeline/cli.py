@@ -1,4 +1,4 @@
-"""The ``prunekit`` command line: ``demo | train | prune | bottleneck | inspect | data synth``.
+"""The ``prunekit`` command line: ``demo | train | prune | bottleneck | inspect | export | data synth``.
 
 The model of ``inspect`` and ``prune`` is a registered name (``resnet20``), a folder
 saved by prunekit, or your own model: ``path/to/file.py:factory`` or
@@ -12,6 +12,7 @@ Example:
     $ prunekit inspect models/net.py:build --weights net.safetensors --input-shape 1,3,224,224
     $ prunekit prune mypkg.models:Net --input-shape 1,3,32,32 --method l1 --budget-macs 0.5 --out runs/small
     $ prunekit prune runs/small --model mypkg.models:Net --method l1 --budget-macs 0.3 --out runs/smaller
+    $ prunekit export runs/small --onnx small.onnx
     $ prunekit demo --quick
 """
 from __future__ import annotations
@@ -318,6 +319,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ..core.export import to_onnx, to_torch_export
+
+    if args.opset is not None and not args.onnx:
+        raise CliError("--opset applies to --onnx only")
+    model, example, label = load_model(args)
+    options = {"dynamic_batch": not args.static_batch, "check": not args.no_check}
+    if args.onnx:
+        path = to_onnx(model, example, args.onnx, opset=args.opset, **options)
+    else:
+        path = to_torch_export(model, example, args.torch_export, **options)
+    checked = "" if args.no_check else ", checked against the model"
+    print(f"{label}: wrote {path} ({path.stat().st_size / 1024:.1f} KiB{checked})")
+    return 0
+
+
 def _shown(name: str):
     """Show logger ``name``'s INFO lines on stdout while the block runs."""
     import contextlib
@@ -344,12 +361,42 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, available in this PyTorch."""
+    import torch
+
+    if not (text in ("cpu", "cuda", "auto", "mps") or re.fullmatch(r"cuda:\d+", text)):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text!r}")
+    if text.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (int(text[5:]) if ":" in text else 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this PyTorch sees {count or 'no'} CUDA device(s) (or is a "
+                                             "CPU-only build); use cpu or auto")
+    return text
+
+
+def _run_options(parser: argparse.ArgumentParser, amp: bool = False) -> None:
+    """``--device`` (and ``--amp``) of the commands that train or score."""
+    parser.add_argument("--device", type=_device, help="cpu, cuda, cuda:N, mps or auto (CUDA when present); "
+                        "default: the config's (train) or cpu (prune). Under torchrun, cuda is cuda:LOCAL_RANK")
+    if amp:
+        parser.add_argument("--amp", choices=["bf16", "fp16"],
+                            help="mixed precision: autocast in bf16 or fp16 (fp16 with a GradScaler); worth it on CUDA")
+
+
+def _main_rank() -> bool:
+    """Not launched by torchrun, or its rank 0: the process that prints the result."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def cmd_train(args) -> int:
     from .commands import train_from_config
 
-    result = train_from_config(args.config, resume=args.resume, overwrite=args.overwrite)
-    print(f"test accuracy {result['evaluation']['accuracy']:.4f} ({result['data'].get('format')}); "
-          f"saved {result['saved']}")
+    result = train_from_config(args.config, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                               amp=args.amp)
+    if _main_rank():
+        print(f"test accuracy {result['evaluation']['accuracy']:.4f} ({result['data'].get('format')}); "
+              f"saved {result['saved']}")
     return 0
 
 
@@ -377,12 +424,16 @@ def cmd_prune(args) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise CliError(f"{args.out}: exists and is not a folder (--out names the folder to save the pruned model in)")
+    from .train import init_distributed
 
+    init_distributed(args.device or "cpu")  # under torchrun (WORLD_SIZE > 1): each rank scores its share
     if Path(args.checkpoint).suffix in (".yaml", ".yml") or _registered_folder(args):
         summary = prune_checkpoint(args.checkpoint, method=args.method, out=args.out, budget=_budget(args),
                                    data_config=args.config, num_samples=args.num_samples, rate=args.rate,
-                                   epochs=args.epochs, finetune_epochs=args.finetune, cost=args.cost)
-        print(json.dumps(summary, indent=1))
+                                   epochs=args.epochs, finetune_epochs=args.finetune, cost=args.cost,
+                                   device=args.device)
+        if _main_rank():
+            print(json.dumps(summary, indent=1))
         return 0
     model, example, label = load_model(args)
     if getattr(model, "prunekit_plan", None) is not None:
@@ -409,13 +460,15 @@ def _prune_model(model, example, label: str, args) -> dict:
     try:
         plan, pruned, summary = prune_model(model, example, args.method, _budget(args), train=train, test=test,
                                             num_samples=args.num_samples, rate=args.rate, epochs=args.epochs,
-                                            finetune_epochs=args.finetune, cost=args.cost, **options)
+                                            finetune_epochs=args.finetune, cost=args.cost, device=args.device,
+                                            **options)
     except ValueError as error:
         raise CliError(str(error)) from None
     built = args.rebuild or (label if _split_reference(label) else None)
     save(pruned, out, plan=plan, extra={"model": built} if built else None)
     summary["saved"] = str(out)
-    print(json.dumps(summary, indent=1))
+    if _main_rank():
+        print(json.dumps(summary, indent=1))
     return summary
 
 
@@ -457,6 +510,30 @@ MODEL_HELP = ("a registered model name (resnet20), path/to/file.py:factory or pa
               "(factory: a callable returning an nn.Module, or an nn.Module class)")
 
 
+def _add_export(sub) -> None:
+    """The ``export`` subcommand."""
+    export = sub.add_parser("export", help="write a (pruned) model as an ONNX file or a torch.export program",
+                            description="prunekit export runs/small --onnx small.onnx; prunekit export runs/small "
+                                        "--torch-export small.pt2; prunekit export net.py:build --weights "
+                                        "w.safetensors --input-shape 1,3,32,32 --onnx net.onnx")
+    export.add_argument("model", help=MODEL_HELP + ", or a folder saved by prunekit (e.g. by prunekit prune)")
+    export.add_argument("--model", dest="rebuild", metavar="REFERENCE",
+                        help="with a saved folder of your own model: the file.py:factory or module:factory "
+                             "that builds its dense model")
+    _model_options(export)
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--onnx", metavar="OUT.onnx",
+                        help="write an ONNX file (dynamo exporter; needs pip install 'prunekit[export]')")
+    target.add_argument("--torch-export", metavar="OUT.pt2",
+                        help="write a torch.export program (torch.export.save; load with torch.export.load)")
+    export.add_argument("--opset", type=_int_at_least(7), help="ONNX opset version (default: torch's recommended one)")
+    export.add_argument("--static-batch", action="store_true",
+                        help="fix the batch size to the example input's (default: dim 0 of the inputs is dynamic)")
+    export.add_argument("--no-check", action="store_true",
+                        help="do not run the written model (onnxruntime / torch.export.load) against the model")
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunekit", description="Structured, second-order and learned pruning.")
     parser.add_argument("--version", action="version", version=f"prunekit {_version()}",
@@ -479,11 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
+    _add_export(sub)
+
     train = sub.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML training config (model, data, epochs, ...)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in the same output folder (refused otherwise)")
+    _run_options(train, amp=True)
     train.set_defaults(func=cmd_train)
 
     prune = sub.add_parser("prune", help="prune a model with a criterion and a budget, or learn CTF masks",
@@ -511,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--num-samples", type=_int_at_least(1), default=512,
                        help="training samples the data-driven criteria score on (default 512)")
     prune.add_argument("--out", help="output folder (default runs/<source>_<method>)")
+    _run_options(prune)
     prune.set_defaults(func=cmd_prune)
 
     bottleneck = sub.add_parser("bottleneck", help="expand-pruning: find bottlenecks with SOSP, widen, re-prune, compare")

@@ -10,21 +10,25 @@ from ..core.materialize import materialize
 from ..core.plan import Budget, select
 from ..core.structures import find_structures
 from ..criteria import saliency
-from ..ctf.protocol import ctf_and_finetune
+from ..ctf.protocol import run as run_ctf
 from .dataspec import batches, load_data
-from .train import evaluate, fit
+from .train import _resolve_device, _to, evaluate, fit, rank_shard
 
 __all__ = ["train_from_config", "prune_model", "prune_checkpoint"]
 log = logging.getLogger(__name__)
 
 
-def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = False, *,
+                      device: str | None = None, amp: str | None = None) -> dict:
     """Train the model a YAML config describes; saves ``<out_dir>/model`` (safetensors + JSON).
 
-    A run folder holding an earlier run is refused unless ``resume`` or ``overwrite``."""
+    A run folder holding an earlier run is refused unless ``resume`` or ``overwrite``.
+    ``device`` overrides the config's; ``amp`` (``"bf16"``/``"fp16"``) is passed to :func:`fit`."""
     from .config import load_config
 
     config = load_config(path)
+    if device is not None:
+        config.device = device
     config.check_device()  # before loading data: `device: cuda` on a CPU build is a config error
     out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")
     for folder in (out_dir, out_dir / "checkpoints", out_dir / "model"):
@@ -33,7 +37,7 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
     (xtr, ytr), (xte, yte), info = load_data(config.data)
     model = config.build_model()
     out_dir = Path(config.out_dir or f"runs/{Path(path).stem}")
-    options = {**config.fit_kwargs(), "out_dir": out_dir / "checkpoints"}
+    options = {**config.fit_kwargs(), "out_dir": out_dir / "checkpoints", "amp": amp}
     history = fit(model, (xtr, ytr), (xte, yte), resume=resume, overwrite=overwrite, **options)
     save(model, out_dir / "model", extra={"data": info, "config": str(path)})
     result = evaluate(model, (xte, yte))
@@ -44,13 +48,20 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
 
 def prune_model(model, example, method: str, budget: dict, *, train=None, test=None, num_samples: int = 512,
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
-                cost: str = "params", batch_size: int = 32, seed: int = 0):
+                cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
     need none), :func:`select` under ``budget`` and materialize. ``method="ctf"`` learns the
-    masks for ``epochs`` (default 10) on ``train`` and fine-tunes ``finetune_epochs``.
+    masks for ``epochs`` (default 10) on ``train`` and fine-tunes ``finetune_epochs``
+    (:func:`prunekit.ctf.run`, the protocol of every CTF benchmark). ``device`` moves the model and
+    the data there first. Under ``torchrun`` each rank scores its share of the samples
+    (:func:`~prunekit.pipeline.train.rank_shard`; the criteria reduce the sums) or trains CTF with DDP.
     """
+    if device is not None:
+        dev = _resolve_device(device, model)
+        model, example = model.to(dev), _to(example, dev)
+        train, test = _to(train, dev), _to(test, dev)
     if method != "ctf" and train is None and method not in ("l1", "l2", "random"):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
     if method == "ctf":
@@ -58,18 +69,17 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
             raise ValueError("--method ctf needs --rate (fraction of the prunable weights to remove)")
         if train is None:
             raise ValueError("--method ctf needs data: pass --config naming the training data")
-        row = ctf_and_finetune(model, train, test, rate, epochs=epochs or 10, finetune_epochs=finetune_epochs,
-                               lr=lr, cost=cost, batch_size=batch_size, seed=seed)
-        plan, pruned = row.pop("plan"), row.pop("model")
-        summary = {"method": "ctf", "rate": row["achieved"]["weights"], "achieved": plan.achieved,
-                   "remaining": plan.remaining, "accuracy": row["accuracy"], "params": row["params"],
-                   "nonzero_params": row["nonzero_params"], "zeroed_by": row["zeroed_by"]}
-        return plan, pruned, summary
+        result = run_ctf(model, train, test, rate, epochs=epochs or 10, finetune_epochs=finetune_epochs,
+                         lr=lr, cost=cost, batch_size=batch_size, seed=seed)
+        summary = {"method": "ctf", "rate": result.rate_reached, "achieved": result.plan.achieved,
+                   "remaining": result.plan.remaining, "accuracy": result.accuracy, "params": result.params,
+                   "nonzero_params": result.nonzero_params, "zeroed_by": result.report["zeroed_by"]}
+        return result.plan, result.model, summary
     if not budget:
         raise ValueError("give a budget: --budget-macs, --budget-params or --budget-structures")
     model = model.eval()
     structures = find_structures(model, example)
-    data = batches(train[0][:num_samples], train[1][:num_samples], 32) if train is not None else None
+    data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
     plan = select(structures, saliency(model, structures, data, method), Budget(**budget), method=method)
     pruned = materialize(model, plan, structures)
     summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining}
@@ -81,7 +91,7 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
 def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None, budget: dict,
                      data_config: str | None = None, num_samples: int = 512, *, rate: float | None = None,
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
-                     cost: str = "params") -> dict:
+                     cost: str = "params", device: str | None = None) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
@@ -108,7 +118,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
     options = {"lr": lr or config.lr, "batch_size": config.batch_size, "seed": config.seed} if config else {}
     plan, pruned, summary = prune_model(model, example, method, budget, train=train, test=test,
                                         num_samples=num_samples, rate=rate, epochs=epochs,
-                                        finetune_epochs=finetune_epochs, cost=cost, **options)
+                                        finetune_epochs=finetune_epochs, cost=cost, device=device, **options)
     out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
     save(pruned, out, plan=plan)
     summary["saved"] = str(out)

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-__all__ = ["TrainConfig", "ConfigError", "load_config", "check_data_spec", "OPTIMIZERS", "SCHEDULES", "DATA_KEYS"]
+__all__ = ["TrainConfig", "ConfigError", "MissingExtraError", "load_config", "check_data_spec", "require_yaml",
+           "OPTIMIZERS", "SCHEDULES", "DATA_KEYS"]
 
 #: Largest config file read.
 MAX_CONFIG_BYTES = 1 << 20
@@ -45,6 +44,24 @@ SCHEDULES = ("cosine", "step", "constant")
 
 class ConfigError(ValueError):
     """A configuration is invalid. The message names the file (and line) and the key."""
+
+
+class MissingExtraError(ModuleNotFoundError, RuntimeError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require_yaml():
+    """The ``yaml`` module (PyYAML, the ``yaml`` extra), imported on first use.
+
+    Raises:
+        MissingExtraError: PyYAML is not installed (``pip install prunekit[yaml]``).
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise MissingExtraError("reading a YAML config needs PyYAML, which is not installed: "
+                                "pip install 'prunekit[yaml]'", name="yaml") from None
+    return yaml
 
 
 @dataclass
@@ -263,7 +280,7 @@ def _check_types(d: dict, source: str, lines: dict) -> None:
                               f"got {type(value).__name__} {value!r}")
 
 
-def _check_values(c: TrainConfig, source: str, lines: dict) -> None:  # noqa: C901
+def _check_values(c: TrainConfig, source: str, lines: dict) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{_where(source, lines, key)}: key {key!r} {why}, got {getattr(c, key)!r}")
 
@@ -272,7 +289,13 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:  # noqa: C9
             raise bad(key, "must be a finite number (not NaN or infinite)")
     for key in ("model_kwargs", "data"):
         _reject_nonfinite(getattr(c, key), key, source, lines)
+    _check_ranges(c, bad)
+    _check_choices(c, bad)
+    check_data_spec(c.data, source, lines, prefix="data")
 
+
+def _check_ranges(c: TrainConfig, bad) -> None:
+    """The model name and the numbers that must be positive or non-negative (``bad(key, why)`` builds the error)."""
     if not c.model:
         raise bad("model", "must name a registered model")
     for key in ("epochs", "batch_size", "checkpoint_every"):
@@ -285,6 +308,10 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:  # noqa: C9
             raise bad(key, "must be >= 0")
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
         raise bad("warmup_epochs", f"must be smaller than epochs ({c.epochs})")
+
+
+def _check_choices(c: TrainConfig, bad) -> None:
+    """Optimizer, schedule (with gamma and milestones) and device."""
     if c.optimizer not in OPTIMIZERS:
         raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
     if c.schedule not in SCHEDULES:
@@ -295,7 +322,6 @@ def _check_values(c: TrainConfig, source: str, lines: dict) -> None:  # noqa: C9
         raise bad("milestones", "must be increasing non-negative epochs")
     if not (c.device in ("cpu", "cuda", "auto", "mps") or re.fullmatch(r"cuda:\d+", c.device)):
         raise bad("device", "must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
-    check_data_spec(c.data, source, lines, prefix="data")
 
 
 def _reject_nonfinite(value, key: str, source: str, lines: dict) -> None:
@@ -330,7 +356,27 @@ DATA_KEYS = {
 _NEEDS_ROOT = ("sbu", "fpha", "idx", "fashion-mnist", "cifar10")
 
 
-def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None, *, prefix: str = "data") -> None:  # noqa: C901
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite_non_negative(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+#: per data key, in the order checked: (is the value valid, what the error says it must be)
+_DATA_VALUES = {
+    "root": (lambda v: isinstance(v, str), "must be a string (a folder)"),
+    "fold": (lambda v: _is_int(v) and 1 <= v <= 5, "must be an integer 1..5 (SBU's 5-fold cross-validation)"),
+    "length": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1 (frames)"),
+    "velocity": (lambda v: isinstance(v, bool), "must be true/false"),
+    "seed": (_is_int, "must be an integer"),
+    "difficulty": (_finite_non_negative, "must be a finite number >= 0"),
+    "protocol": (lambda v: v == "1:1", "must be '1:1' (FPHA's official split; the only one implemented)"),
+}
+
+
+def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None, *, prefix: str = "data") -> None:
     """Validate a data spec (``data:`` of a config): known format, known keys, types and ranges.
 
     Raises :class:`ConfigError` naming ``source:line`` and the dotted key (``data.root``).
@@ -347,7 +393,18 @@ def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None,
         raise ConfigError(f"{_where(source, lines, prefix)}: key {prefix!r} must be a mapping, got {spec!r}")
     if not spec:
         return  # an empty data spec: the caller supplies data itself
-    where = lambda key: _where(source, lines, f"{prefix}.{key}" if key else prefix)  # noqa: E731
+
+    def where(key: str) -> str:
+        return _where(source, lines, f"{prefix}.{key}" if key else prefix)
+
+    _check_data_keys(spec, prefix, where)
+    for key, (valid, why) in _DATA_VALUES.items():
+        if key in spec and not valid(spec[key]):
+            raise ConfigError(f"{where(key)}: key '{prefix}.{key}' {why}, got {spec[key]!r}")
+
+
+def _check_data_keys(spec: dict, prefix: str, where) -> None:
+    """A known ``format``, only the keys it reads, and a ``root`` where it needs one."""
     fmt = spec.get("format")
     if fmt is None:
         raise ConfigError(f"{where('')}: key {prefix!r} needs a 'format' ({', '.join(DATA_KEYS)})")
@@ -364,29 +421,6 @@ def check_data_spec(spec: dict, source: str = "data", lines: dict | None = None,
     if fmt in _NEEDS_ROOT and not spec.get("root"):
         raise ConfigError(f"{where('')}: format {fmt!r} needs '{prefix}.root', the folder holding the data")
 
-    def bad(key, why):
-        return ConfigError(f"{where(key)}: key '{prefix}.{key}' {why}, got {spec[key]!r}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if "root" in spec and not isinstance(spec["root"], str):
-        raise bad("root", "must be a string (a folder)")
-    if "fold" in spec and (not is_int(spec["fold"]) or not 1 <= spec["fold"] <= 5):
-        raise bad("fold", "must be an integer 1..5 (SBU's 5-fold cross-validation)")
-    if "length" in spec and (not is_int(spec["length"]) or spec["length"] < 1):
-        raise bad("length", "must be an integer >= 1 (frames)")
-    if "velocity" in spec and not isinstance(spec["velocity"], bool):
-        raise bad("velocity", "must be true/false")
-    if "seed" in spec and not is_int(spec["seed"]):
-        raise bad("seed", "must be an integer")
-    if "difficulty" in spec:
-        v = spec["difficulty"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise bad("difficulty", "must be a finite number >= 0")
-    if "protocol" in spec and spec["protocol"] != "1:1":
-        raise bad("protocol", "must be '1:1' (FPHA's official split; the only one implemented)")
-
 
 # --------------------------------------------------------------------------- YAML
 
@@ -397,6 +431,7 @@ def _compose(text: str, source: str) -> tuple[Any, dict]:
     Nested keys are recorded as dotted paths (``"data.root"``). Duplicate keys, at any
     level, are an error (plain ``yaml.safe_load`` keeps the last).
     """
+    yaml = require_yaml()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

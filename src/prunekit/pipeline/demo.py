@@ -1,4 +1,12 @@
-"""The demo: synthetic SBU-format data → attention GCN → every method at two MAC budgets → report.
+"""The demo, on SYNTHETIC SBU-format skeleton data, in two parts that tell the two methods' stories:
+
+1. **Structured criteria** (random, L1, L2, Taylor, OBD, SOSP-H, SOSP-I) remove 50 % and 70 % of an
+   attention GCN's MACs; every pruned model is fine-tuned alike.
+2. **CTF against magnitude** at several rates of the prunable weights, each method with the
+   CTF benchmark's budget (:func:`prunekit.ctf.run`: CTF learns its masks 8 epochs and
+   fine-tunes 12; global magnitude prunes at once and fine-tunes 20):
+   accuracy against the fraction of weights removed and against measured latency, with and
+   without :func:`prunekit.sparsify`.
 
 Example:
     >>> from prunekit.pipeline.demo import run_demo
@@ -15,72 +23,114 @@ import torch
 from .. import models
 from ..core.measure import count, time_in_rounds
 from ..core.plan import Budget
+from ..core.sparse import sparsify
 from ..core.structures import find_structures
-from ..ctf.protocol import ctf_and_finetune
+from ..ctf.protocol import run as run_ctf
 from .dataspec import load_data
 from .oneshot import prune_and_finetune
 from .train import evaluate, fit
 
-__all__ = ["run_demo", "DEMO_METHODS"]
+__all__ = ["run_demo", "DEMO_METHODS", "CTF_METHODS"]
 log = logging.getLogger(__name__)  # the CLI shows it on stdout
 
 DEMO_METHODS = ("random", "l1", "l2", "taylor", "obd", "sosp-h", "sosp-i")
+CTF_METHODS = ("ctf", "magnitude")  # layer-normalised magnitude and the other baselines: benchmarks/bench_ctf.py
+
+#: the two parts' settings: full demo and ``quick``
+_SETTINGS = {
+    False: {"channels": (32, 32, 64, 64), "epochs": 30, "finetune": 6, "budgets": (0.5, 0.7), "methods": DEMO_METHODS,
+            "samples": 256, "ctf_channels": (16, 32, 32), "ctf_pretrain": 30, "ctf_split": (8, 12),
+            "rates": (0.5, 0.9, 0.98), "ctf_methods": CTF_METHODS, "length": 32},
+    True: {"channels": (16, 16, 32), "epochs": 6, "finetune": 1, "budgets": (0.5,), "methods": ("random", "l1", "taylor",
+           "sosp-h"), "samples": 128, "ctf_channels": (8, 16), "ctf_pretrain": 4, "ctf_split": (2, 1),
+           "rates": (0.9,), "ctf_methods": ("ctf", "magnitude"), "length": 24},
+}
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> list[dict]:
-    """The main job: synthetic SBU-format data → attention GCN → every method at two MAC budgets → report.
+def _dense(channels, data, info, epochs: int, seed: int):
+    torch.manual_seed(seed)
+    model = models.create("attention_gcn", graph="sbu", num_classes=len(info["classes"]), channels=channels)
+    fit(model, data[0], data[1], epochs=epochs, lr=0.05, batch_size=32, seed=seed, weight_decay=5e-4)
+    model.eval()
+    counted = count(model, data[0][0][:1])
+    return model, {"method": "dense", "budget": {}, "achieved": {"macs": 0.0, "params": 0.0, "structures": 0.0,
+                                                                "weights": 0.0},
+                   "accuracy": evaluate(model, data[1])["accuracy"], "params": counted["params"],
+                   "macs": counted["macs"], "nonzero_params": counted["params"]}
 
-    Writes ``report.md``, ``results.json`` and PNG plots under ``out_dir`` and logs the table (``prunekit demo`` shows it).
-    ``quick`` runs a reduced version (smaller model, fewer epochs, one budget) in about a minute.
+
+def _criteria_part(data, info, s: dict, seed: int) -> tuple[list, dict]:
+    """Part 1: every structured criterion at every MAC budget, fine-tuned alike."""
+    model, dense = _dense(s["channels"], data, info, s["epochs"], seed)
+    log.info("part 1 — dense attention GCN %s: accuracy %.3f, %d params", s["channels"], dense["accuracy"],
+             dense["params"])
+    rows, models_ = [dense], {0: model}
+    structures = find_structures(model, data[0][0][:1])
+    for fraction in s["budgets"]:
+        for method in s["methods"]:
+            row = prune_and_finetune(model, structures, data[0], data[1], method, Budget(macs=fraction),
+                                     finetune_epochs=s["finetune"], lr=0.01, num_samples=s["samples"], seed=seed)
+            models_[len(rows)] = row.pop("model")
+            row["plan"] = row["plan"].to_dict()["removed"]
+            rows.append(row)
+            log.info("  %-7s -%.0f%% MACs: accuracy %.3f (before fine-tune %.3f)", method, 100 * fraction,
+                     row["accuracy"], row["accuracy_before_finetune"])
+    for index, ms in time_in_rounds(models_, data[0][0][:1], batch_size=1, repeats=10).items():
+        rows[index]["latency_ms"] = ms
+    return rows, {"epochs": s["epochs"], "finetune_epochs": s["finetune"]}
+
+
+def _ctf_part(data, info, s: dict, seed: int) -> list:
+    """Part 2: CTF and magnitude at every rate, the benchmark's budget, latency dense and sparsified."""
+    model, dense = _dense(s["ctf_channels"], data, info, s["ctf_pretrain"], seed)
+    log.info("part 2 — dense attention GCN %s: accuracy %.3f, %d params", s["ctf_channels"], dense["accuracy"],
+             dense["params"])
+    rows, models_ = [dense], {0: model}
+    mask, finetune = s["ctf_split"]
+    for rate in s["rates"]:
+        for method in s["ctf_methods"]:
+            # the same budget for every method: one-shot methods fine-tune mask + finetune epochs
+            result = run_ctf(model, data[0], data[1], rate, epochs=mask, finetune_epochs=finetune, method=method,
+                             seed=seed)
+            row = {k: v for k, v in result.row().items() if k not in ("history", "report")}
+            row["structured_params_removed"] = result.plan.achieved["params"]
+            models_[len(rows)] = result.model
+            rows.append(row)
+            log.info("  %-20s %.0f%% of the weights: accuracy %.3f (before fine-tune %.3f), %d nonzero params",
+                     method, 100 * rate, row["accuracy"], row["accuracy_before_finetune"], row["nonzero_params"])
+    x = data[0][0][:16]
+    sparse = {i: sparsify(m, example_inputs=x[:1])[0] for i, m in models_.items() if i}
+    timed = time_in_rounds({**{("dense", i): m for i, m in models_.items()},
+                            **{("sparse", i): m for i, m in sparse.items()}}, x, repeats=10)
+    for (layout, index), ms in timed.items():
+        rows[index]["latency_ms" if layout == "dense" else "latency_ms_sparsified"] = ms
+    return rows
+
+
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
+    """Run both parts; write ``report.md``, ``results.json`` and the plots under ``out_dir``; log the tables.
+
+    ``quick`` runs a reduced version (smaller models, fewer epochs, one budget, one rate) in about a minute.
+    Returns ``{"criteria": rows, "ctf": rows}``.
     """
     from .report import write_report
 
-    torch.manual_seed(seed)
+    s = _SETTINGS[bool(quick)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    spec = {"format": "synthetic-sbu", "seed": seed, "fold": 1, "length": 24 if quick else 32}
-    (xtr, ytr), (xte, yte), info = load_data(spec, cache=out_dir / "data")
-    log.info(f"data: SYNTHETIC SBU-format, fold 1: {len(xtr)} train / {len(xte)} test sequences, input {tuple(xtr.shape[1:])}")
-    channels = (16, 16, 32) if quick else (32, 32, 64, 64)
-    model = models.create("attention_gcn", graph="sbu", num_classes=len(info["classes"]), channels=channels)
-    epochs, finetune_epochs = (6, 1) if quick else (30, 6)
-    fit(model, (xtr, ytr), (xte, yte), epochs=epochs, lr=0.05, batch_size=32, seed=seed, progress=not quick,
-        weight_decay=5e-4)
-    model.eval()
-    dense_eval = evaluate(model, (xte, yte))
-    dense_count = count(model, xtr[:1])
-    rows = [{"method": "dense", "budget": {}, "achieved": {"macs": 0.0, "params": 0.0, "structures": 0.0},
-             "accuracy": dense_eval["accuracy"], "params": dense_count["params"], "macs": dense_count["macs"]}]
-    pruned_models = {0: model}
-    log.info(f"dense attention GCN: accuracy {dense_eval['accuracy']:.3f}, {dense_count['params']} params")
-    structures = find_structures(model, xtr[:1])
-    budgets = (0.5,) if quick else (0.5, 0.7)
-    methods = ("random", "l1", "taylor", "sosp-h") if quick else DEMO_METHODS
-    for fraction in budgets:
-        for method in methods:
-            row = prune_and_finetune(model, structures, (xtr, ytr), (xte, yte), method, Budget(macs=fraction),
-                                     finetune_epochs=finetune_epochs, lr=0.01, num_samples=128 if quick else 256,
-                                     seed=seed)
-            pruned_models[len(rows)] = row.pop("model")
-            row["plan"] = row["plan"].to_dict()["removed"]
-            rows.append(row)
-            log.info(f"  {method:7s} -{fraction:.0%} MACs: accuracy {row['accuracy']:.3f} "
-                  f"(before fine-tune {row['accuracy_before_finetune']:.3f})")
-    ctf_epochs = (2, 1) if quick else (8, 2)
-    for rate in (0.9,):
-        row = ctf_and_finetune(model, (xtr, ytr), (xte, yte), rate, epochs=ctf_epochs[0], finetune_epochs=ctf_epochs[1],
-                               lr=0.05, seed=seed)
-        pruned_models[len(rows)] = row.pop("model")
-        row["plan"] = row["plan"].to_dict()["removed"]
-        rows.append(row)
-        log.info(f"  ctf     -{rate:.0%} weights: accuracy {row['accuracy']:.3f} "
-              f"(before fine-tune {row['accuracy_before_finetune']:.3f}), {row['nonzero_params']} nonzero params")
-    for index, ms in time_in_rounds(pruned_models, xtr[:1], batch_size=1, repeats=10).items():
-        rows[index]["latency_ms"] = ms
-    meta = {"data": info, "epochs": epochs, "finetune_epochs": finetune_epochs, "seed": seed, "quick": quick,
-            "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "torch": torch.__version__}
-    table = write_report(rows, out_dir, meta, title="prunekit demo: attention GCN on SYNTHETIC SBU-format data")
-    log.info(table)
-    log.info(f"report: {out_dir / 'report.md'} ({meta['seconds']:.0f} s)")
-    return rows
+    train, test, info = load_data({"format": "synthetic-sbu", "seed": seed, "fold": 1, "length": s["length"]},
+                                  cache=out_dir / "data")
+    log.info("data: SYNTHETIC SBU-format, fold 1: %d train / %d test sequences, input %s", len(train[0]),
+             len(test[0]), tuple(train[0].shape[1:]))
+    rows, settings = _criteria_part((train, test), info, s, seed)
+    ctf_rows = _ctf_part((train, test), info, s, seed)
+    meta = {"data": info, **settings, "seed": seed, "quick": bool(quick), "seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "ctf": {"channels": list(s["ctf_channels"]), "pretrain": s["ctf_pretrain"], "mask_epochs": s["ctf_split"][0],
+                    "finetune_epochs": s["ctf_split"][1]}}
+    table = write_report(rows, out_dir, meta, title="prunekit demo: attention GCN on SYNTHETIC SBU-format data",
+                         ctf_rows=ctf_rows)
+    log.info("%s", table)
+    log.info("report: %s (%.0f s)", out_dir / "report.md", meta["seconds"])
+    return {"criteria": rows, "ctf": ctf_rows}

@@ -9,10 +9,14 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["markdown_table", "plot_accuracy_vs_rate", "plot_layer_ratios", "plot_points_with_error", "write_report"]
+log = logging.getLogger(__name__)
+
+__all__ = ["markdown_table", "ctf_table", "plot_accuracy_vs_rate", "plot_ctf", "plot_layer_ratios",
+           "plot_points_with_error", "write_report"]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -33,16 +37,51 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ctf_table(rows: list[dict]) -> str:
+    """CTF against magnitude: weights removed, accuracy, what was removed as whole structures, latency.
+
+    ``latency sparsified`` is the model after :func:`prunekit.sparsify` (sparse storage where it
+    measured faster); ``structured`` is the share of the parameters removed as whole structures.
+    """
+    lines = ["| method | weights removed | accuracy | before fine-tune | nonzero params | structured | MACs "
+             "| latency (ms, batch 16) | sparsified (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        before = row.get("accuracy_before_finetune")
+        sparse = row.get("latency_ms_sparsified")
+        lines.append(f"| {row['method']} | {row['achieved'].get('weights', 0.0):.1%} | {row['accuracy']:.3f} | "
+                     f"{'–' if before is None else f'{before:.3f}'} | {row['nonzero_params']:,} | "
+                     f"{row.get('structured_params_removed', 0.0):.1%} | {row['macs']:,} | {row['latency_ms']:.2f} | "
+                     f"{'–' if sparse is None else f'{sparse:.2f}'} |")
+    return "\n".join(lines)
+
+
+_warned_no_matplotlib = False
+
+
 def _pyplot():
-    import matplotlib
+    """``matplotlib.pyplot`` (Agg backend), or ``None`` when the ``plot`` extra is not installed (warned once)."""
+    global _warned_no_matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        if not _warned_no_matplotlib:
+            log.warning("matplotlib is not installed: plots are skipped (tables and JSON are still written); "
+                        "pip install 'prunekit[plot]' for them")
+            _warned_no_matplotlib = True
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def plot_accuracy_vs_rate(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Accuracy against the fraction of MACs removed, one line per method (dense as a dashed level)."""
+def plot_accuracy_vs_rate(rows: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Accuracy against the fraction of MACs removed, one line per method (dense as a dashed level).
+
+    Returns the path written, or ``None`` without matplotlib (the ``plot`` extra), as every plot here does.
+    """
     plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 4))
     series = defaultdict(list)
     for row in rows:
@@ -63,9 +102,47 @@ def plot_accuracy_vs_rate(rows: list[dict], path: str | Path, title: str = "") -
     return Path(path)
 
 
-def plot_layer_ratios(ratios: dict[str, float], path: str | Path, title: str = "") -> Path:
+def plot_ctf(rows: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Two panels: accuracy against the fraction of weights removed, and against measured latency."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    series = defaultdict(list)
+    for row in rows:
+        if row["method"] == "dense":
+            for ax in axes:
+                ax.axhline(row["accuracy"], color="black", linestyle="--", label="dense")
+            axes[1].plot([row["latency_ms"]], [row["accuracy"]], "k*", markersize=10)
+        else:
+            series[row["method"]].append((row["achieved"]["weights"], row["accuracy"], row["latency_ms"],
+                                          row.get("latency_ms_sparsified")))
+    for method, points in sorted(series.items()):
+        points.sort()
+        line, = axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        axes[1].plot([p[2] for p in points], [p[1] for p in points], marker="o", color=line.get_color(),
+                     label=f"{method} (dense layout)")
+        sparse = [p for p in points if p[3] is not None]
+        if sparse:
+            axes[1].plot([p[3] for p in sparse], [p[1] for p in sparse], marker="s", linestyle=":",
+                         color=line.get_color(), label=f"{method} (sparsified)")
+    axes[0].set_xlabel("fraction of prunable weights removed")
+    axes[1].set_xlabel("measured latency (ms, batch 16, CPU)")
+    for ax in axes:
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_layer_ratios(ratios: dict[str, float], path: str | Path, title: str = "") -> Path | None:
     """Bar plot of layer-wise pruning ratios (fraction of each layer's structures removed)."""
     plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(ratios)), 4))
     names = list(ratios)
     ax.bar(range(len(names)), [ratios[n] for n in names])
@@ -79,9 +156,11 @@ def plot_layer_ratios(ratios: dict[str, float], path: str | Path, title: str = "
     return Path(path)
 
 
-def plot_points_with_error(summary: dict[str, dict], path: str | Path) -> Path:
+def plot_points_with_error(summary: dict[str, dict], path: str | Path) -> Path | None:
     """One point per entry: ``params_mean`` against ``mean`` accuracy with ``std`` error bars."""
     plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, item in summary.items():
         ax.errorbar([item["params_mean"]], [item["mean"]], yerr=[item["std"]], marker="o", capsize=4, label=label)
@@ -94,19 +173,40 @@ def plot_points_with_error(summary: dict[str, dict], path: str | Path) -> Path:
     return Path(path)
 
 
-def write_report(rows: list[dict], out_dir: str | Path, meta: dict, title: str) -> str:
-    """Write ``report.md``, ``results.json`` and ``accuracy_vs_rate.png``; return the Markdown table."""
+def _ctf_section(ctf_rows: list[dict] | None, out_dir: Path, meta: dict) -> list[str]:
+    if not ctf_rows:
+        return []
+    c = meta.get("ctf", {})
+    plot = plot_ctf(ctf_rows, out_dir / "ctf_vs_magnitude.png", "CTF against magnitude (SYNTHETIC SBU)")
+    return ["## CTF against magnitude", "",
+            f"Attention GCN {tuple(c.get('channels', ()))} trained {c.get('pretrain')} epochs, then each method "
+            f"the same budget (`prunekit.ctf.run`): CTF learns its masks {c.get('mask_epochs')} epochs and "
+            f"fine-tunes {c.get('finetune_epochs')}; global magnitude (|W|) prunes at once and fine-tunes "
+            f"{c.get('mask_epochs', 0) + c.get('finetune_epochs', 0)}. "
+            "One seed, one fold: this shows the pipeline and the shape of the curves, not a ranking "
+            "(benchmarks/RESULTS.md has the statistics).", "", ctf_table(ctf_rows), "",
+            "![CTF against magnitude](ctf_vs_magnitude.png)" if plot else "", ""]
+
+
+def write_report(rows: list[dict], out_dir: str | Path, meta: dict, title: str, ctf_rows: list[dict] | None = None) -> str:
+    """Write ``report.md``, ``results.json`` and the plots (with matplotlib); return the tables.
+
+    ``rows``: structured criteria at MAC budgets (:func:`markdown_table`); ``ctf_rows``: CTF
+    against magnitude at several rates (:func:`ctf_table`, :func:`plot_ctf`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    plot_accuracy_vs_rate(rows, out_dir / "accuracy_vs_rate.png", title)
-    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    plot = plot_accuracy_vs_rate(rows, out_dir / "accuracy_vs_rate.png", title)
+    results = {"meta": meta, "rows": rows, **({"ctf_rows": ctf_rows} if ctf_rows else {})}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     synthetic = meta.get("data", {}).get("synthetic")
     text = [f"# {title}", "",
             "**Data: SYNTHETIC** (prunekit's generator, SBU on-disk format) — not the real SBU data set." if synthetic
-            else "", "", table, "",
+            else "", "", "## Structured criteria at MAC budgets", "", table, "",
             f"Dense training {meta.get('epochs')} epochs; every pruned model fine-tuned {meta.get('finetune_epochs')} "
             f"epochs at lr 0.01; latency is the median of timed runs at batch 1 on {meta.get('threads')} CPU threads.",
-            "", "![accuracy vs pruning rate](accuracy_vs_rate.png)", ""]
+            "", "![accuracy vs pruning rate](accuracy_vs_rate.png)" if plot else "", ""]
+    text += _ctf_section(ctf_rows, out_dir, meta)
     (out_dir / "report.md").write_text("\n".join(text))
-    return table
+    return table + ("\n\n" + ctf_table(ctf_rows) if ctf_rows else "")

@@ -28,12 +28,24 @@ folder at the same time fails with :class:`~prunekit.pipeline.checkpoint.FolderL
 
 Distributed: launched with ``torchrun`` (``WORLD_SIZE > 1``) — or inside an already
 initialised process group — ``fit`` initialises the group if needed (``gloo`` on
-CPU, ``nccl`` on CUDA), wraps the model in ``DistributedDataParallel``, gives
-each rank every ``world``-th index of the shuffled order (padded like
-``DistributedSampler`` so every rank runs the same number of steps), reduces the
-metrics across ranks, and lets rank 0 alone write checkpoints and show progress.
-``batch_size`` is per process. Iterables of batches are assumed to be sharded by
-the caller (e.g. with a ``DistributedSampler``, whose ``set_epoch`` is called).
+CPU, ``nccl`` on CUDA), wraps the model in ``DistributedDataParallel``, reduces the
+metrics across ranks, and lets rank 0 alone write checkpoints and show progress (the
+others wait for each checkpoint; a failure on one rank is raised on every rank).
+``batch_size`` is per process: the global batch is ``batch_size × world size``.
+``(X, y)`` tensors and map-style data sets are sharded as ``DistributedSampler(shuffle=True)``
+shards them — the order padded by wrapping around to a multiple of the world size, rank
+``r`` taking every ``world``-th index from ``r`` — but the order is the one a single process
+uses (:func:`epoch_generator` of ``(seed, epoch)``), so global step ``k`` trains on positions
+``[k·B·w, (k+1)·B·w)`` of it, exactly the batch of one process with ``batch_size = B·w``:
+when the number of samples is a multiple of ``w``, ``w`` ranks and that one process take
+the same steps up to float rounding (BatchNorm aside: its batch statistics are per rank,
+its running statistics rank 0's, as ``DistributedDataParallel`` broadcasts them).
+Checkpoints record the global batch, so a run resumes on any number of ranks with
+``batch_size = global batch / ranks``. Iterables of batches are used as they are: shard
+them yourself (a ``DataLoader`` with a ``DistributedSampler``, whose ``set_epoch`` is
+called; a ``DataLoader`` without one is warned about). Tensors that callbacks train
+themselves (their ``parameters()``, e.g. CTF's thresholds) get their gradients averaged
+over the ranks after each backward, as DDP does for the model's.
 
 Example:
     >>> import torch
@@ -53,9 +65,11 @@ import json
 import logging
 import math
 import os
+import sys
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +90,12 @@ from prunekit.pipeline.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["fit", "evaluate", "Callback", "make_optimizer", "make_scheduler", "epoch_generator", "ResumeError"]
+__all__ = ["fit", "evaluate", "Callback", "make_optimizer", "make_scheduler", "epoch_generator", "ResumeError",
+           "init_distributed", "rank_shard"]
 
 log = logging.getLogger("prunekit")
 
-_RESERVED_EXTRA = ("history", "seed", "epochs", "callbacks", "fit_config")
+_RESERVED_EXTRA = ("history", "seed", "epochs", "callbacks", "fit_config", "amp_scaler")
 RUN_LOCK = ".prunekit-run.lock"
 HISTORY = "history.json"
 
@@ -100,6 +115,9 @@ class Callback:
       epoch's history row (``loss``, ``train_accuracy``, ``eval_accuracy``, ``lr``, ...).
     * ``state_dict() -> dict`` / ``load_state_dict(d)`` – if present, the state is
       stored in every checkpoint and restored on resume.
+    * ``parameters() -> list[Tensor]`` – tensors the callback updates itself (not the
+      model's parameters, not in the optimizer); under DDP their gradients are averaged
+      over the ranks after each backward (and unscaled with ``amp="fp16"``).
 
     Example:
         >>> class L1(Callback):
@@ -332,6 +350,33 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
+def init_distributed(device: str | torch.device | None = "auto") -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes when ``WORLD_SIZE > 1`` (``nccl`` for a
+    CUDA ``device``, else ``gloo``); ``(rank, world size)``, ``(0, 1)`` without one.
+
+    Example:
+        >>> init_distributed("cpu")   # not launched by torchrun
+        (0, 1)
+    """
+    if device is None:
+        device = "cpu"
+    return _init_distributed(_resolve_device(device, nn.Module()))
+
+
+def rank_shard(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """This rank's share of tensors indexed by sample: every ``world``-th from the rank (all on one rank).
+
+    The shares of all ranks make up the tensors exactly (sizes differ by at most one), as
+    the criteria expect: each rank scores its shard and the sums are reduced.
+
+    Example:
+        >>> rank_shard(torch.arange(5))[0].tolist()   # one process: everything
+        [0, 1, 2, 3, 4]
+    """
+    rank, world = _world()
+    return tuple(t[rank::world] for t in tensors) if world > 1 else tuple(tensors)
+
+
 def _destroy_group() -> None:
     import torch.distributed as dist
 
@@ -446,8 +491,12 @@ def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256, device: str 
 
 
 def _fit_config(opt: torch.optim.Optimizer, schedule: Any, warmup_epochs: int, milestones: Any, gamma: float,
-                batch_size: int, drop_last: bool, seed: int, world: int) -> dict:
-    """The resolved configuration a resumed run must share (JSON-friendly)."""
+                batch_size: int, drop_last: bool, seed: int, world: int, amp: str | None = None) -> dict:
+    """The resolved configuration a resumed run must share (JSON-friendly).
+
+    ``global_batch_size`` (``batch_size × world``) is what the optimisation sees; ``batch_size``
+    and ``world_size`` are recorded but may change on resume (any number of ranks).
+    """
     cfg: dict[str, Any] = {"optimizer": type(opt).__name__}
     for key, value in opt.defaults.items():
         value = list(value) if isinstance(value, tuple) else value
@@ -458,12 +507,25 @@ def _fit_config(opt: torch.optim.Optimizer, schedule: Any, warmup_epochs: int, m
                else f"function {getattr(schedule, '__qualname__', type(schedule).__name__)}",
                warmup_epochs=int(warmup_epochs), milestones=[int(m) for m in milestones] if milestones else None,
                gamma=float(gamma), batch_size=int(batch_size), drop_last=bool(drop_last), seed=int(seed),
-               world_size=int(world))
+               world_size=int(world), global_batch_size=int(batch_size) * int(world), amp=amp)
     return json.loads(json.dumps(cfg))
 
 
+_PER_RANK_KEYS = ("batch_size", "world_size")  # may change on resume as long as the global batch does not
+
+
 def _config_changes(saved: dict, now: dict) -> list[str]:
-    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+    saved = dict(saved)
+    if "global_batch_size" not in saved and "batch_size" in saved:  # written before global batches were recorded
+        saved["global_batch_size"] = int(saved["batch_size"]) * int(saved.get("world_size", 1))
+    saved.setdefault("amp", None)
+    changes = []
+    for k in now:
+        if k in saved and k not in _PER_RANK_KEYS and saved[k] != now[k]:
+            note = (f" (batch_size {now['batch_size']} × {now['world_size']} rank(s); pass "
+                    f"batch_size={saved[k]} // ranks)" if k == "global_batch_size" else "")
+            changes.append(f"{k} {saved[k]!r} -> {now[k]!r}{note}")
+    return changes
 
 
 def _run_files(folder: Path) -> list[Path]:
@@ -479,6 +541,48 @@ def _run_files(folder: Path) -> list[Path]:
 def _new_history() -> dict[str, list]:
     return {k: [] for k in ("epoch", "loss", "train_accuracy", "eval_loss", "eval_accuracy",
                             "lr", "seconds", "extra_loss")}
+
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class _Run:
+    """One :func:`fit` call: its arguments and the state its steps share."""
+
+    model: nn.Module
+    train_data: Any
+    eval_data: Any
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    drop_last: bool
+    seed: int
+    out_dir: str | os.PathLike | None
+    checkpoint_every: int
+    keep_last: int | None
+    checkpoint_extra: dict
+    loss_fn: Callable
+    cbs: list
+    amp: str | None
+    dev: torch.device
+    rank: int
+    world: int
+    show: bool
+    net: nn.Module | None = None
+    opt: Any = None
+    sched: Any = None
+    scaler: Any = None
+    config: dict = field(default_factory=dict)
+    history: dict = field(default_factory=_new_history)
+    start: int = 0
+
+    @property
+    def ctx(self):
+        """The process group of the run (``None`` on one rank)."""
+        from prunekit.criteria.distributed import resolve_group
+
+        return resolve_group(None) if self.world > 1 else None
 
 
 def fit(
@@ -506,9 +610,10 @@ def fit(
     checkpoint_every: int = 1,
     keep_last: int | None = None,
     checkpoint_extra: dict | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     callbacks: Iterable[Any] | None = None,
+    amp: str | None = None,
 ) -> dict[str, list]:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch history.
 
@@ -520,7 +625,8 @@ def fit(
         optimizer: ``"sgd" | "adam" | "adamw"`` (built with ``lr``, ``momentum``,
             ``weight_decay``) or a ready ``torch.optim.Optimizer``.
         schedule, warmup_epochs, milestones, gamma: see :func:`make_scheduler`.
-        batch_size: per process. ``drop_last`` drops an incomplete last batch.
+        batch_size: per process; the global batch is ``batch_size × world size``.
+            ``drop_last`` drops an incomplete last batch.
         seed: seeds torch/numpy/python at the start and the per-epoch shuffling.
         device: ``None`` (the model's), ``"cpu"``, ``"cuda"``, ``"auto"``, ...
         out_dir: if given, rank 0 writes ``epoch-NNNN`` checkpoints atomically every
@@ -528,17 +634,22 @@ def fit(
             ``keep_last``), plus ``history.json``. ``checkpoint_extra`` (e.g. the
             model's registry name and arguments) is stored in each checkpoint's extra.
         resume: continue from the latest complete checkpoint in ``out_dir`` (model,
-            optimizer, scheduler, RNG states, history, callback states); starts from
-            scratch when the folder holds no checkpoint; raises :class:`ResumeError`
-            naming each key whose value differs from the checkpointed run's, and
+            optimizer, scheduler, RNG states, history, callback states), on any number of
+            ranks with the same global batch; starts from scratch when the folder holds no
+            checkpoint; raises :class:`ResumeError` naming each key whose value differs
+            from the checkpointed run's, and
             :class:`~prunekit.pipeline.checkpoint.CheckpointError` when checkpoints exist but
             none is complete (never silently restarts at epoch 0).
         overwrite: start a new run in an ``out_dir`` that holds an earlier run's
             checkpoints, deleting them (without it, and without ``resume``, that raises
             ``FileExistsError``).
-        progress: tqdm progress bars (rank 0 only).
+        progress: tqdm progress bars and a line per epoch on rank 0; ``None`` (default): only
+            when stderr is a terminal, so logs and CI stay clean.
         loss_fn: ``loss_fn(logits, targets)`` → batch-mean loss; default cross-entropy.
         callbacks: objects with any of the hooks of :class:`Callback`.
+        amp: ``None`` (full precision), ``"bf16"`` or ``"fp16"``: the forward pass and the
+            loss run under ``torch.autocast`` in that dtype; ``"fp16"`` also scales the
+            loss with a ``GradScaler`` (its state is checkpointed). Worth it on CUDA.
 
     Returns:
         ``{"epoch", "loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr",
@@ -557,6 +668,30 @@ def fit(
         >>> h["epoch"]
         [0, 1, 2]
     """
+    _check_fit_arguments(epochs, checkpoint_every, resume, overwrite, out_dir, checkpoint_extra, amp)
+    dev = _resolve_device(device, model)
+    model.to(dev)
+    rank, world = _init_distributed(dev)
+    run = _Run(model=model, train_data=train_data, eval_data=eval_data, epochs=epochs, batch_size=batch_size,
+               eval_batch_size=eval_batch_size, drop_last=drop_last, seed=seed, out_dir=out_dir,
+               checkpoint_every=checkpoint_every, keep_last=keep_last, checkpoint_extra=dict(checkpoint_extra or {}),
+               loss_fn=loss_fn or F.cross_entropy, cbs=list(callbacks or []), amp=amp, dev=dev, rank=rank,
+               world=world, show=(sys.stderr.isatty() if progress is None else bool(progress)) and rank == 0)
+    optim = dict(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                 warmup_epochs=warmup_epochs, milestones=milestones, gamma=gamma)
+    from prunekit.criteria.distributed import call_together
+
+    with contextlib.ExitStack() as run_lock:
+        # every rank learns whether any failed (a held folder, a changed configuration) before
+        # DDP's first collective, so that none waits for the others forever
+        call_together(run.ctx, lambda: _prepare(run, run_lock, optim, resume, overwrite), "fit")
+        run.net = _wrap(run)
+        for epoch in range(run.start, epochs):
+            _run_epoch(run, epoch)
+    return run.history
+
+
+def _check_fit_arguments(epochs, checkpoint_every, resume, overwrite, out_dir, checkpoint_extra, amp) -> None:
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if checkpoint_every < 1:
@@ -568,168 +703,237 @@ def fit(
     bad = [k for k in (checkpoint_extra or {}) if k in _RESERVED_EXTRA]
     if bad:
         raise ValueError(f"checkpoint_extra may not use the reserved keys {bad}")
-    dev = _resolve_device(device, model)
-    model.to(dev)
-    rank, world = _init_distributed(dev)
-    run_lock = contextlib.ExitStack()
-    if out_dir is not None and rank == 0:  # one run per folder at a time
-        run_lock.enter_context(folder_lock(Path(out_dir), 0.0, name=RUN_LOCK, what="run"))
-    with run_lock:
-        return _fit_locked(**{k: v for k, v in locals().items() if k not in ("run_lock", "bad")})
+    if amp is not None and amp not in _AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
 
 
-def _fit_locked(*, model, train_data, eval_data, epochs, optimizer, lr, momentum, weight_decay, schedule,  # noqa: C901
-                warmup_epochs, milestones, gamma, batch_size, eval_batch_size, drop_last, seed, device, out_dir,
-                resume, overwrite, checkpoint_every, keep_last, checkpoint_extra, progress, loss_fn, callbacks,
-                dev, rank, world) -> dict[str, list]:
-    if out_dir is not None:
-        earlier = _run_files(Path(out_dir))
-        if earlier and overwrite:
-            if rank == 0:
-                log.info("%s: overwrite=True: deleting %d files of the earlier run", out_dir, len(earlier))
-                for f in earlier:
-                    f.unlink(missing_ok=True)
-        elif earlier and not resume:
-            raise FileExistsError(
-                f"{out_dir}: holds an earlier run ({', '.join(f.name for f in earlier[:4])}"
-                f"{', ...' if len(earlier) > 4 else ''}); pass resume=True to continue it, "
-                "overwrite=True to replace it, or another out_dir")
-    _seed_everything(seed)
-    loss_fn = loss_fn or F.cross_entropy
-    cbs = list(callbacks or [])
-    show = progress and rank == 0
-
-    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else make_optimizer(
-        model.parameters(), optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = make_scheduler(opt, schedule, epochs=epochs, warmup_epochs=warmup_epochs,
-                           milestones=milestones, gamma=gamma)
-
-    config = _fit_config(opt, schedule, warmup_epochs, milestones, gamma, batch_size, drop_last, seed, world)
-    history = _new_history()
-    start = 0
+def _prepare(run: _Run, run_lock: contextlib.ExitStack, optim: dict, resume: bool, overwrite: bool) -> None:
+    """Lock and check the run folder, seed, build the optimizer and scheduler, resume (every rank)."""
+    if run.out_dir is not None and run.rank == 0:  # one run per folder at a time
+        run_lock.enter_context(folder_lock(Path(run.out_dir), 0.0, name=RUN_LOCK, what="run"))
+    if run.out_dir is not None:
+        _check_run_folder(Path(run.out_dir), resume, overwrite, run.rank)
+    _seed_everything(run.seed)
+    optimizer = optim["optimizer"]
+    run.opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else make_optimizer(
+        run.model.parameters(), optimizer, lr=optim["lr"], momentum=optim["momentum"],
+        weight_decay=optim["weight_decay"])
+    run.sched = make_scheduler(run.opt, optim["schedule"], epochs=run.epochs, warmup_epochs=optim["warmup_epochs"],
+                               milestones=optim["milestones"], gamma=optim["gamma"])
+    run.scaler = torch.amp.GradScaler(run.dev.type) if run.amp == "fp16" else None
+    run.config = _fit_config(run.opt, optim["schedule"], optim["warmup_epochs"], optim["milestones"], optim["gamma"],
+                             run.batch_size, run.drop_last, run.seed, run.world, run.amp)
     if resume:
-        if out_dir is None:
+        if run.out_dir is None:
             raise ValueError("resume=True needs out_dir")
-        found = latest_checkpoint(out_dir)
-        if found is None and any(_EPOCH_RE.match(f.name) for f in _run_files(Path(out_dir))):
-            raise CheckpointError(f"{out_dir}: holds checkpoints but none is complete; refusing to restart at "
-                                  "epoch 0 over them (pass overwrite=True instead of resume=True to start over)")
-        if found is not None:
-            saved = load_checkpoint(found)["extra"].get("fit_config")
-            if saved is None:
-                log.warning("%s: written without its training configuration; cannot check that resuming "
-                            "uses the same one", found)
-            elif changes := _config_changes(saved, config):
-                raise ResumeError(
-                    f"{found}: cannot resume with a different configuration: {'; '.join(changes)}. Resume "
-                    "with the original values, or start a new run (overwrite=True or another out_dir)")
-            info = load_checkpoint(found, model, opt, sched, restore_rng=True)
-            start = info["epoch"]
-            # The stored lr came from the schedule of the interrupted run; recompute it from this
-            # run's schedule (identical when the arguments are, different when e.g. epochs grew).
-            lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
-            for group, lr_ in zip(opt.param_groups, lrs):
-                group["lr"] = lr_
-            sched._last_lr = lrs
-            extra = info["extra"]
-            history = {k: list(v) for k, v in extra.get("history", history).items()}
-            for cb, state in zip(cbs, extra.get("callbacks", [])):
-                if state is not None and hasattr(cb, "load_state_dict"):
-                    cb.load_state_dict(state)
-            if show:
-                tqdm.write(f"resumed from {info['path']} after epoch {start}")
+        _resume(run)
+    _warn_unsharded(run)
 
-    net: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+def _check_run_folder(folder: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    """An ``out_dir`` belongs to one run: refuse a new run over an earlier one unless ``overwrite``."""
+    earlier = _run_files(folder)
+    if earlier and overwrite:
+        if rank == 0:
+            log.info("%s: overwrite=True: deleting %d files of the earlier run", folder, len(earlier))
+            for f in earlier:
+                f.unlink(missing_ok=True)
+    elif earlier and not resume:
+        raise FileExistsError(
+            f"{folder}: holds an earlier run ({', '.join(f.name for f in earlier[:4])}"
+            f"{', ...' if len(earlier) > 4 else ''}); pass resume=True to continue it, "
+            "overwrite=True to replace it, or another out_dir")
 
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        for cb in cbs:
-            if hasattr(cb, "on_epoch_start"):
-                cb.on_epoch_start(epoch, epochs)
-        lr_now = float(opt.param_groups[0]["lr"])
-        net.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss*n, correct, n, extra*n
-        has_acc = True
-        has_extra = False
-        batches = _Batches(train_data, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=True,
-                           rank=rank, world=world, pad=True, drop_last=drop_last)
-        bar = tqdm(batches, total=_length(batches), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not show, dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            x, y = _split(batch)
-            x, y = _to(x, dev), _to(y, dev)
-            opt.zero_grad(set_to_none=True)
-            out = net(x)
-            loss = loss_fn(out, y)
-            total = loss
-            for cb in cbs:
-                term = cb.extra_loss(model) if hasattr(cb, "extra_loss") else None
-                if term is not None:
-                    total = total + term
-                    has_extra = True
-                    sums[3] += term.detach().double() * len(y)
-            total.backward()
-            opt.step()
-            n = len(y)
-            sums[0] += loss.detach().double() * n
-            sums[2] += n
-            if has_acc and out.dim() == 2 and not y.is_floating_point() and y.dim() == 1:
-                sums[1] += (out.detach().argmax(-1) == y).sum()
-            else:
-                has_acc = False
-            if show and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
-        sched.step()
-        sums = _all_reduce(sums, world)
-        n_seen = float(sums[2])
-        if n_seen == 0:
-            raise ValueError(f"epoch {epoch}: the training data produced no batches")
-        train_loss = float(sums[0]) / n_seen
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss is {train_loss} in epoch {epoch}; "
-                                     "try a lower learning rate")
-        ev = None
-        if eval_data is not None:
-            ev = evaluate(model, eval_data, batch_size=eval_batch_size, device=dev,
-                          loss_fn=None if loss_fn is F.cross_entropy else loss_fn, distributed=world > 1)
-        row = {
-            "epoch": epoch,
-            "loss": train_loss,
-            "train_accuracy": float(sums[1]) / n_seen if has_acc else None,
-            "eval_loss": ev["loss"] if ev else None,
-            "eval_accuracy": ev["accuracy"] if ev else None,
-            "lr": lr_now,
-            "seconds": time.perf_counter() - t0,
-            "extra_loss": float(sums[3]) / n_seen if has_extra else None,
-        }
-        for k, v in row.items():
-            history.setdefault(k, []).append(v)
-        for cb in cbs:
-            if hasattr(cb, "on_epoch_end"):
-                cb.on_epoch_end(epoch, dict(row))
-        if show:
-            msg = f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  lr {lr_now:.4g}"
-            if row["train_accuracy"] is not None:
-                msg += f"  train acc {row['train_accuracy']:.4f}"
-            if ev:
-                msg += f"  eval acc {ev['accuracy']:.4f}"
-            tqdm.write(msg + f"  ({row['seconds']:.1f}s)")
 
-        done = epoch + 1
-        if out_dir is not None and (done % checkpoint_every == 0 or done == epochs):
-            if rank == 0:
-                extra = dict(checkpoint_extra or {})
-                extra.update(history=history, seed=seed, epochs=epochs, fit_config=config,
-                             callbacks=[cb.state_dict() if hasattr(cb, "state_dict") else None for cb in cbs])
-                save_checkpoint(out_dir, model, opt, sched, epoch=done, extra=extra, keep_last=keep_last)
-                _atomic_write(Path(out_dir) / HISTORY, json.dumps(history, indent=1).encode("utf-8"))
-            if world > 1:
-                import torch.distributed as dist
+def _resume(run: _Run) -> None:
+    """Load the latest complete checkpoint of ``run.out_dir`` into the run (nothing there: start at 0)."""
+    found = latest_checkpoint(run.out_dir)
+    if found is None and any(_EPOCH_RE.match(f.name) for f in _run_files(Path(run.out_dir))):
+        raise CheckpointError(f"{run.out_dir}: holds checkpoints but none is complete; refusing to restart at "
+                              "epoch 0 over them (pass overwrite=True instead of resume=True to start over)")
+    if found is None:
+        return
+    saved = load_checkpoint(found)["extra"].get("fit_config")
+    if saved is None:
+        log.warning("%s: written without its training configuration; cannot check that resuming "
+                    "uses the same one", found)
+    elif changes := _config_changes(saved, run.config):
+        raise ResumeError(
+            f"{found}: cannot resume with a different configuration: {'; '.join(changes)}. Resume "
+            "with the original values, or start a new run (overwrite=True or another out_dir)")
+    info = load_checkpoint(found, run.model, run.opt, run.sched, restore_rng=True)
+    run.start = info["epoch"]
+    # The stored lr came from the schedule of the interrupted run; recompute it from this
+    # run's schedule (identical when the arguments are, different when e.g. epochs grew).
+    sched = run.sched
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr_ in zip(run.opt.param_groups, lrs):
+        group["lr"] = lr_
+    sched._last_lr = lrs
+    extra = info["extra"]
+    run.history = {k: list(v) for k, v in extra.get("history", run.history).items()}
+    for cb, state in zip(run.cbs, extra.get("callbacks", [])):
+        if state is not None and hasattr(cb, "load_state_dict"):
+            cb.load_state_dict(state)
+    if run.scaler is not None and extra.get("amp_scaler") is not None:
+        run.scaler.load_state_dict(extra["amp_scaler"])
+    if saved is not None and saved.get("world_size", 1) != run.world:
+        log.info("%s: resuming a run of %s rank(s) on %d", found, saved.get("world_size", 1), run.world)
+    if run.show:
+        tqdm.write(f"resumed from {info['path']} after epoch {run.start}")
 
-                dist.barrier()
-    return history
+
+def _warn_unsharded(run: _Run) -> None:
+    """Under DDP an iterable of batches must be sharded by the caller; say so when it visibly is not."""
+    data = run.train_data
+    if run.world <= 1 or _is_tensor_pair(data) or _is_map_dataset(data) or not hasattr(data, "dataset"):
+        return
+    from torch.utils.data import DistributedSampler
+
+    if not isinstance(getattr(data, "sampler", None), DistributedSampler):
+        log.warning("fit: the training DataLoader has no DistributedSampler: each of the %d ranks iterates all "
+                    "of it (pass the data set or (X, y) tensors and fit shards them, or use a "
+                    "DistributedSampler)", run.world)
+
+
+def _wrap(run: _Run) -> nn.Module:
+    """The model ``DistributedDataParallel`` wraps on several ranks (rank 0's weights are broadcast), else itself."""
+    if run.world <= 1:
+        return run.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(run.model, device_ids=[run.dev.index] if run.dev.type == "cuda" else None)
+
+
+def _run_epoch(run: _Run, epoch: int) -> None:
+    """One epoch: callbacks, training, the reduced metrics, evaluation, history, checkpoint."""
+    t0 = time.perf_counter()
+    for cb in run.cbs:
+        if hasattr(cb, "on_epoch_start"):
+            cb.on_epoch_start(epoch, run.epochs)
+    lr_now = float(run.opt.param_groups[0]["lr"])
+    sums, has_acc, has_extra = _train_epoch(run, epoch)
+    run.sched.step()
+    _broadcast_buffers(run)
+    n_seen = float(sums[2])
+    if n_seen == 0:
+        raise ValueError(f"epoch {epoch}: the training data produced no batches")
+    train_loss = float(sums[0]) / n_seen
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"training loss is {train_loss} in epoch {epoch}; try a lower learning rate")
+    ev = None
+    if run.eval_data is not None:
+        ev = evaluate(run.model, run.eval_data, batch_size=run.eval_batch_size, device=run.dev,
+                      loss_fn=None if run.loss_fn is F.cross_entropy else run.loss_fn, distributed=run.world > 1)
+    row = {"epoch": epoch, "loss": train_loss, "train_accuracy": float(sums[1]) / n_seen if has_acc else None,
+           "eval_loss": ev["loss"] if ev else None, "eval_accuracy": ev["accuracy"] if ev else None,
+           "lr": lr_now, "seconds": time.perf_counter() - t0,
+           "extra_loss": float(sums[3]) / n_seen if has_extra else None}
+    for k, v in row.items():
+        run.history.setdefault(k, []).append(v)
+    for cb in run.cbs:
+        if hasattr(cb, "on_epoch_end"):
+            cb.on_epoch_end(epoch, dict(row))
+    if run.show:
+        msg = f"epoch {epoch + 1}/{run.epochs}  loss {train_loss:.4f}  lr {lr_now:.4g}"
+        if row["train_accuracy"] is not None:
+            msg += f"  train acc {row['train_accuracy']:.4f}"
+        if ev:
+            msg += f"  eval acc {ev['accuracy']:.4f}"
+        tqdm.write(msg + f"  ({row['seconds']:.1f}s)")
+    done = epoch + 1
+    if run.out_dir is not None and (done % run.checkpoint_every == 0 or done == run.epochs):
+        from prunekit.criteria.distributed import call_together
+
+        # rank 0 writes; the others wait for it here (a failed write is raised on every rank)
+        call_together(run.ctx, lambda: _save(run, done), "fit: checkpoint")
+
+
+@torch.no_grad()
+def _broadcast_buffers(run: _Run) -> None:
+    """Rank 0's buffers on every rank. DDP broadcasts them before each forward pass, so after the
+    epoch's last one each rank holds BatchNorm statistics of its own shard; evaluation, the
+    checkpoint and the returned model all use rank 0's."""
+    if run.world <= 1:
+        return
+    from prunekit.criteria.distributed import broadcast_tensor
+
+    ctx = run.ctx
+    for buf in run.model.buffers():
+        broadcast_tensor(ctx, buf)
+
+
+def _save(run: _Run, done: int) -> None:
+    if run.rank != 0:
+        return
+    extra = dict(run.checkpoint_extra)
+    extra.update(history=run.history, seed=run.seed, epochs=run.epochs, fit_config=run.config,
+                 callbacks=[cb.state_dict() if hasattr(cb, "state_dict") else None for cb in run.cbs])
+    if run.scaler is not None:
+        extra["amp_scaler"] = run.scaler.state_dict()
+    save_checkpoint(run.out_dir, run.model, run.opt, run.sched, epoch=done, extra=extra, keep_last=run.keep_last)
+    _atomic_write(Path(run.out_dir) / HISTORY, json.dumps(run.history, indent=1).encode("utf-8"))
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, bool, bool]:
+    """Train one epoch; ``(sums over ranks [loss·n, correct, n, extra·n], has accuracy, has extra loss)``."""
+    run.net.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=run.dev)
+    flags = {"acc": True, "extra": False}
+    batches = _Batches(run.train_data, batch_size=run.batch_size, seed=run.seed, epoch=epoch, shuffle=True,
+                       rank=run.rank, world=run.world, pad=True, drop_last=run.drop_last)
+    bar = tqdm(batches, total=_length(batches), desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
+               disable=not run.show, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        loss = _train_step(run, batch, sums, flags)
+        if run.show and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    return _all_reduce(sums, run.world), flags["acc"], flags["extra"]
+
+
+def _train_step(run: _Run, batch: Any, sums: torch.Tensor, flags: dict) -> torch.Tensor:
+    """Forward, callbacks' extra loss, backward, optimizer step on one batch; adds to ``sums``."""
+    x, y = _split(batch)
+    x, y = _to(x, run.dev), _to(y, run.dev)
+    run.opt.zero_grad(set_to_none=True)
+    with (torch.autocast(run.dev.type, dtype=_AMP_DTYPES[run.amp]) if run.amp else contextlib.nullcontext()):
+        out = run.net(x)
+        loss = run.loss_fn(out, y)
+    total = loss
+    for cb in run.cbs:
+        term = cb.extra_loss(run.model) if hasattr(cb, "extra_loss") else None
+        if term is not None:
+            total = total + term
+            flags["extra"] = True
+            sums[3] += term.detach().double() * len(y)
+    if run.scaler is None:
+        total.backward()
+        _callback_gradients(run)
+        run.opt.step()
+    else:
+        run.scaler.scale(total).backward()
+        _callback_gradients(run, unscale=run.scaler.get_scale())
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    n = len(y)
+    sums[0] += loss.detach().double() * n
+    sums[2] += n
+    if flags["acc"] and out.dim() == 2 and not y.is_floating_point() and y.dim() == 1:
+        sums[1] += (out.detach().argmax(-1) == y).sum()
+    else:
+        flags["acc"] = False
+    return loss
+
+
+def _callback_gradients(run: _Run, unscale: float | None = None) -> None:
+    """Average (and unscale) the gradients of the tensors callbacks train themselves (``parameters()``)."""
+    if run.world <= 1 and unscale is None:
+        return
+    own = {id(p) for p in run.model.parameters()}
+    tensors = [t for cb in run.cbs if callable(getattr(cb, "parameters", None))
+               for t in cb.parameters() if isinstance(t, torch.Tensor) and id(t) not in own]
+    if tensors:
+        from prunekit.criteria.distributed import average_gradients
+
+        average_gradients(tensors, run.ctx, unscale=unscale)

@@ -124,53 +124,76 @@ def _zero_preserving(name, args) -> bool:
     return False
 
 
-def pointwise(tr, func, args, kwargs, out):  # noqa: C901
+def _adds_nonzero_scalar(name, args) -> bool:
+    """Does a non-zero Python scalar argument shift the values (``x + 1``), as opposed to scaling them?"""
+    return any(not isinstance(a, torch.Tensor) and isinstance(a, (int, float)) and a != 0 and a is not True
+               for a in args[1:]) and name not in MUL_LIKE and name not in ("div", "div_", "pow")
+
+
+def _aligned(tr, inputs, infos, y, k):
+    """The inputs' dims that line up with output dim ``k`` (same size > 1, not broadcast).
+
+    Returns their labels and dirty flags (all-zero inputs left out), the first input's flag
+    (``None`` if it does not line up), whether a broadcast input may add non-zero values, and the
+    labels of all-zero inputs' aligned dims (they add nothing, but a width they were sized by must
+    follow the others)."""
+    nd = y.dim()
+    arrs, flags, first = [], [], None
+    broadcast_nonzero, sized = False, []
+    for i, (x, info) in enumerate(zip(inputs, infos)):
+        off = x.dim() - (nd - k)
+        if off < 0:
+            if x.dim() == 0 and not info.zero and x.numel() == 1 and i > 0:
+                broadcast_nonzero = broadcast_nonzero or bool(x.detach().ne(0).any())
+            continue
+        if x.shape[off] == y.shape[k] and y.shape[k] > 1:
+            if info.zero:
+                if _labelled(tr, info.dims[off]):
+                    sized.append(info.dims[off])
+                continue
+            arrs.append(info.dims[off])
+            flags.append(info.dirty[off])
+            if i == 0:
+                first = info.dirty[off]
+        elif not info.zero:
+            broadcast_nonzero = True
+    return arrs, flags, first, broadcast_nonzero, sized
+
+
+def _pointwise_dirty(name, args, flags, first, *, single, broadcast_nonzero, scalar_nonzero) -> bool:
+    """May an output dim hold non-zero values at removed indices, given its aligned inputs' ``flags``?"""
+    if not flags:
+        return True
+    if name in MUL_LIKE:
+        return all(flags)
+    if name in ("div", "div_"):
+        return first if first is not None else True
+    if single or (len(flags) == 1 and name not in ADD_LIKE):
+        return flags[0] or not _zero_preserving(name, args)
+    if name in ADD_LIKE:
+        return any(flags) or broadcast_nonzero or scalar_nonzero
+    return True
+
+
+def pointwise(tr, func, args, kwargs, out):
+    """Element-wise ops: aligned dims of the inputs unify; each output dim is dirty unless the op
+    keeps zeros at removed indices zero."""
     name = func._overloadpacket.__name__
     y = out if isinstance(out, torch.Tensor) else flatten_tensors(out)[0]
     A = tr.t.atoms
     inputs = [x for x in flatten_tensors((args, kwargs)) if isinstance(x, torch.Tensor)]
     infos = [tr.get(x) for x in inputs]
     nd = y.dim()
-    scalar_nonzero = any(not isinstance(a, torch.Tensor) and isinstance(a, (int, float)) and a != 0 and a is not True
-                         for a in args[1:]) and name not in MUL_LIKE and name not in ("div", "div_", "pow")
+    scalar_nonzero = _adds_nonzero_scalar(name, args)
     dims, dirty, srcs = [], [], []
     single = len(inputs) == 1
     for k in range(nd):
-        arrs, flags, contributing, first = [], [], 0, None
-        broadcast_nonzero, sized = False, []
-        for i, (x, info) in enumerate(zip(inputs, infos)):
-            off = x.dim() - (nd - k)
-            if off < 0:
-                if x.dim() == 0 and not info.zero and x.numel() == 1 and i > 0:
-                    broadcast_nonzero = broadcast_nonzero or bool(x.detach().ne(0).any())
-                continue
-            if x.shape[off] == y.shape[k] and y.shape[k] > 1:
-                if info.zero:  # adds nothing; but a width it was sized by must follow the others
-                    if _labelled(tr, info.dims[off]):
-                        sized.append(info.dims[off])
-                    continue
-                arrs.append(info.dims[off])
-                flags.append(info.dirty[off])
-                contributing += 1
-                if i == 0:
-                    first = info.dirty[off]
-            elif not info.zero:
-                broadcast_nonzero = True
+        arrs, flags, first, broadcast_nonzero, sized = _aligned(tr, inputs, infos, y, k)
         for a in arrs[1:] + (sized if arrs else sized[1:]):
             A.unify_arrays(arrs[0] if arrs else sized[0], a)
         dims.append(A.roots(arrs[0]) if arrs else (A.roots(sized[0]) if sized else _zeros(y.shape[k])))
-        if not arrs:
-            dirty.append(True)
-        elif name in MUL_LIKE:
-            dirty.append(all(flags))
-        elif name in ("div", "div_"):
-            dirty.append(first if first is not None else True)
-        elif single or (len(arrs) == 1 and name not in ADD_LIKE):
-            dirty.append(flags[0] or not _zero_preserving(name, args))
-        elif name in ADD_LIKE:
-            dirty.append(any(flags) or broadcast_nonzero or scalar_nonzero)
-        else:
-            dirty.append(True)
+        dirty.append(_pointwise_dirty(name, args, flags, first, single=single, broadcast_nonzero=broadcast_nonzero,
+                                      scalar_nonzero=scalar_nonzero))
         srcs.append(infos[0].src[k - (nd - inputs[0].dim())] if single and inputs[0].dim() == nd else None)
     zero = bool(infos) and name in MUL_LIKE and any(i.zero for i in infos)
     _set(tr, y, dims, dirty, zero, srcs)
