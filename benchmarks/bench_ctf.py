@@ -60,10 +60,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +74,9 @@ import prunekit
 from prunekit.ctf import CTF, FINETUNE, METHODS as ALL_METHODS, run
 from prunekit.data import default_transform, load_fpha, load_sbu, to_tensors, write_fpha, write_sbu
 from prunekit.pipeline.train import evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.store import paired, stats, write_json  # noqa: E402
 
 CHANNELS = (16, 32, 32)
 NUM_CLASSES = {"sbu": 8, "fpha": 45}
@@ -198,12 +201,6 @@ def remeasured_overhead(dataset, rounds=3, epochs=4):
 
 # ----------------------------------------------------------------------------- summary
 
-def _stats(values):
-    values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def summarize(rows, dense_rows, methods, rates) -> dict:
     keys = ("accuracy", "accuracy_pruned", "rate", "params", "nonzero_params", "macs", "latency_ms_b16",
             "structured_params_removed", "seconds")
@@ -212,12 +209,12 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
         for method in methods:
             group = [r for r in rows if r["method"] == method and r["target_rate"] == rate]
             if group:
-                stats = {k: _stats([r[k] for r in group]) for k in keys}
-                table.append({"method": method, "target_rate": rate, **stats})
-    dense = {k: _stats([d[k] for d in dense_rows]) for k in ("accuracy", "params", "macs", "latency_ms_b16")}
+                summary = {k: stats([r[k] for r in group]) for k in keys}
+                table.append({"method": method, "target_rate": rate, **summary})
+    dense = {k: stats([d[k] for d in dense_rows]) for k in ("accuracy", "params", "macs", "latency_ms_b16")}
     continued = [d["accuracy_continued"] for d in dense_rows if "accuracy_continued" in d]
     if continued:
-        dense["accuracy_continued"] = _stats(continued)
+        dense["accuracy_continued"] = stats(continued)
     goal = {}
     if "ctf" in methods:
         for rate in rates:
@@ -244,22 +241,13 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
 def paired_differences(rows, methods, rates, reference="ctf") -> dict:
     """``{rate: {method: {mean, sem, n, wins, ties, losses}}}``: accuracy of ``reference`` minus
     ``method`` on the same fold and seed (the same dense checkpoint), so the seed-to-seed spread
-    that both share cancels; ``sem`` is the standard error of the mean difference."""
-    acc = {(r["method"], r["target_rate"], r["fold"], r["seed"]): r["accuracy"] for r in rows}
+    that both share cancels (:func:`benchmarks.store.paired`)."""
     out = {}
     for rate in rates:
-        for method in methods:
-            if method == reference:
-                continue
-            diffs = [acc[(reference, rate, f, s)] - a for (m, r, f, s), a in acc.items()
-                     if m == method and r == rate and (reference, rate, f, s) in acc]
-            if not diffs:
-                continue
-            sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-            out.setdefault(str(rate), {})[method] = {
-                "mean": statistics.fmean(diffs), "sem": sem, "n": len(diffs),
-                "wins": sum(d > 1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs),
-                "losses": sum(d < -1e-9 for d in diffs)}
+        part = [r for r in rows if r["target_rate"] == rate and r["method"] in methods]
+        diffs = paired(part, "accuracy", "method", reference, match=("fold", "seed"))
+        if diffs:
+            out[str(rate)] = {m: diffs[m] for m in methods if m in diffs}
     return out
 
 
@@ -372,9 +360,7 @@ def write_result(path: Path, result: dict) -> None:
     """Recompute the summary of ``result`` and write it (JSON, atomically) and its markdown next to it."""
     p = result["protocol"]
     result["summary"] = summarize(result["rows"], result["dense"], p["methods"], p["rates"])
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_json(path, result)
     path.with_suffix(".md").write_text(markdown(result))
 
 
