@@ -72,7 +72,7 @@ import torch
 
 import prunekit
 from prunekit.ctf import CTF, FINETUNE, METHODS as ALL_METHODS, run
-from prunekit.data import default_transform, load_fpha, load_sbu, to_tensors, write_fpha, write_sbu
+from prunekit.pipeline.dataspec import load_data as load_spec
 from prunekit.pipeline.train import evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -92,19 +92,12 @@ _DATA: dict = {}
 
 
 def load_data(dataset: str, fold: int):
-    """``(Xtr, ytr, Xte, yte)`` of the synthetic data set (data seed 0), written once per process."""
+    """``(Xtr, ytr, Xte, yte)`` of the synthetic data set (data seed 0; FPHA without its known bad sequences)."""
     key = (dataset, fold if dataset == "sbu" else None)
     if key not in _DATA:
-        root = tempfile.mkdtemp(prefix=f"{dataset}_synth_")
-        if dataset == "sbu":
-            write_sbu(root, seed=0)
-            train, test = load_sbu(root, fold=fold)
-        else:
-            write_fpha(root, seed=0)
-            train, test = load_fpha(root, skip_known_bad=True)
-        transform = default_transform(dataset)
-        Xtr, ytr = to_tensors(train, transform)
-        Xte, yte = to_tensors(test, transform)
+        spec = {"format": f"synthetic-{dataset}", "seed": 0,
+                **({"fold": fold} if dataset == "sbu" else {"skip_known_bad": True})}
+        (Xtr, ytr), (Xte, yte), _ = load_spec(spec, cache=tempfile.mkdtemp(prefix=f"{dataset}_synth_"))
         _DATA[key] = (Xtr, ytr, Xte, yte)
     return _DATA[key]
 

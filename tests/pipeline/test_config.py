@@ -190,7 +190,7 @@ def test_every_data_format_accepts_its_documented_keys(tmp_path):
 
     for fmt, keys in DATA_KEYS.items():
         values = {"format": fmt, "root": "x", "fold": 2, "length": 16, "velocity": True, "seed": 3,
-                  "difficulty": 0.5, "protocol": "1:1"}
+                  "difficulty": 0.5, "protocol": "1:1", "skip_known_bad": True}
         cfg = TrainConfig.from_dict({"model": "stgcn", "data": {k: values[k] for k in keys}})
         assert set(cfg.data) == keys
     assert load_config(CONFIGS / "fpha_stgcn.yaml").data["protocol"] == "1:1"

@@ -39,3 +39,14 @@ def test_concurrent_generation_never_exposes_a_half_written_tree(tmp_path):
 def test_unknown_or_missing_format_is_named():
     with pytest.raises(ValueError, match="missing 'format'"):
         load_data({"seed": 0})
+
+
+def test_fpha_spec_can_skip_the_known_bad_sequences(tmp_path):
+    from prunekit.data import load_fpha
+
+    spec = {"format": "synthetic-fpha", "seed": 0, "length": 8}
+    (X, _), (Xt, _), info = load_data(spec, cache=tmp_path)
+    (Xs, _), (Xts, _), _ = load_data({**spec, "skip_known_bad": True}, cache=tmp_path)
+    train, test = load_fpha(info["root"], skip_known_bad=True)
+    assert len(train.skipped) >= 1 and len(test.skipped) >= 1  # the generator writes some of them
+    assert (len(X) - len(Xs), len(Xt) - len(Xts)) == (len(train.skipped), len(test.skipped))

@@ -345,9 +345,9 @@ def _reject_nonfinite(value, key: str, source: str, lines: dict) -> None:
 _SKELETON = {"format", "root", "length", "velocity"}
 DATA_KEYS = {
     "sbu": _SKELETON | {"fold"},
-    "fpha": _SKELETON | {"protocol"},
+    "fpha": _SKELETON | {"protocol", "skip_known_bad"},
     "synthetic-sbu": _SKELETON | {"fold", "seed", "difficulty"},
-    "synthetic-fpha": _SKELETON | {"protocol", "seed", "difficulty"},
+    "synthetic-fpha": _SKELETON | {"protocol", "seed", "difficulty", "skip_known_bad"},
     "digits": {"format"},
     "idx": {"format", "root"},
     "fashion-mnist": {"format", "root"},
@@ -373,6 +373,7 @@ _DATA_VALUES = {
     "seed": (_is_int, "must be an integer"),
     "difficulty": (_finite_non_negative, "must be a finite number >= 0"),
     "protocol": (lambda v: v == "1:1", "must be '1:1' (FPHA's official split; the only one implemented)"),
+    "skip_known_bad": (lambda v: isinstance(v, bool), "must be true/false (skip FPHA's known bad sequences)"),
 }
 
 

@@ -39,7 +39,8 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
     Formats: ``synthetic-sbu`` / ``synthetic-fpha`` (generated under ``cache`` if missing,
     labelled synthetic), ``sbu`` (``root``, ``fold``), ``fpha`` (``root``), ``digits``,
     ``idx`` (``root``: Fashion-MNIST/MNIST IDX files), ``cifar10`` (``root``).
-    Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool); synthetic
+    Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool), FPHA ones
+    ``skip_known_bad`` (bool: skip :data:`prunekit.data.fpha.FPHA_KNOWN_BAD`); synthetic
     ones ``seed`` and ``difficulty`` (default :func:`prunekit.data.default_difficulty`).
     """
     from .. import data
@@ -60,7 +61,7 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
         if layout == "sbu":
             train, test = data.load_sbu(root, fold=int(spec.get("fold", 1)))
         else:
-            train, test = data.load_fpha(root)
+            train, test = data.load_fpha(root, skip_known_bad=bool(spec.get("skip_known_bad", False)))
         transform = data.default_transform(layout, length=int(spec.get("length", 32)),
                                            velocity=bool(spec.get("velocity", False)))
         info = {"format": kind, "root": str(root), "synthetic": bool(train.synthetic), "graph": layout,
