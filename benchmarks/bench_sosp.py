@@ -25,6 +25,7 @@ Rows go to one results store (``benchmarks/store.py``; resumable, ``--out``), su
 paired differences SOSP-H − every other method (same seed and budget) and win/tie/loss.
 
     python benchmarks/bench_sosp.py --model resnet20 --width 0.5 --seeds 0 1 2
+    python benchmarks/bench_sosp.py --merge A.json B.json --out benchmarks/results/sosp.json   # parts run apart
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
 from benchmarks.sosp_dense import FASHION, dense_path  # noqa: E402
-from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
+from benchmarks.store import Store, machine, markdown_table, merge, paired, stats  # noqa: E402
 from prunekit.pipeline.dataspec import batches as make_batches, load_data  # noqa: E402
 from prunekit.pipeline.train import evaluate, fit  # noqa: E402
 
@@ -47,6 +48,7 @@ PK = ("sosp-h", "sosp-i", "taylor", "obd", "l1", "random")
 TP_ON_PK = ("tp-magnitude@pk", "tp-taylor@pk", "tp-hessian@pk")
 TP_LIB = ("tp-magnitude", "tp-taylor", "tp-hessian")
 CLASSIFIER = {"resnet20": "fc", "vgg11": "classifier", "mlp": None}
+KEY = ("seed", "schedule", "method", "budget", "samples")
 
 
 # ----------------------------------------------------------------------------- scores
@@ -203,7 +205,9 @@ def _pct(stat):
 
 def markdown(result) -> str:
     s = result["summary"]
-    lines = [f"# SOSP benchmark ({result['meta']['protocol']})", "", f"Command: `{result['meta']['command']}`", ""]
+    meta = result["meta"]
+    lines = [f"# SOSP benchmark ({meta['protocol']})", "", f"Command: `{meta['command']}`", ""]
+    lines += [f"- part: `{part['command']}`" for part in meta.get("parts", [])] + ([""] if meta.get("parts") else [])
     lines.append(markdown_table(["schedule", "MACs removed", "method", "one-shot acc (%)", "acc after FT (%)",
                                  "params", "n"],
                                 [[r["schedule"], f"{r['budget']:.0%}", r["method"], _pct(r["acc_oneshot"]),
@@ -261,11 +265,15 @@ def main(argv=None):
     p.add_argument("--data", default=FASHION)
     p.add_argument("--cache", default="runs/sosp")
     p.add_argument("--out", default="benchmarks/results/sosp.json")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these result files (one protocol) into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, key=KEY, out=args.out, must_match=("protocol",)).save(summarize, markdown)
+        return
     torch.set_num_threads(1)
     protocol = {"model": args.model, "width": args.width, "prune_samples": args.prune_samples,
                 "ft_samples": args.ft_samples, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "steps": args.steps}
-    store = Store(args.out, key=("seed", "schedule", "method", "budget", "samples"),
+    store = Store(args.out, key=KEY,
                   meta={"protocol": protocol, "machine": machine(1)}, resume=True, must_match=("protocol",))
     data = load(args)
     for seed in args.seeds:

@@ -117,7 +117,8 @@ def merge(paths: Iterable, key: Sequence[str], out, must_match: Sequence[str] = 
                 raise ValueError(f"{path}: cannot merge, {field} differs from {paths[0]}")
         for row in result["rows"]:
             store.add(row, save=False)
-    store.meta = {**store.meta, "merged_from": [str(p) for p in paths]}
+    store.meta = {**store.meta, "command": command(),
+                  "parts": [{"path": str(p), "command": r["meta"].get("command")} for p, r in zip(paths, results)]}
     return store
 
 
