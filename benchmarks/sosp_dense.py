@@ -6,6 +6,7 @@ model is reused, never retrained). SGD momentum 0.9, cosine schedule, batch 128,
 5e-4, no augmentation, one thread.
 
     python benchmarks/sosp_dense.py --models resnet20 --width 0.5 --epochs 15 --seeds 0 1 2
+    python benchmarks/sosp_dense.py --merge A.json B.json --out benchmarks/results/sosp_dense.json
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
-from benchmarks.store import Store, machine  # noqa: E402
+from benchmarks.store import Store, machine, merge  # noqa: E402
 from prunekit.pipeline.dataspec import load_data  # noqa: E402
 from prunekit.pipeline.train import fit  # noqa: E402
 
@@ -43,7 +44,11 @@ def main(argv=None):
     p.add_argument("--data", default=FASHION)
     p.add_argument("--cache", default="runs/sosp")
     p.add_argument("--out", default="benchmarks/results/sosp_dense.json")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these result files into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, key=("model", "width", "seed"), out=args.out, must_match=("protocol",)).save()
+        return
     torch.set_num_threads(1)
     (X, y), (Xt, yt), _ = load_data({"format": "idx", "root": args.data})
     protocol = {"epochs": args.epochs, "lr": args.lr, "batch_size": 128, "weight_decay": 5e-4,
