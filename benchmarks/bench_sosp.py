@@ -196,7 +196,13 @@ def summarize(rows) -> dict:
                     and r["samples"] == r["base_samples"]]
             for value in ("acc_oneshot", "accuracy"):
                 comparisons[f"{schedule} {budget} {value}"] = paired(part, value, "method", "sosp-h", match=("seed",))
-    return {"table": table, "paired_sosp_h_minus": comparisons}
+    sweep = {}
+    for r in rows:
+        if r["method"] == "sosp-h" and r["schedule"] == "one-shot":
+            sweep.setdefault(str(r["budget"]), {}).setdefault(r["samples"], []).append(r)
+    samples = {b: {n: {v: stats([r[v] for r in rs]) for v in ("acc_oneshot", "accuracy")}
+                   for n, rs in sorted(by.items())} for b, by in sweep.items() if len(by) > 1}
+    return {"table": table, "paired_sosp_h_minus": comparisons, "sosp_h_samples": samples}
 
 
 def _pct(stat):
@@ -220,6 +226,11 @@ def markdown(result) -> str:
             rows.append([key, method, f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
                          f"{d['wins']}/{d['ties']}/{d['losses']}"])
     lines.append(markdown_table(["schedule budget value", "method", "SOSP-H − method", "W/T/L"], rows))
+    for budget, by in s.get("sosp_h_samples", {}).items():
+        lines += ["", f"SOSP-H one-shot at {float(budget):.0%} of the MACs against the number of pruning samples:", ""]
+        lines.append(markdown_table(["samples", "one-shot acc (%)", "acc after FT (%)", "n"],
+                                    [[n, _pct(v["acc_oneshot"]), _pct(v["accuracy"]), v["accuracy"]["n"]]
+                                     for n, v in by.items()]))
     return "\n".join(lines) + "\n"
 
 
