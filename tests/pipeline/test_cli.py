@@ -59,9 +59,13 @@ def test_quick_demo_end_to_end(tmp_path):
     assert set(by_method) == {"ctf", "magnitude"}
     for row in by_method.values():
         assert row["achieved"]["weights"] == pytest.approx(0.9, abs=1e-3)
-        assert row["nonzero_params"] < 0.5 * ctf_dense["params"]
+        assert row["nonzero_params"] < ctf_dense["params"]
         assert row["latency_ms"] > 0 and row["latency_ms_sparsified"] > 0
         assert row["epochs"] + row["finetune_epochs"] == 3  # the same budget: 2 + 1 and 0 + 3
+    # both removed 90 % of the same prunable weights: the same number of nonzeros, up to the biases and
+    # BatchNorm entries that leave with whole structures
+    nonzeros = [row["nonzero_params"] for row in by_method.values()]
+    assert max(nonzeros) - min(nonzeros) < 0.01 * ctf_dense["params"]
 
 
 def test_train_from_config_then_prune_with_sosp(tmp_path, capsys):
