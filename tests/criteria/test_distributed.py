@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import prunekit
+from tests.spawn import run_ranks
 from prunekit.criteria import saliency, sosp_h_terms, sosp_i_pairwise
 from prunekit.criteria import sosp as sosp_module
 from prunekit.criteria.distributed import (
@@ -210,21 +209,7 @@ def _memory_and_helpers(rank, results, model, structures, shard):
 def ranks(tmp_path_factory):
     """The results of both ranks (``[results_rank0, results_rank1]``)."""
     out = tmp_path_factory.mktemp("dist")
-    context = mp.start_processes(_worker, args=(str(out), str(out / "init")), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-    results = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "crash" not in res, f"rank {r} failed:\n{res['crash']}"
-    return results
+    return run_ranks(_worker, out, WORLD, TIMEOUT_S, start_method="spawn")
 
 
 def _close(actual, wanted):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import time
 import traceback
 
 import pytest
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit
+from tests.spawn import run_ranks
 from prunekit.core.plan import check_same_plan
 from prunekit.criteria.distributed import average_gradients, resolve_group
 from prunekit.ctf import CTF
@@ -122,21 +122,7 @@ def _worker(rank, out_dir, init_file):
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ctf_ddp")
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.start_processes(_worker, args=(str(out), str(out / "init")), nprocs=WORLD, join=False,
-                                 start_method=method)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-    results = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    for r, res in enumerate(results):
-        assert "crash" not in res, f"rank {r} failed:\n{res['crash']}"
-    return results
+    return run_ranks(_worker, out, WORLD, TIMEOUT_S, start_method=method)
 
 
 @pytest.mark.parametrize("name", ["attention_gcn", "cnn"])

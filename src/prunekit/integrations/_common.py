@@ -41,7 +41,7 @@ from ..core.structures import Structures, find_structures
 from ..criteria import CRITERIA, saliency
 from ..ctf import CTF
 
-__all__ = ["CTFRun", "OneShot", "HeldZeros", "missing", "split_batch", "to_device", "take_batches"]
+__all__ = ["CTFRun", "CTFResults", "OneShot", "HeldZeros", "missing", "split_batch", "to_device", "take_batches"]
 
 log = logging.getLogger("prunekit")
 
@@ -225,6 +225,27 @@ class OneShot:
                                f"{self.at_epoch}, which training has not reached")
         self.after_step()
         return materialize(self.model, self.plan, self.structures)
+
+
+class CTFResults:
+    """What both frameworks' CTF callbacks expose, read from their :class:`CTFRun` (``self.run``)."""
+
+    @property
+    def ctf(self) -> CTF:
+        return self.run.ctf
+
+    @property
+    def plan(self):
+        """The plan, once CTF is finalized (``None`` before)."""
+        return self.run.plan
+
+    def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor | None:
+        """The budget penalty for this step (``None`` in the hard phase and after finalize)."""
+        return None if self.run.plan is not None else self.ctf.extra_loss()
+
+    def pruned_model(self) -> nn.Module:
+        """The finalized model, physically smaller (:func:`prunekit.materialize`)."""
+        return self.run.pruned_model()
 
 
 class CTFRun:

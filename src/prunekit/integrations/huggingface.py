@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..ctf import CTF
-from ._common import CTFRun, OneShot, _device, missing, split_batch, take_batches
+from ._common import CTFResults, CTFRun, OneShot, _device, missing, split_batch, take_batches
 
 try:
     from transformers import Trainer as _Trainer, TrainerCallback as _TrainerCallback
@@ -79,7 +79,7 @@ else:  # pragma: no cover - depends on what is installed
             _require()
 
 
-class CTFCallback(_Base):
+class CTFCallback(CTFResults, _Base):
     """CTF's learned masks on ``model`` during ``Trainer.train()`` (use :class:`PrunekitTrainer`).
 
     Args:
@@ -112,22 +112,6 @@ class CTFCallback(_Base):
         self.run = CTFRun(ctf, epochs)
         self._epoch = 0
 
-    @property
-    def ctf(self) -> CTF:
-        return self.run.ctf
-
-    @property
-    def plan(self):
-        """The plan, once CTF is finalized (``None`` before)."""
-        return self.run.plan
-
-    def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor | None:
-        """The budget penalty for this step (``None`` in the hard phase and after finalize)."""
-        return None if self.run.plan is not None else self.ctf.extra_loss()
-
-    def pruned_model(self) -> nn.Module:
-        """The finalized model, physically smaller (:func:`prunekit.materialize`)."""
-        return self.run.pruned_model()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._epoch = _epoch(state)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..ctf import CTF
-from ._common import CTFRun, OneShot, _device, epochs_from_steps, missing, split_batch, take_batches
+from ._common import CTFResults, CTFRun, OneShot, _device, epochs_from_steps, missing, split_batch, take_batches
 
 try:
     import lightning.pytorch as _pl
@@ -52,7 +52,7 @@ def _metrics(trainer) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
-class CTFCallback(_Base):
+class CTFCallback(CTFResults, _Base):
     """CTF's learned masks on ``model`` (a network inside the LightningModule) during ``Trainer.fit``.
 
     Args:
@@ -91,22 +91,6 @@ class CTFCallback(_Base):
         self.add_penalty = bool(add_penalty)
         self._wrapped: nn.Module | None = None
 
-    @property
-    def ctf(self) -> CTF:
-        return self.run.ctf
-
-    @property
-    def plan(self):
-        """The plan, once CTF is finalized (``None`` before)."""
-        return self.run.plan
-
-    def extra_loss(self, model: nn.Module | None = None) -> torch.Tensor | None:
-        """The budget penalty for this step (``None`` in the hard phase and after finalize)."""
-        return None if self.run.plan is not None else self.ctf.extra_loss()
-
-    def pruned_model(self) -> nn.Module:
-        """The finalized model, physically smaller (:func:`prunekit.materialize`)."""
-        return self.run.pruned_model()
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
