@@ -45,6 +45,8 @@ import prunekit
 from prunekit.core.export import to_onnx
 from prunekit.core.measure import device_name, time_in_rounds
 
+from cputime import cpu_times_ms  # benchmarks/ is on sys.path when a script here runs
+
 BATCHES = (1, 64)
 
 
@@ -66,20 +68,7 @@ class OnnxRuntimeModule(nn.Module):
 
 def cpu_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int, threads: int) -> float:
     """Fastest thread CPU time (ms) of a forward pass."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                t0 = time.thread_time()
-                model(x)
-                times.append(time.thread_time() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return 1000 * min(times)
+    return min(cpu_times_ms(model, x, repeats, threads, warmup))
 
 
 def pruned_resnet20(seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor, dict]:

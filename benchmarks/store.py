@@ -23,9 +23,10 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from prunekit.core._atomic import atomic_write_bytes
 
 __all__ = ["Store", "merge", "stats", "paired", "machine", "command", "markdown_table", "write_json"]
 
@@ -46,14 +47,9 @@ def machine(threads: int | None = None) -> dict:
 
 
 def write_json(path: Path, result: dict) -> None:
-    """Write ``result`` as JSON atomically: a reader (or a kill) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write ``result`` as JSON atomically (:func:`prunekit.core._atomic.atomic_write_bytes`): a reader,
+    or a kill, never sees half a file."""
+    atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
 
 
 class Store:

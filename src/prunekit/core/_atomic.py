@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-__all__ = ["FolderLockedError", "LOCK_NAME", "folder_lock", "write_temp", "fsync_dir", "clean_stale",
+__all__ = ["FolderLockedError", "LOCK_NAME", "folder_lock", "write_temp", "fsync_dir", "atomic_write_bytes", "clean_stale",
            "read_regular_file", "token"]
 
 log = logging.getLogger("prunekit")
@@ -174,3 +174,18 @@ def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, write=None) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    ``write(final, data) -> temporary path`` replaces :func:`write_temp` (a caller's own hook)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = (write or write_temp)(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -47,7 +47,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from ._atomic import FolderLockedError, clean_stale, folder_lock, fsync_dir, read_regular_file, token, write_temp
+from ._atomic import (FolderLockedError, atomic_write_bytes, clean_stale, folder_lock, fsync_dir, read_regular_file,
+                      token, write_temp)
 from .materialize import materialize
 from .plan import PruningPlan
 from .structures import DTYPES
@@ -71,19 +72,6 @@ _READ_ATTEMPTS = 20
 
 class ModelFileError(ValueError):
     """A saved model that is missing, corrupt, or does not match the model it is loaded into."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

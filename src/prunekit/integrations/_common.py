@@ -256,6 +256,17 @@ class CTFRun:
     epochs left fine-tune with the plan's zeros held (:class:`HeldZeros`).
     """
 
+    @classmethod
+    def of(cls, model, rate: float | None, epochs: int | None, ctf_options: dict) -> "CTFRun":
+        """A run of a ready :class:`CTF` (``rate`` and options not allowed), or of a new one on ``model``."""
+        if isinstance(model, CTF):
+            if rate is not None or ctf_options:
+                raise ValueError("CTFCallback: give either a ready CTF or a model with rate= and CTF options")
+            return cls(model, epochs)
+        if rate is None:
+            raise ValueError("CTFCallback: rate= is required with a model")
+        return cls(CTF(model, rate, **ctf_options), epochs)
+
     def __init__(self, ctf: CTF, epochs: int | None = None):
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")

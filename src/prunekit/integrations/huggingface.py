@@ -101,15 +101,7 @@ class CTFCallback(CTFResults, _Base):
     def __init__(self, model: nn.Module | CTF, rate: float | None = None, *, epochs: int | None = None,
                  **ctf_options):
         _require()
-        if isinstance(model, CTF):
-            if rate is not None or ctf_options:
-                raise ValueError("CTFCallback: give either a ready CTF or a model with rate= and CTF options")
-            ctf = model
-        elif rate is None:
-            raise ValueError("CTFCallback: rate= is required with a model")
-        else:
-            ctf = CTF(model, rate, **ctf_options)
-        self.run = CTFRun(ctf, epochs)
+        self.run = CTFRun.of(model, rate, epochs, ctf_options)
         self._epoch = 0
 
 

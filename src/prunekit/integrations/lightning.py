@@ -79,15 +79,7 @@ class CTFCallback(CTFResults, _Base):
                  add_penalty: bool = True, **ctf_options):
         _require()
         super().__init__()
-        if isinstance(model, CTF):
-            if rate is not None or ctf_options:
-                raise ValueError("CTFCallback: give either a ready CTF or a model with rate= and CTF options")
-            ctf = model
-        elif rate is None:
-            raise ValueError("CTFCallback: rate= is required with a model")
-        else:
-            ctf = CTF(model, rate, **ctf_options)
-        self.run = CTFRun(ctf, epochs)
+        self.run = CTFRun.of(model, rate, epochs, ctf_options)
         self.add_penalty = bool(add_penalty)
         self._wrapped: nn.Module | None = None
 

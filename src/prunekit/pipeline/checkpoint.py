@@ -58,7 +58,8 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from ..core._atomic import FolderLockedError, clean_stale, folder_lock, fsync_dir, read_regular_file, token, write_temp
+from ..core._atomic import (FolderLockedError, atomic_write_bytes, clean_stale, folder_lock, fsync_dir,
+                            read_regular_file, token, write_temp)
 
 __all__ = [
     "CheckpointError",
@@ -178,13 +179,9 @@ def _write_temp(final: Path, data: bytes) -> Path:
 
 
 def _atomic_write(final: Path, data: bytes) -> None:
-    tmp = _write_temp(final, data)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    """:func:`~prunekit.core._atomic.atomic_write_bytes` through this module's ``_write_temp`` (the
+    failure and kill tests reach every temporary a checkpoint writes through that one name)."""
+    atomic_write_bytes(final, data, write=_write_temp)
 
 
 # --------------------------------------------------------------------------- encoding

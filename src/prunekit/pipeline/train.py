@@ -80,11 +80,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunekit.core._atomic import folder_lock
+from prunekit.core._atomic import atomic_write_bytes
 from prunekit.pipeline.checkpoint import (
     _EPOCH_RE,
     LATEST,
     CheckpointError,
-    _atomic_write,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -872,7 +872,7 @@ def _save(run: _Run, done: int) -> None:
     if run.scaler is not None:
         extra["amp_scaler"] = run.scaler.state_dict()
     save_checkpoint(run.out_dir, run.model, run.opt, run.sched, epoch=done, extra=extra, keep_last=run.keep_last)
-    _atomic_write(Path(run.out_dir) / HISTORY, json.dumps(run.history, indent=1).encode("utf-8"))
+    atomic_write_bytes(Path(run.out_dir) / HISTORY, json.dumps(run.history, indent=1).encode("utf-8"))
 
 
 def _train_epoch(run: _Run, epoch: int) -> tuple[torch.Tensor, bool, bool]:
