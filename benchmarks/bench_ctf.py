@@ -37,7 +37,10 @@ Protocol:
 4. Each row: test accuracy after pruning and after fine-tuning, the removed fraction
    reached, parameters of the materialized model (physical and nonzero), its MACs per
    sample (entry zeros still counted: they are not removed physically), the part removed
-   structurally, median latency (batch 16, 1 thread, 10 repeats).
+   structurally, median latency (batch 16, 1 thread, 10 repeats), and the same after
+   :func:`prunekit.sparsify` (layers with ≥ 70 % zeros stored sparse where their own timing
+   says that is faster; the converted layers are listed). ``--cost macs`` makes the rate a
+   fraction of the MACs per sample instead of the weights (``prunekit.ctf.run``'s ``cost``).
 5. Summary: per method and rate, mean ± std (sample std) over seeds × folds; a markdown
    table next to the JSON (same name, ``.md``); the goal check (CTF ≥ every baseline at
    every rate ≥ 0.9, within 1 point of dense at 0.9).
@@ -116,6 +119,14 @@ def latency_ms(model, x) -> float:
     return next(iter(result["batches"].values()))["median_ms"]
 
 
+def sparse_latency(model, x) -> dict:
+    """The pruned model through :func:`prunekit.sparsify` (each layer with ≥ 70 % zeros stored sparse
+    where its own timing says that is faster): its latency and the layers converted."""
+    fast, report = prunekit.sparsify(model.eval(), example_inputs=x, threads=1)
+    return {"latency_sparse_ms_b16": latency_ms(fast, x),
+            "sparse_layers": [e["name"] for e in report if e["converted"]]}
+
+
 def continue_dense(model, data, epochs, lr, seed) -> float:
     """Train the dense model ``epochs`` more (the reference with as much training as a pruned row): test accuracy."""
     Xtr, ytr, Xte, yte = data
@@ -139,13 +150,14 @@ def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
     options = {"strength": args.lasso_strength} if method in ("group-lasso", "l1") else {}
     result = run(new_model(args.dataset, seed, state), (Xtr, ytr), (Xte, yte), rate, epochs=epochs,
                  finetune_epochs=ft_epochs, method=method, lr=args.lr, finetune_lr=args.ft_lr, batch_size=BATCH,
-                 seed=seed, **options)
+                 seed=seed, cost=args.cost, **options)
     plan, report = result.plan, result.report
     row = {"accuracy_pruned": result.accuracy_before_finetune, "accuracy": result.accuracy,
            "rate": result.rate_reached, "params": result.params, "nonzero_params": result.nonzero_params,
            "macs": result.macs, "structures_removed": len(plan.removed),
            "structured_params_removed": plan.achieved["params"], "structured_macs_removed": plan.achieved["macs"],
-           "latency_ms_b16": latency_ms(result.model, x_latency), "seconds": result.seconds}
+           "latency_ms_b16": latency_ms(result.model, x_latency), **sparse_latency(result.model, x_latency),
+           "seconds": result.seconds}
     if "masks" in result.history:  # CTF and its structured-only variants
         masks = result.history["masks"]
         row.update({"accuracy_masks": result.accuracy_masks, "kept_masks": report["kept_masks"],
@@ -196,13 +208,13 @@ def remeasured_overhead(dataset, rounds=3, epochs=4):
 
 def summarize(rows, dense_rows, methods, rates) -> dict:
     keys = ("accuracy", "accuracy_pruned", "rate", "params", "nonzero_params", "macs", "latency_ms_b16",
-            "structured_params_removed", "seconds")
+            "latency_sparse_ms_b16", "structured_params_removed", "seconds")
     table = []
     for rate in rates:
         for method in methods:
             group = [r for r in rows if r["method"] == method and r["target_rate"] == rate]
-            if group:
-                summary = {k: stats([r[k] for r in group]) for k in keys}
+            if group:  # files written before a key was measured lack it
+                summary = {k: stats([r[k] for r in group]) for k in keys if all(k in r for r in group)}
                 table.append({"method": method, "target_rate": rate, **summary})
     dense = {k: stats([d[k] for d in dense_rows]) for k in ("accuracy", "params", "macs", "latency_ms_b16")}
     continued = [d["accuracy_continued"] for d in dense_rows if "accuracy_continued" in d]
@@ -289,7 +301,8 @@ def markdown(result) -> str:  # noqa: C901
                       "method keeps one group of every weight."]
     lines += ["", "## Cost of the pruned models", "",
               "| rate | method | acc. % | acc. before FT % | rate reached | nonzero params | params | MACs (M) "
-              "| structured params removed | latency ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| structured params removed | latency ms | latency ms, sparsified |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rate in rates:
         for m in methods:
             if (m, rate) not in cells:
@@ -298,7 +311,8 @@ def markdown(result) -> str:  # noqa: C901
             lines.append(f"| {rate:g} | {m} | {_pm(c['accuracy'], 100)} | {_pm(c['accuracy_pruned'], 100)} | "
                          f"{c['rate']['mean']:.4f} | {c['nonzero_params']['mean']:.0f} | {c['params']['mean']:.0f} | "
                          f"{c['macs']['mean'] / 1e6:.2f} | {c['structured_params_removed']['mean']:.3f} | "
-                         f"{_pm(c['latency_ms_b16'], 1, 1)} |")
+                         f"{_pm(c['latency_ms_b16'], 1, 1)} | "
+                         + (f"{_pm(c['latency_sparse_ms_b16'], 1, 1)} |" if "latency_sparse_ms_b16" in c else "– |"))
     if s.get("paired"):
         lines += ["", "## CTF minus each baseline, paired by fold and seed (points)", "",
                   "Mean ± standard error of the difference (wins / ties / losses of CTF).", "",
@@ -363,10 +377,11 @@ def merge_results(results: list) -> dict:
     rates / methods / folds / seeds the union, seconds summed. The dense model of a fold and seed
     must reach the same accuracy in every file (each part retrains it)."""
     merged = copy.deepcopy(results[0])
-    keys = ("pretrain_epochs", "epochs", "finetune", "lr", "ft_lr", "batch_size", "lasso_strength")
+    keys = ("pretrain_epochs", "epochs", "finetune", "lr", "ft_lr", "batch_size", "lasso_strength", "cost")
     for other in results[1:]:
         for k in keys:
-            if other["protocol"].get(k) != merged["protocol"].get(k):
+            default = "params" if k == "cost" else None  # files from before --cost counted weights
+            if other["protocol"].get(k, default) != merged["protocol"].get(k, default):
                 raise ValueError(f"cannot merge: protocol {k} differs ({other['protocol'].get(k)} vs "
                                  f"{merged['protocol'].get(k)})")
         if other["model"] != merged["model"]:
@@ -424,6 +439,8 @@ def main():  # noqa: C901
     parser.add_argument("--ft-lr", type=float, default=FINETUNE["lr"],
                         help="fine-tuning lr of every method (default: prunekit.ctf.FINETUNE)")
     parser.add_argument("--lasso-strength", type=float, default=1e-3)
+    parser.add_argument("--cost", choices=("params", "macs"), default="params",
+                        help="what the rate counts: weights (1 each) or MACs per sample (prunekit.ctf.run's cost)")
     parser.add_argument("--no-overhead", action="store_true", help="skip the training-overhead timing")
     parser.add_argument("--continued", action="store_true",
                         help="also train each dense model --epochs + --finetune epochs more (the dense reference "
@@ -481,7 +498,7 @@ def main():  # noqa: C901
         "protocol": {"pretrain_epochs": args.pretrain, "epochs": args.epochs, "finetune": args.finetune,
                      "lr": args.lr, "ft_lr": args.ft_lr, "batch_size": BATCH, "optimizer": "sgd momentum 0.9, cosine",
                      "seeds": args.seeds, "rates": args.rates, "methods": args.methods,
-                     "lasso_strength": args.lasso_strength,
+                     "lasso_strength": args.lasso_strength, "cost": args.cost,
                      "one_shot_finetune_epochs": args.epochs + args.finetune,
                      "ctf_split": list(args.ctf_split) if args.ctf_split else None},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1,
