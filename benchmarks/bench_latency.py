@@ -1,8 +1,11 @@
-"""Latency budgets on ResNet-56 (CPU, one thread): requested vs measured latency reduction.
+"""Latency budgets (CPU, one thread): requested vs measured latency reduction.
 
-For each batch size, a :class:`prunekit.LatencyModel` is measured (its cost recorded),
-L1 scores select one plan per target under ``Budget(latency=f)`` and one under
-``Budget(macs=f)``; the dense model and all six materialized plans are then timed
+For each model (``--models``, default ResNet-56) and batch size, a :class:`prunekit.LatencyModel`
+is measured (its cost recorded), L1 scores select per target one plan under
+``Budget(latency=f)`` (open loop: the latency model's prediction), one with
+:func:`prunekit.select_to_latency` (closed loop: the plan is timed and the request
+corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
+``Budget(macs=f)``; the dense model and all materialized plans are then timed
 together in alternating rounds (:func:`prunekit.core.measure.time_in_rounds`: every round
 times every model once, fastest pass per round, best of ``--rounds``), so a load change
 of the shared machine hits all of them alike. Reported per row: the requested fraction,
@@ -12,6 +15,7 @@ measured ms − 1, against the dense latency measured at table time).
 
 Command:
     python benchmarks/bench_latency.py            # JSON + markdown in benchmarks/results/latency.*
+    python benchmarks/bench_latency.py --models resnet56 vgg16 mobilenetv2 attention_gcn --out F.json
 """
 from __future__ import annotations
 
@@ -29,10 +33,21 @@ from prunekit.core.measure import time_in_rounds
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache_dir=False):
+KINDS = ("latency", "latency-loop", "macs")
+
+
+def _plan(kind, f, model, structures, scores, lat, x, loop_rounds, rounds):
+    if kind == "latency-loop":
+        return prunekit.select_to_latency(model, structures, scores, f, lat, x, rounds=loop_rounds,
+                                          check_rounds=rounds)
+    return prunekit.select(structures, scores, prunekit.Budget(**{kind: f}), latency=lat)
+
+
+def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache_dir=False, name="resnet56",
+        loop_rounds=4):
     torch.manual_seed(0)
-    model = prunekit.models.create("resnet56", num_classes=10).eval()
-    x = torch.randn(1, 3, 32, 32)
+    model = prunekit.models.create(name, num_classes=10).eval()
+    x = prunekit.models.example_inputs(name, batch=1)
     structures = prunekit.find_structures(model, x)
     scores = prunekit.saliency(model, structures, None, method="l1")
     rows, models_info = [], {}
@@ -50,9 +65,9 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                           "measure_s": measure_s}
         named, plans = {"dense": model}, {}
         for f in targets:
-            for kind in ("latency", "macs"):
+            for kind in KINDS:
                 try:
-                    plan = prunekit.select(structures, scores, prunekit.Budget(**{kind: f}), latency=lat)
+                    plan = _plan(kind, f, model, structures, scores, lat, x, loop_rounds, rounds)
                 except prunekit.BudgetError as error:
                     print(f"b{b} {kind}={f}: {error}", flush=True)
                     continue
@@ -64,7 +79,7 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
             measured = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
             predicted = lat.saved_fraction(plan.removed)
             counted = prunekit.count(named[f"{kind}{f}"], x)
-            row = {"batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
+            row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
                    "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
                    "prediction_error": predicted - measured,
                    "prediction_error_ms_rel": lat.predict(plan.removed) / ms[f"{kind}{f}"] - 1.0,
@@ -73,29 +88,31 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                    "macs": counted["macs"], "params": counted["params"],
                    "min_width": min(len(g.members) - len(set(g.members) & set(plan.removed))
                                     for g in structures.groups)}
+            if "latency_loop" in plan.meta:
+                row["loop_rounds"] = plan.meta["latency_loop"]["rounds"]
             rows.append(row)
-            print(f"b{b} {kind}={f}: measured -{measured:.1%} (ratio {measured / f:.2f}), predicted "
+            print(f"{name} b{b} {kind}={f}: measured -{measured:.1%} (ratio {measured / f:.2f}), predicted "
                   f"-{predicted:.1%}, MACs -{plan.achieved['macs']:.1%}", flush=True)
-    return {"benchmark": "latency", "model": "resnet56", "scores": "l1", "threads": threads,
+    return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads,
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "timing": f"fastest pass per round, best of {rounds} alternating rounds (dense and all plans of a "
                       "batch size timed in turn); shared 2-core machine",
-            "latency_models": models_info, "rows": rows}
+            "latency_models": {f"{name} b{b}": m for b, m in models_info.items()}, "rows": rows}
 
 
 def markdown(result) -> str:
-    lines = [f"# Latency budgets: ResNet-56, CPU, {result['threads']} thread, L1 scores", "",
+    lines = [f"# Latency budgets: {result['model']}, CPU, {result['threads']} thread, L1 scores", "",
              f"Timing: {result['timing']}. torch {result['torch']}.", "",
-             "| batch | dense ms | floor ms (measured) | additive err. at floor | mult. err. at floor | classes "
+             "| model, batch | dense ms | floor ms (measured) | additive err. at floor | mult. err. at floor | classes "
              "| models timed | measure s |", "|---|---|---|---|---|---|---|---|"]
     for b, m in result["latency_models"].items():
         lines.append(f"| {b} | {m['dense_ms']:.2f} | {m['floor_ms']:.2f} | {m['additivity_error_at_floor']:+.2f} | "
                      f"{m['multiplicative_error_at_floor']:+.2f} | {m['classes']} | {m['timed_models']} | "
                      f"{m['measure_s']:.0f} |")
-    lines += ["", "| batch | budget | requested | measured reduction | measured/requested | predicted | "
-              "pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | batch | budget | requested | measured reduction | measured/requested | predicted | "
+              "pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['batch_size']} | {r['budget']} | {r['requested']:.0%} | {r['measured_reduction']:.1%} | "
+        lines.append(f"| {r.get('model', result['model'])} | {r['batch_size']} | {r['budget']} | {r['requested']:.0%} | {r['measured_reduction']:.1%} | "
                      f"{r['ratio_measured_requested']:.2f} | {r['predicted_reduction']:.1%} | "
                      f"{r['prediction_error']:+.1%} | {r['macs_removed']:.1%} | {r['min_width']} |")
     return "\n".join(lines) + "\n"
@@ -107,10 +124,15 @@ def main():
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["resnet56"], choices=prunekit.models.names())
+    parser.add_argument("--loop-rounds", type=int, default=4, help="closed loop: at most this many plans timed")
     parser.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = parser.parse_args()
     start = time.perf_counter()
-    result = run(args.batch_sizes, args.targets, args.rounds, args.threads)
+    parts = [run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name, loop_rounds=args.loop_rounds)
+             for name in args.models]
+    result = {**parts[0], "model": ", ".join(args.models), "rows": [r for p in parts for r in p["rows"]],
+              "latency_models": {k: v for p in parts for k, v in p["latency_models"].items()}}
     result["seconds"] = time.perf_counter() - start
     result["command"] = "python benchmarks/bench_latency.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"

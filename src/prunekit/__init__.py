@@ -16,6 +16,7 @@ from .criteria import saliency
 from .ctf import CTF
 from .core.io import load, save
 from .core.latency import LatencyModel
+from .core.latency_loop import select_to_latency
 from .core.materialize import apply_masks, materialize
 from .core.measure import compare, count, measure_latency
 from .core.plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select, select_family
@@ -31,7 +32,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError",
-    "Budget", "BudgetError", "LatencyModel", "PruningPlan", "select", "select_family", "broadcast_plan", "check_same_plan",
+    "Budget", "BudgetError", "LatencyModel", "PruningPlan", "select", "select_family", "select_to_latency", "broadcast_plan", "check_same_plan",
     "apply_masks", "materialize", "count", "compare", "measure_latency", "saliency", "CTF", "sparsify", "save", "load",
     "models", "data", "__version__",
 ]

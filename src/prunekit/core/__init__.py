@@ -21,6 +21,7 @@ from .blocks import PrunableBlock
 from .export import to_onnx, to_torch_export
 from .io import load, save
 from .latency import LatencyModel
+from .latency_loop import select_to_latency
 from .materialize import apply_masks, materialize
 from .measure import compare, count, measure_latency
 from .plan import Budget, BudgetError, PruningPlan, broadcast_plan, check_same_plan, select, select_family
@@ -29,7 +30,7 @@ from .structures import Structure, Structures, UnsupportedModelError, find_struc
 
 __all__ = [
     "find_structures", "Structures", "Structure", "UnsupportedModelError", "PrunableBlock",
-    "Budget", "BudgetError", "PruningPlan", "select", "select_family", "broadcast_plan", "check_same_plan",
+    "Budget", "BudgetError", "PruningPlan", "select", "select_family", "select_to_latency", "broadcast_plan", "check_same_plan",
     "apply_masks", "materialize", "count", "compare", "measure_latency", "LatencyModel", "sparsify", "save", "load",
     "to_onnx", "to_torch_export",
 ]
