@@ -1,0 +1,164 @@
+"""Accuracy at equal measured latency: latency-budget plans against MAC-budget plans (issue 14).
+
+ResNet-20 (width 0.5) trained to a plateau on full Fashion-MNIST (the checkpoints of
+``benchmarks/sosp_dense.py``), one thread, CPU. Per seed (= the dense network's seed):
+
+1. A :class:`prunekit.LatencyModel` at ``--batch`` (default 64) and L1 scores (data-free).
+2. Per target ``f``: the **latency plan**, :func:`prunekit.select_to_latency` (closed loop: the
+   plan timed, the request corrected); its measured saving ``m``.
+3. The **MAC plan of the same measured speed**: ``Budget(macs=g)`` with ``g`` found by bisection
+   on the measured saving until it is within ``--match`` of ``m`` (at most ``--match-steps`` timed
+   plans).
+4. The dense model and both plans timed together in alternating rounds (the reported speeds),
+   then both plans fine-tuned alike (``bench_sosp.finetune``: 1 epoch on a fixed 20k subset,
+   lr 0.01) and evaluated on the 10k test images.
+
+Summary: per target, mean ± std over seeds of accuracy, measured saving and MACs of both plans,
+and the paired difference latency − MAC plan (win / tie / loss). Goal: the latency plan no
+worse than the MAC plan of the same measured speed.
+
+    python benchmarks/bench_latency_accuracy.py --seeds 0 1 2 --targets 0.3 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prunekit  # noqa: E402
+from benchmarks.bench_sosp import finetune  # noqa: E402
+from benchmarks.sosp_dense import FASHION, dense_path, load as load_dataset  # noqa: E402
+from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
+from prunekit.core.measure import time_in_rounds  # noqa: E402
+from prunekit.pipeline.train import evaluate  # noqa: E402
+
+KEY = ("seed", "target", "plan")
+
+
+def matched_mac_plan(model, structures, scores, lat, x, goal: float, args) -> tuple:
+    """``Budget(macs=g)`` whose measured latency saving is within ``args.match`` of ``goal`` (bisection on g)."""
+    lo, hi, g, tried = 0.0, 0.95, goal, []
+    for _ in range(args.match_steps):
+        plan = prunekit.select(structures, scores, prunekit.Budget(macs=g))
+        measured = lat.check(model, plan, x, structures, rounds=args.rounds)["measured_fraction"]
+        tried.append({"macs": g, "measured_fraction": measured})
+        if abs(measured - goal) <= args.match:
+            break
+        lo, hi = (g, hi) if measured < goal else (lo, g)
+        g = (lo + hi) / 2
+    best = min(tried, key=lambda t: abs(t["measured_fraction"] - goal))
+    return prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"])), tried
+
+
+def run_seed(seed, data, store, args):
+    dense = prunekit.load(dense_path(args.cache, "resnet20", args.width, seed)).eval()
+    x = data["train"][0][:1]
+    structures = prunekit.find_structures(dense, x)
+    scores = prunekit.saliency(dense, structures, None, method="l1")
+    lat = prunekit.LatencyModel.measure(dense, x, structures, batch_size=args.batch, threads=1, rounds=args.rounds,
+                                        cache_dir=False)
+    dense_acc = evaluate(dense, data["test"])["accuracy"]
+    for f in args.targets:
+        if store.done(seed=seed, target=f, plan="latency") and store.done(seed=seed, target=f, plan="macs"):
+            continue
+        t0 = time.perf_counter()
+        plan_lat = prunekit.select_to_latency(dense, structures, scores, f, lat, x, rounds=args.loop_rounds,
+                                              check_rounds=args.rounds)
+        loop = plan_lat.meta["latency_loop"]
+        goal = loop["rounds"][loop["chosen"]]["measured_fraction"]
+        plan_mac, tried = matched_mac_plan(dense, structures, scores, lat, x, goal, args)
+        named = {"dense": dense, "latency": prunekit.materialize(dense, plan_lat, structures).eval(),
+                 "macs": prunekit.materialize(dense, plan_mac, structures).eval()}
+        ms = time_in_rounds(named, x, args.batch, rounds=args.rounds, repeats=5, warmup=2, threads=1,
+                            statistic="min_ms")
+        for kind, plan in (("latency", plan_lat), ("macs", plan_mac)):
+            pruned = named[kind]
+            acc_oneshot = evaluate(pruned, data["test"])["accuracy"]
+            acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
+            counted = prunekit.count(pruned, x)
+            store.add({"seed": seed, "target": f, "plan": kind, "accuracy": acc, "acc_oneshot": acc_oneshot,
+                       "dense_accuracy": dense_acc, "measured_saving": 1 - ms[kind] / ms["dense"],
+                       "dense_ms": ms["dense"], "ms": ms[kind], "macs": counted["macs"], "params": counted["params"],
+                       "macs_removed": plan.achieved["macs"],
+                       "search": loop["rounds"] if kind == "latency" else tried,
+                       "seconds": time.perf_counter() - t0})
+            print(f"seed {seed} target {f} {kind}: saving {1 - ms[kind] / ms['dense']:.3f}, MACs removed "
+                  f"{plan.achieved['macs']:.3f}, acc {acc_oneshot:.3f} -> {acc:.3f}", flush=True)
+
+
+def summarize(rows) -> dict:
+    out = {}
+    for f in sorted({r["target"] for r in rows}):
+        part = [r for r in rows if r["target"] == f]
+        cell = {kind: {k: stats([r[k] for r in part if r["plan"] == kind])
+                       for k in ("accuracy", "acc_oneshot", "measured_saving", "macs_removed")}
+                for kind in ("latency", "macs") if any(r["plan"] == kind for r in part)}
+        for value in ("accuracy", "acc_oneshot", "measured_saving"):
+            cell[f"latency_minus_macs_{value}"] = paired(part, value, "plan", "latency", match=("seed",)).get("macs")
+        out[str(f)] = cell
+    return out
+
+
+def markdown(result) -> str:
+    s = result["summary"]
+
+    def pm(stat, scale=100):
+        return f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
+
+    def d(cell):
+        return "–" if cell is None else (f"{100 * cell['mean']:+.2f} ± {100 * cell['sem']:.2f} "
+                                         f"({cell['wins']}/{cell['ties']}/{cell['losses']})")
+    rows = []
+    for f, c in s.items():
+        for kind in ("latency", "macs"):
+            if kind in c:
+                rows.append([f"{float(f):.0%}", kind, pm(c[kind]["measured_saving"]), pm(c[kind]["macs_removed"]),
+                             pm(c[kind]["acc_oneshot"]), pm(c[kind]["accuracy"])])
+        rows.append([f"{float(f):.0%}", "latency − macs", d(c["latency_minus_macs_measured_saving"]), "",
+                     d(c["latency_minus_macs_acc_oneshot"]), d(c["latency_minus_macs_accuracy"])])
+    return ("# Accuracy at equal measured latency: ResNet-20 (w 0.5), Fashion-MNIST, CPU 1 thread\n\n"
+            + markdown_table(["target", "plan", "measured saving %", "MACs removed %", "one-shot acc %",
+                              "acc after FT %"], rows)
+            + f"\n\nCommand: `{result['meta']['command']}`\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--loop-rounds", type=int, default=4)
+    p.add_argument("--match", type=float, default=0.02)
+    p.add_argument("--match-steps", type=int, default=6)
+    p.add_argument("--ft-samples", type=int, default=20000)
+    p.add_argument("--ft-epochs", type=int, default=1)
+    p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data", default=FASHION)
+    p.add_argument("--cache", default="runs/sosp")
+    p.add_argument("--out", default="benchmarks/results/latency_accuracy.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    (X, y), test, _ = load_dataset("resnet20", args.data)
+    ft_idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(1234))[:args.ft_samples]
+    data = {"train": (X, y), "ft": (X[ft_idx], y[ft_idx]), "test": test}  # bench_sosp's fixed subset
+    protocol = {k: getattr(args, k) for k in ("width", "batch", "rounds", "loop_rounds", "match", "ft_samples",
+                                              "ft_epochs", "ft_lr", "batch_size")}
+    store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": "l1"},
+                  resume=True, must_match=("protocol",))
+    ft_args = SimpleNamespace(**vars(args))
+    for seed in args.seeds:
+        run_seed(seed, data, store, ft_args)
+        store.save(summarize, markdown)
+    print(markdown(store.save(summarize, markdown)))
+
+
+if __name__ == "__main__":
+    main()
