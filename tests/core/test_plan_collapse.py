@@ -78,7 +78,7 @@ def test_paper_setting_is_the_raw_global_ranking(mlp):
     assert paper.removed == sorted(order[:4]) == [0, 1, 2, 4]   # layer 0 cut to one neuron
     assert _widths(mlp, paper.removed) == [1, 9]
     assert paper.meta["selection"] == {"group_norm": None, "max_group_ratio": None, "min_group_width": 1,
-                                       "normalize": None}
+                                       "normalize": None, "multiple_of": 1}
     # with the scores on one scale per layer, both layers lose their least important members
     mean = prunekit.select(mlp, SCORES, budget, group_norm="mean", max_group_ratio=None)
     keys = group_normalize(mlp, SCORES, "mean")
@@ -178,3 +178,31 @@ def test_no_criterion_collapses_a_layer_on_real_digits(digits_cnn):
             collapsed_as_in_paper.append(method)
     # the test is not vacuous: ranking the raw scores does cut a layer to one channel
     assert collapsed_as_in_paper, "no criterion collapsed a layer under the paper setting"
+
+
+def test_packed_qkv_projection_is_three_layers_for_the_guard():
+    """``nn.MultiheadAttention`` packs q, k and v rows in one ``in_proj_weight``: removing every value
+    head dim must count as emptying the v projection, not as thinning one 96-row layer."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha, self.fc = mha, nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.mha(x, x, x, need_weights=False)[0].mean(1))
+
+    model, x = Net().eval(), torch.randn(2, 5, 16)
+    s = prunekit.find_structures(model, x)
+    head_group = next(g for g in s.groups if any(s[i].kind == "head" for i in g.members))
+    v_dims = [i for i in head_group.members if s[i].kind != "head"]
+    assert len(v_dims) == 8  # head_dim 8, each removes one row of v per head
+    scores = torch.ones(len(s), dtype=torch.float64)
+    scores[v_dims] = 0.0  # the value dims first
+    plan = prunekit.select(s, scores, prunekit.Budget(structures=len(v_dims) / len(s)), group_norm=None,
+                           max_group_ratio=None)
+    assert len(set(plan.removed) & set(v_dims)) == 7  # the guard keeps one value dim: v is not emptied
+    pruned = prunekit.materialize(model, plan, s)
+    assert pruned.mha.v_proj.weight.shape[0] == 2  # 1 dim × 2 heads

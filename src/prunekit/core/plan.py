@@ -17,6 +17,8 @@ layer (the layer-collapse guard) and its group has lost fewer than
 and MACs are computed exactly by :meth:`prunekit.core.structures.Structures.cost`.
 ``select(..., group_norm=None, max_group_ratio=None)`` is the selection as in the SOSP
 paper: one global ranking of the raw scores. Why the defaults: ``docs/selection.md``.
+``select(..., multiple_of=8)`` ranks chunks of a group's members instead, so every group
+keeps all its members or a multiple of 8 (:func:`_chunk_order`).
 
 Example:
     >>> import torch, prunekit
@@ -307,6 +309,95 @@ def _latency_order(structures: Structures, keys: torch.Tensor, latency: "Latency
     return out
 
 
+def _group_chunks(members: Sequence[int], multiple_of: int) -> list[list[int]]:
+    """One group's removal chunks, in order: its ``n mod k`` lowest members, then ``k`` at a time.
+
+    ``members`` are sorted by ascending key. Removing the first chunk and then any others keeps
+    a multiple of ``k`` members (or all ``n``); :func:`_chunk_order` removes at most ``n − k``.
+    """
+    first = len(members) % multiple_of
+    chunks = [list(members[:first])] if first else []
+    for start in range(first, len(members), multiple_of):
+        chunks.append(list(members[start:start + multiple_of]))
+    return chunks
+
+
+def _admit_chunk(checker, chunk: Sequence[int]) -> bool:
+    """Admit every member of ``chunk`` to the collapse ``checker``, or none (its state rolled back)."""
+    alive = {key: checker.alive[key].copy() for sid in chunk for key, _ in checker.rows[sid]}
+    group = checker.structures[chunk[0]].group
+    left = checker.group_left[group]
+    for sid in chunk:
+        if not checker.admit(sid):
+            checker.alive.update(alive)
+            checker.group_left[group] = left
+            return False
+    return True
+
+
+def _chunk_order(structures: Structures, keys: torch.Tensor, multiple_of: int, max_group_ratio: float | None,
+                 min_group_width: int, latency: "LatencyModel | None" = None) -> list[list[int]]:
+    """The removal order over chunks (:func:`_group_chunks`), filtered by the collapse guard and the caps.
+
+    Without ``latency``, chunks go by the ascending **sum** of their members' keys (a chunk is
+    ranked like one structure: by what removing it loses; ties: lowest member id), so the small
+    ``n mod k`` chunks, which round each group down to a multiple, come early; with it,
+    greedily by ``Σ key / Δms`` of the whole chunk (:func:`_latency_order` per chunk).
+    Chunks of one group go in their order while the group keeps ``k`` and its cap
+    (:func:`_group_caps`) allows the whole chunk (a group of ``n ≤ k`` stays whole); a chunk
+    the collapse guard refuses is skipped (its group's remaining chunks too when it is the
+    ``n mod k`` one, which the others need first). With ``k = 1`` this is
+    :func:`_admissible_order` (or :func:`_latency_order`), one structure per chunk.
+    """
+    caps = _group_caps(structures, max_group_ratio, min_group_width)
+    caps = {g.id: min(caps[g.id], len(g.members) - multiple_of) for g in structures.groups}  # k stay
+    queues = {g.id: _group_chunks(sorted(g.members, key=lambda i: (float(keys[i]), i)), multiple_of)
+              for g in structures.groups}
+    pos = {gid: 0 for gid in queues}
+    gone = {gid: 0 for gid in queues}
+    heap: list = []
+
+    def push(gid: int) -> None:
+        if pos[gid] >= len(queues[gid]) or gone[gid] + len(queues[gid][pos[gid]]) > caps[gid]:
+            return
+        chunk = queues[gid][pos[gid]]
+        total = math.fsum(float(keys[i]) for i in chunk)
+        if latency is None:
+            heapq.heappush(heap, (total, chunk[0], gid))
+            return
+        gain = latency.saved(gid, gone[gid] + len(chunk)) - latency.saved(gid, gone[gid])
+        heapq.heappush(heap, (total / gain if gain > _MIN_GAIN_MS else math.inf, total, chunk[0], gid))
+
+    for gid in queues:
+        push(gid)
+    checker = structures.collapse_checker()
+    out = []
+    while heap:
+        gid = heapq.heappop(heap)[-1]
+        chunk = queues[gid][pos[gid]]
+        pos[gid] += 1
+        if _admit_chunk(checker, chunk):
+            out.append(chunk)
+            gone[gid] += len(chunk)
+        elif len(chunk) < multiple_of:  # the n mod k chunk stays: so do the others
+            continue
+        push(gid)
+    return out
+
+
+def _removal_chunks(structures: Structures, keys: torch.Tensor, targets: dict, latency, max_group_ratio,
+                    min_group_width: int, multiple_of: int) -> list[list[int]]:
+    """:func:`select`'s order as chunks removed together (one structure each when ``multiple_of`` is 1)."""
+    if multiple_of > 1:
+        return _chunk_order(structures, keys, multiple_of, max_group_ratio, min_group_width,
+                            latency if "latency" in targets else None)
+    if "latency" in targets:
+        order = _latency_order(structures, keys, latency, max_group_ratio, min_group_width)
+    else:
+        order = _admissible_order(structures, keys, max_group_ratio, min_group_width)
+    return [[sid] for sid in order]
+
+
 def collapse_guard(structures: Structures, order) -> list[int]:
     """The structures of ``order``, in order, skipping any whose removal would empty its group or a layer.
 
@@ -329,7 +420,7 @@ DEFAULT_MAX_GROUP_RATIO = 0.8
 
 
 def _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
-                       latency) -> None:
+                       latency, multiple_of: int = 1) -> None:
     """:func:`select`'s argument checks, each with its own message."""
     if scores.numel() != len(structures):
         raise ValueError(f"select: got {scores.numel()} scores for {len(structures)} structures")
@@ -347,6 +438,8 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
         raise ValueError(f"select: max_group_ratio must be in (0, 1] or None, got {max_group_ratio!r}")
     if isinstance(min_group_width, bool) or not isinstance(min_group_width, int) or min_group_width < 1:
         raise ValueError(f"select: min_group_width must be an int >= 1, got {min_group_width!r}")
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"select: multiple_of must be an int >= 1, got {multiple_of!r}")
     if latency is not None:
         latency.check_structures(structures)
     if "latency" in targets:
@@ -364,7 +457,7 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
 
 
 def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_group_ratio,
-                        min_group_width) -> BudgetError:
+                        min_group_width, multiple_of: int = 1) -> BudgetError:
     """The error naming the limit that keeps ``targets`` out of reach (the caps, or the collapse guard)."""
     reached = {k: round(v, 4) for k, v in reached_fractions.items()}
     limits = []
@@ -372,14 +465,18 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
         limits.append(f"max_group_ratio={max_group_ratio} (at most {max_group_ratio:.0%} of each group removed)")
     if min_group_width > 1:
         limits.append(f"min_group_width={min_group_width} (each group keeps {min_group_width})")
+    if multiple_of > 1:
+        limits.append(f"multiple_of={multiple_of} (each group keeps all its members or a multiple of "
+                      f"{multiple_of}, at least {multiple_of})")
     also = ""
     if limits:
         free = unlimited_fractions()
         if all(free[key] >= t - 1e-12 for key, t in targets.items()):
             return BudgetError(
                 f"budget {targets} cannot be met with {' and '.join(limits)}: removing every structure "
-                f"these limits allow reaches {reached}; raise max_group_ratio / lower min_group_width, or "
-                "pass max_group_ratio=None, min_group_width=1")
+                f"these limits allow reaches {reached}; raise max_group_ratio / lower min_group_width"
+                f"{' / lower multiple_of' if multiple_of > 1 else ''}, or pass max_group_ratio=None, "
+                f"min_group_width=1{', multiple_of=1' if multiple_of > 1 else ''}")
         also = f" (with {' and '.join(limits)}: {reached})"
         reached = {k: round(v, 4) for k, v in free.items()}
     return BudgetError(f"budget {targets} cannot be met without emptying a layer: removing every admissible "
@@ -389,7 +486,7 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
 def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,
            method: str = "", *, group_norm: str | None = DEFAULT_GROUP_NORM,
            max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1,
-           latency: "LatencyModel | None" = None) -> PruningPlan:
+           latency: "LatencyModel | None" = None, multiple_of: int = 1) -> PruningPlan:
     """Turn one score per structure into a plan that meets ``budget``.
 
     Args:
@@ -407,6 +504,8 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
             (Torch-Pruning's ``max_pruning_ratio``); ``None``: no limit beyond the collapse guard.
         min_group_width: keep at least this many members of every group (1: the collapse
             guard's own floor).
+        multiple_of: ``k``: every group keeps all its members or a multiple of ``k`` (at least
+            ``k``; a group of ``≤ k`` stays whole), e.g. 8 for fast kernels (``docs/selection.md``).
         latency: a :class:`prunekit.LatencyModel` of this model (needed by
             ``Budget(latency=…)``; with any budget, ``plan.achieved["latency"]`` and
             ``plan.meta["latency"]`` then record the predicted latency).
@@ -435,27 +534,29 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     and verify one plan whatever the scores.
 
     Returns:
-        A :class:`PruningPlan` removing the shortest admissible prefix that meets every
-        target (``plan.meta["selection"]`` records the options); raises :class:`BudgetError`
-        naming the limit (``max_group_ratio``, ``min_group_width`` or the collapse guard)
-        if even removing every admissible structure cannot meet it.
+        A :class:`PruningPlan` removing the shortest admissible prefix (of chunks, with
+        ``multiple_of``) that meets every target (``plan.meta["selection"]`` records the
+        options); raises :class:`BudgetError` naming the limit (``max_group_ratio``,
+        ``min_group_width``, ``multiple_of`` or the collapse guard) if even removing every
+        admissible structure cannot meet it.
     """
     scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
     targets = budget.targets()
     _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
-                       latency)
+                       latency, multiple_of)
     keys = group_normalize(structures, scores, group_norm)
     if normalize is not None:
         costs = torch.tensor([max(getattr(s, normalize), 1) for s in structures], dtype=torch.float64)
         keys = keys / costs
-    if "latency" in targets:
-        if (keys < 0).any():
-            bad = torch.nonzero(keys < 0).flatten()[:5].tolist()
-            raise ValueError(f"select: a latency budget needs scores >= 0 (score per ms saved), got negative "
-                             f"scores for structures {bad}")
-        order = _latency_order(structures, keys, latency, max_group_ratio, min_group_width)
-    else:
-        order = _admissible_order(structures, keys, max_group_ratio, min_group_width)
+    if "latency" in targets and (keys < 0).any():
+        bad = torch.nonzero(keys < 0).flatten()[:5].tolist()
+        raise ValueError(f"select: a latency budget needs scores >= 0 (score per ms saved), got negative "
+                         f"scores for structures {bad}")
+    chunks = _removal_chunks(structures, keys, targets, latency, max_group_ratio, min_group_width, multiple_of)
+    order = [sid for chunk in chunks for sid in chunk]
+    ends = [0]  # ends[c]: structures in the first c chunks
+    for chunk in chunks:
+        ends.append(ends[-1] + len(chunk))
 
     def fractions_of(removed) -> dict:
         out = dict(PruningPlan.from_removed(structures, removed).achieved)
@@ -476,17 +577,18 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
         unlimited = (_latency_order(structures, keys, latency, None, 1) if "latency" in targets
                      else _admissible_order(structures, keys))
         raise _unmet_budget_error(targets, fractions_of(order), lambda: fractions_of(unlimited),
-                                  max_group_ratio, min_group_width)
-    low, high = 0, len(order)  # met(high) is True; find the smallest such k
+                                  max_group_ratio, min_group_width, multiple_of)
+    low, high = 0, len(chunks)  # met(ends[high]) is True; find the fewest chunks that meet it
     while low < high:
         mid = (low + high) // 2
-        if met(mid):
+        if met(ends[mid]):
             high = mid
         else:
             low = mid + 1
-    plan = PruningPlan.from_removed(structures, order[:low], budget=targets, method=method)
+    plan = PruningPlan.from_removed(structures, order[:ends[low]], budget=targets, method=method)
     plan.meta["selection"] = {"group_norm": group_norm, "max_group_ratio": max_group_ratio,
-                              "min_group_width": min_group_width, "normalize": normalize}
+                              "min_group_width": min_group_width, "normalize": normalize,
+                              "multiple_of": multiple_of}
     if "latency" in targets:
         plan.meta["selection"]["order"] = "score per predicted ms saved"
     if latency is not None:
@@ -519,8 +621,8 @@ def _plan_digest(plan: PruningPlan) -> bytes:
 def select_family(structures: Structures, scores, budgets: Sequence[Budget], **options) -> list[PruningPlan]:
     """One plan per budget from the same scores: a family of models from one saliency pass.
 
-    Every plan is :func:`select` with the same ``options``; since :func:`select` removes the
-    shortest prefix of one order that meets the budget, the plans are **nested**: a plan for
+    Every plan is :func:`select` with the same ``options`` (``multiple_of`` too); since
+    :func:`select` removes the shortest prefix of one order that meets the budget, the plans are **nested**: a plan for
     a larger budget removes everything a smaller one removes (checked; ``plan.meta["family"]``
     records each plan's position). Pick the speed/accuracy point after the fact.
 

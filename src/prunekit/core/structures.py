@@ -650,6 +650,11 @@ def _layer_rows(t, items, all_tensors) -> tuple[dict, list]:
         for n, d, _ in s_.slices:
             if len(t.shapes[n]) >= 2 and f"{n}:{d}" not in layer_closures:
                 layer_closures[f"{n}:{d}"] = all_tensors[n][d]
+    for (n, d), blocks in t.segments.items():  # a packed weight (q/k/v rows): each block is a layer
+        whole = layer_closures.pop(f"{n}:{d}", None)
+        if whole is not None:
+            for start, stop in sorted(blocks):
+                layer_closures[f"{n}:{d}:{start}"] = _Closure(np.ascontiguousarray(whole.matrix[start:stop]))
     for key, c in layer_closures.items():
         rows, cols = np.nonzero(c.matrix >= 0)
         sids = c.matrix[rows, cols]

@@ -76,6 +76,9 @@ def _blocks(tracer, mha: nn.MultiheadAttention):
 def _label_rows(tracer, piece, packed, start: int) -> None:
     info = tracer.get(packed)  # fresh atoms for the packed parameter (once)
     n = piece.shape[0]
+    name = tracer.param_names.get(id(packed))
+    if name is not None:  # q, k and v are three layers for the collapse guard, not one
+        tracer.t.segments.setdefault((name, 0), set()).add((start, start + n))
     dims = [np.asarray(info.dims[0][start:start + n])] + list(info.dims[1:])
     tracer.set(piece, TensorInfo(dims, [False] * piece.dim(), src=list(info.src)))
 

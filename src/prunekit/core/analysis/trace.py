@@ -90,6 +90,7 @@ class Trace:
     unknown: dict = field(default_factory=lambda: defaultdict(int))  # (op, module) -> count
     modules: dict = field(default_factory=dict)          # name -> module
     owners: dict = field(default_factory=dict)           # param/buffer name -> [(module name, attr)]
+    segments: dict = field(default_factory=dict)         # (name, dim) -> {(start, stop)}: packed blocks, each a layer
 
 
 def flatten_tensors(obj) -> list[torch.Tensor]:
