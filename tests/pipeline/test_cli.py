@@ -52,6 +52,12 @@ def test_quick_demo_end_to_end(tmp_path):
     for row in rows[1:]:
         assert row["achieved"]["macs"] >= 0.5 and row["macs"] <= 0.5 * dense["macs"]
         assert row["latency_ms"] > 0
+    # part 1b: L1 at half the predicted latency next to L1 at half the MACs, predicted and measured
+    assert "## Latency budget against MAC budget" in report and "| l1 at 50% of latency |" in report
+    lat_rows = results["latency_rows"]
+    assert [row["budget"] for row in lat_rows] == [{}, {"macs": 0.5}, {"latency": 0.5}]
+    assert lat_rows[2]["achieved"]["latency"] >= 0.5 and lat_rows[2]["predicted_saved"] >= 0.5
+    assert all(row["predicted_ms"] > 0 and row["measured_ms"] > 0 for row in lat_rows)
     # part 2: CTF against magnitude at the same rate and budget, latency dense and sparsified
     assert "## CTF against magnitude" in report and (tmp_path / "demo" / "ctf_vs_magnitude.png").stat().st_size > 1000
     ctf_dense = ctf_rows[0]

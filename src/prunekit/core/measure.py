@@ -307,7 +307,11 @@ def count(model: nn.Module, example_inputs, formulas: Mapping[Any, Callable[...,
         "batch_size" (dim 0 of the first tensor input), "macs_per_sample" (= macs /
         batch_size, the figure papers and Torch-Pruning report), "by_module" (MACs of ops run while that module was the innermost one running,
         keyed by qualified name, ``""`` for the model itself), "by_op" (MACs per aten
-        op), "uncounted_ops" (matrix-like ops that had no formula, with call counts)}``.
+        op), "uncounted_ops" (matrix-like ops that had no formula, with call counts),
+        "predicted_latency"}``. ``count`` never times: ``predicted_latency`` is a copy of the latency
+        prediction the model's plan records (``model.prunekit_plan.meta["latency"]``, set when
+        :func:`prunekit.select` had a latency model: ``predicted_ms``, ``dense_ms``, ``batch_size``,
+        ``threads``, ``device``), else ``None``; :func:`compare` measures against it.
 
     Example:
         >>> import torch
@@ -361,7 +365,15 @@ def count(model: nn.Module, example_inputs, formulas: Mapping[Any, Callable[...,
         "by_module": {k: v for k, v in counter.by_module.items() if v},
         "by_op": dict(counter.by_op),
         "uncounted_ops": dict(counter.uncounted),
+        "predicted_latency": _plan_latency(getattr(model, "prunekit_plan", None)),
     }
+
+
+def _plan_latency(plan) -> dict | None:
+    """A copy of ``plan.meta["latency"]`` (the latency model's prediction; ``plan`` or its dict form), or ``None``."""
+    meta = plan.get("meta") if isinstance(plan, Mapping) else getattr(plan, "meta", None)
+    record = (meta or {}).get("latency") if isinstance(meta, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) and "predicted_ms" in record else None
 
 
 # --------------------------------------------------------------------------------------
@@ -693,10 +705,66 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
 
+def _same_device(a, b) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _prediction_spec(plan, predicted_ms, example_inputs, batch_sizes, threads, device) -> dict | None:
+    """The prediction :func:`compare` measures against: its latency, batch, threads, device and statistic."""
+    if plan is None and predicted_ms is None:
+        return None
+    if plan is not None and predicted_ms is not None:
+        raise ValueError("compare: give plan= or predicted_ms=, not both")
+    if plan is not None:
+        record = _plan_latency(plan)
+        if record is None:
+            raise ValueError("compare: the plan records no latency prediction; select(..., latency=lat) with a "
+                             "prunekit.LatencyModel records one in plan.meta['latency']")
+        spec = {"predicted_ms": float(record["predicted_ms"]), "dense_predicted_ms": record.get("dense_ms"),
+                "batch_size": record.get("batch_size"), "threads": record.get("threads"),
+                "device": record.get("device"), "statistic": record.get("statistic", "min_ms")}
+    else:
+        sizes = None if batch_sizes is None else [int(b) for b in batch_sizes]
+        if sizes is not None and len(sizes) != 1:
+            raise ValueError(f"compare: predicted_ms= is for one batch size; give batch_sizes=[B] (the prediction's), "
+                             f"not {sizes}, or plan=")
+        spec = {"predicted_ms": float(predicted_ms), "dense_predicted_ms": None,
+                "batch_size": sizes[0] if sizes else None, "threads": None, "device": None, "statistic": "min_ms"}
+    if not math.isfinite(spec["predicted_ms"]) or spec["predicted_ms"] < 0:
+        raise ValueError(f"compare: a predicted latency must be a finite number of ms >= 0, got {spec['predicted_ms']}")
+    if spec["batch_size"] is None:
+        spec["batch_size"] = _reference_batch(example_inputs)
+    if threads is not None and spec["threads"] is not None and int(threads) != int(spec["threads"]):
+        raise ValueError(f"compare: the prediction is for {spec['threads']} thread(s), not threads={threads}; "
+                         "leave threads=None to time with the prediction's")
+    if device is not None and spec["device"] is not None and not _same_device(device, spec["device"]):
+        raise ValueError(f"compare: the prediction is for device {spec['device']}, not device={device}; "
+                         "leave device=None to time there")
+    return spec
+
+
+def _prediction_result(spec: dict, result: dict) -> dict:
+    """Predicted against measured at the prediction's batch size (see :func:`compare`)."""
+    b, stat = spec["batch_size"], spec["statistic"]
+    dense_lat, pruned_lat = result["dense"]["latency"], result["pruned"]["latency"]
+    dense, measured = dense_lat["batches"][b][stat], pruned_lat["batches"][b][stat]
+    predicted, dense_predicted = spec["predicted_ms"], spec["dense_predicted_ms"]
+    out = {**spec, "threads": pruned_lat["threads"], "device": pruned_lat["device"],
+           "measured_ms": measured, "measured_median_ms": pruned_lat["batches"][b]["median_ms"],
+           "dense_measured_ms": dense, "measured_over_predicted": _ratio(measured, predicted),
+           "error": _ratio(predicted, measured) - 1.0, "measured_fraction": 1.0 - _ratio(measured, dense),
+           "predicted_fraction": None, "fraction_error": None}
+    if dense_predicted:
+        out["predicted_fraction"] = 1.0 - predicted / dense_predicted
+        out["fraction_error"] = out["predicted_fraction"] - out["measured_fraction"]
+    return out
+
+
 def compare(dense_model: nn.Module, pruned_model: nn.Module, example_inputs, batch_sizes: Iterable[int] | None = None,
             warmup: int = 5, repeats: int = 20, threads: int | None = None, device: str | torch.device | None = None,
-            latency: bool = True) -> dict:
-    """Counts and latencies of a dense model and its pruned version, and their ratios.
+            latency: bool = True, *, plan=None, predicted_ms: float | None = None) -> dict:
+    """Counts and latencies of a dense model and its pruned version, their ratios, and a prediction checked.
 
     .. math::
 
@@ -709,23 +777,51 @@ def compare(dense_model: nn.Module, pruned_model: nn.Module, example_inputs, bat
     For each batch size the dense and pruned models are timed one after the other
     (so slow drifts of the machine hit both alike).
 
+    **Predicted latency.** With ``plan=`` (a :class:`~prunekit.core.plan.PruningPlan` made by
+    :func:`prunekit.select` with a latency model, e.g. ``pruned.prunekit_plan``) or ``predicted_ms=``,
+    the pruned model is also timed at the prediction's batch size, thread count and device (``threads``
+    and ``device`` default to the plan's; a different value is refused), and
+    ``result["prediction"]`` holds
+
+    .. math::
+
+        \\text{measured\\_over\\_predicted} = T_p / \\hat T_p, \\quad
+        \\text{error} = \\hat T_p / T_p - 1, \\quad
+        \\text{fraction\\_error} = (1 - \\hat T_p / \\hat T_d) - (1 - T_p / T_d)
+
+    (``error`` and ``fraction_error`` as :meth:`prunekit.LatencyModel.check`), with ``T`` the fastest
+    of the ``repeats`` passes (``statistic`` ``"min_ms"``, the statistic the latency model is fitted
+    on by default; the median is ``measured_median_ms``). ``predicted_ms=`` alone applies to the
+    example's batch, or to the one entry of ``batch_sizes``, and has no fraction.
+
     Args:
         dense_model, pruned_model: the two models, fed the same ``example_inputs``.
         batch_sizes, warmup, repeats, threads, device: as :func:`measure_latency`.
-        latency: ``False`` skips timing (counts and their ratios only).
+        latency: ``False`` skips timing (counts and their ratios only; refused with a prediction).
+        plan: a plan whose ``meta["latency"]`` holds a prediction; or
+        predicted_ms: a predicted latency of the pruned model, in ms.
 
     Returns:
         ``{"dense": {"count", "latency"}, "pruned": {"count", "latency"}, "ratios":
         {"param_reduction", "mac_reduction", "params_removed", "macs_removed",
-        "speedup": {b: x}, "speedup_per_mac_reduction": {b: x}}}`` (``params_removed``
-        and ``macs_removed`` are fractions of the dense figures).
+        "speedup": {b: x}, "speedup_per_mac_reduction": {b: x}}, "prediction"}`` (``params_removed``
+        and ``macs_removed`` are fractions of the dense figures; ``prediction`` is ``None`` without a
+        prediction, else ``{"predicted_ms", "dense_predicted_ms", "measured_ms", "measured_median_ms",
+        "dense_measured_ms", "measured_over_predicted", "error", "predicted_fraction",
+        "measured_fraction", "fraction_error", "batch_size", "threads", "device", "statistic"}``).
 
     Example:
         >>> dense, pruned = nn.Linear(8, 8), nn.Linear(8, 4)
         >>> r = compare(dense, pruned, torch.randn(2, 8), repeats=3)["ratios"]
         >>> r["mac_reduction"], sorted(r["speedup"])
         (2.0, [2])
+        >>> p = compare(dense, pruned, torch.randn(2, 8), repeats=3, predicted_ms=0.01)["prediction"]
+        >>> p["measured_over_predicted"] == p["measured_ms"] / 0.01
+        True
     """
+    spec = _prediction_spec(plan, predicted_ms, example_inputs, batch_sizes, threads, device)
+    if spec is not None and not latency:
+        raise ValueError("compare: plan= / predicted_ms= are checked against measured latency; drop latency=False")
     dc, pc = count(dense_model, example_inputs), count(pruned_model, example_inputs)
     ratios: dict[str, Any] = {
         "param_reduction": _ratio(dc["params"], pc["params"]),
@@ -735,10 +831,15 @@ def compare(dense_model: nn.Module, pruned_model: nn.Module, example_inputs, bat
         "speedup": {},
         "speedup_per_mac_reduction": {},
     }
-    result = {"dense": {"count": dc, "latency": None}, "pruned": {"count": pc, "latency": None}, "ratios": ratios}
+    result = {"dense": {"count": dc, "latency": None}, "pruned": {"count": pc, "latency": None}, "ratios": ratios,
+              "prediction": None}
     if not latency:
         return result
     sizes = [_reference_batch(example_inputs)] if batch_sizes is None else [int(b) for b in batch_sizes]
+    if spec is not None:
+        threads = spec["threads"] if threads is None else threads
+        device = spec["device"] if device is None else device
+        sizes += [] if spec["batch_size"] in sizes else [spec["batch_size"]]
     kw = dict(warmup=warmup, repeats=repeats, threads=threads, device=device)
     for b in sizes:
         for key, model in (("dense", dense_model), ("pruned", pruned_model)):
@@ -751,4 +852,6 @@ def compare(dense_model: nn.Module, pruned_model: nn.Module, example_inputs, bat
                          result["pruned"]["latency"]["batches"][b]["median_ms"])
         ratios["speedup"][b] = speedup
         ratios["speedup_per_mac_reduction"][b] = _ratio(speedup, ratios["mac_reduction"])
+    if spec is not None:
+        result["prediction"] = _prediction_result(spec, result)
     return result

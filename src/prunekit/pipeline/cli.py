@@ -12,6 +12,7 @@ Example:
     $ prunekit inspect models/net.py:build --weights net.safetensors --input-shape 1,3,224,224
     $ prunekit prune mypkg.models:Net --input-shape 1,3,32,32 --method l1 --budget-macs 0.5 --out runs/small
     $ prunekit prune runs/small --model mypkg.models:Net --method l1 --budget-macs 0.3 --out runs/smaller
+    $ prunekit prune resnet56 --method l1 --budget-latency 0.5 --latency-batch 64 --latency-threads 1
     $ prunekit export runs/small --onnx small.onnx
     $ prunekit demo --quick
 """
@@ -75,6 +76,17 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    """argparse type: a fraction strictly between 0 and 1 (``--budget-latency``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text!r}")
     return value
 
 
@@ -409,7 +421,12 @@ def cmd_data_synth(args) -> int:
 
 def _budget(args) -> dict:
     return {k: v for k, v in (("structures", args.budget_structures), ("params", args.budget_params),
-                              ("macs", args.budget_macs)) if v is not None}
+                              ("macs", args.budget_macs), ("latency", args.budget_latency)) if v is not None}
+
+
+def _latency_options(args) -> dict:
+    """``--latency-batch`` and ``--latency-threads`` for :func:`~prunekit.pipeline.commands.prune_model`."""
+    return {"latency_batch": args.latency_batch, "latency_threads": args.latency_threads}
 
 
 def _registered_folder(args) -> bool:
@@ -431,7 +448,7 @@ def cmd_prune(args) -> int:
         summary = prune_checkpoint(args.checkpoint, method=args.method, out=args.out, budget=_budget(args),
                                    data_config=args.config, num_samples=args.num_samples, rate=args.rate,
                                    epochs=args.epochs, finetune_epochs=args.finetune, cost=args.cost,
-                                   device=args.device)
+                                   device=args.device, multiple_of=args.multiple_of, **_latency_options(args))
         if _main_rank():
             print(json.dumps(summary, indent=1))
         return 0
@@ -446,7 +463,7 @@ def cmd_prune(args) -> int:
 def _prune_model(model, example, label: str, args) -> dict:
     """``prunekit prune`` on a user's model (a reference, or a folder rebuilt with ``--model``)."""
     from ..core.io import save
-    from .commands import prune_model
+    from .commands import prune_model, write_summary
     from .config import load_config
     from .dataspec import load_data
 
@@ -461,12 +478,13 @@ def _prune_model(model, example, label: str, args) -> dict:
         plan, pruned, summary = prune_model(model, example, args.method, _budget(args), train=train, test=test,
                                             num_samples=args.num_samples, rate=args.rate, epochs=args.epochs,
                                             finetune_epochs=args.finetune, cost=args.cost, device=args.device,
-                                            **options)
+                                            multiple_of=args.multiple_of, **_latency_options(args), **options)
     except ValueError as error:
         raise CliError(str(error)) from None
     built = args.rebuild or (label if _split_reference(label) else None)
     save(pruned, out, plan=plan, extra={"model": built} if built else None)
     summary["saved"] = str(out)
+    write_summary(out, summary)
     if _main_rank():
         print(json.dumps(summary, indent=1))
     return summary
@@ -508,6 +526,23 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 MODEL_HELP = ("a registered model name (resnet20), path/to/file.py:factory or package.module:factory "
               "(factory: a callable returning an nn.Module, or an nn.Module class)")
+
+
+def _budget_options(prune: argparse.ArgumentParser) -> None:
+    """The budgets of ``prune`` (fractions to remove) and the settings the latency is measured with."""
+    prune.add_argument("--budget-macs", type=_fraction, help="fraction of the MACs to remove")
+    prune.add_argument("--budget-params", type=_fraction, help="fraction of the parameters to remove")
+    prune.add_argument("--budget-structures", type=_fraction, help="fraction of the structures to remove")
+    prune.add_argument("--budget-latency", type=_open_fraction, metavar="F",
+                       help="fraction of the measured latency to remove, in (0, 1): a latency model is measured "
+                            "first (cached in $PRUNEKIT_CACHE/latency, else ~/.cache/prunekit/latency) and the "
+                            "summary shows predicted and measured latency; combines with the other budgets")
+    prune.add_argument("--latency-batch", type=_int_at_least(1), metavar="B",
+                       help="batch size the latency is measured at (default: the example input's); with another "
+                            "budget alone, still measures and reports predicted and measured latency")
+    prune.add_argument("--latency-threads", type=_int_at_least(1), metavar="T",
+                       help="CPU threads the latency is measured with (default: torch's current count); as "
+                            "--latency-batch, also reports latency with another budget")
 
 
 def _add_export(sub) -> None:
@@ -580,9 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="sosp-h",
                        choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random", "ctf"],
                        help="criterion (default sosp-h; l1, l2 and random need no data) or ctf (learned masks)")
-    prune.add_argument("--budget-macs", type=_fraction, help="fraction of the MACs to remove")
-    prune.add_argument("--budget-params", type=_fraction, help="fraction of the parameters to remove")
-    prune.add_argument("--budget-structures", type=_fraction, help="fraction of the structures to remove")
+    _budget_options(prune)
+    prune.add_argument("--multiple-of", type=_int_at_least(1), default=1, metavar="K",
+                       help="keep every group whole or a multiple of K channels/neurons/heads (default 1)")
     prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
     prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")

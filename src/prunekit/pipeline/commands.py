@@ -1,20 +1,21 @@
 """The bodies of ``prunekit train CONFIG`` and ``prunekit prune SAVED``: configs and saved models in, saved models out."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from .. import models
 from ..core.io import load, save
 from ..core.materialize import materialize
-from ..core.plan import Budget, select
+from ..core.plan import Budget, broadcast_plan, select
 from ..core.structures import find_structures
 from ..criteria import saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import batches, load_data
 from .train import _resolve_device, _to, evaluate, fit, rank_shard
 
-__all__ = ["train_from_config", "prune_model", "prune_checkpoint"]
+__all__ = ["train_from_config", "prune_model", "prune_checkpoint", "write_summary"]
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +49,8 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
 
 def prune_model(model, example, method: str, budget: dict, *, train=None, test=None, num_samples: int = 512,
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
-                cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None):
+                cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
+                multiple_of: int = 1, latency_batch: int | None = None, latency_threads: int | None = None):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
@@ -57,6 +59,15 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     (:func:`prunekit.ctf.run`, the protocol of every CTF benchmark). ``device`` moves the model and
     the data there first. Under ``torchrun`` each rank scores its share of the samples
     (:func:`~prunekit.pipeline.train.rank_shard`; the criteria reduce the sums) or trains CTF with DDP.
+    ``multiple_of`` goes to :func:`select` (criteria only).
+
+    **Latency.** ``budget={"latency": f}`` (``--budget-latency``), or ``latency_batch`` /
+    ``latency_threads`` with any budget, first measures a :class:`prunekit.LatencyModel` of the
+    model on its device at batch ``latency_batch`` (default: the example's) with ``latency_threads``
+    (default: the current count), cached on disk (``$PRUNEKIT_CACHE/latency``), and selects with it;
+    ``summary["latency"]`` then holds the predicted and measured latency of the dense model and
+    the plan, timed alike (:func:`_latency_report`). Under ``torchrun`` rank 0 measures and
+    selects, and the other ranks receive its plan (:func:`prunekit.broadcast_plan`).
     """
     if device is not None:
         dev = _resolve_device(device, model)
@@ -65,6 +76,11 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if method != "ctf" and train is None and method not in ("l1", "l2", "random"):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
     if method == "ctf":
+        if multiple_of != 1:
+            raise ValueError("--multiple-of applies to the criteria (select), not to --method ctf")
+        if "latency" in budget or latency_batch is not None or latency_threads is not None:
+            raise ValueError("--budget-latency, --latency-batch and --latency-threads apply to the criteria "
+                             "(select), not to --method ctf")
         if rate is None:
             raise ValueError("--method ctf needs --rate (fraction of the prunable weights to remove)")
         if train is None:
@@ -76,27 +92,92 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
                    "nonzero_params": result.nonzero_params, "zeroed_by": result.report["zeroed_by"]}
         return result.plan, result.model, summary
     if not budget:
-        raise ValueError("give a budget: --budget-macs, --budget-params or --budget-structures")
+        raise ValueError("give a budget: --budget-macs, --budget-params, --budget-structures or --budget-latency")
     model = model.eval()
     structures = find_structures(model, example)
     data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
-    plan = select(structures, saliency(model, structures, data, method), Budget(**budget), method=method)
+    scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
+    timed = "latency" in budget or latency_batch is not None or latency_threads is not None
+    lat = _latency_model(model, example, structures, latency_batch, latency_threads) if timed and _rank0() else None
+    plan = None if timed and lat is None else select(structures, scores, Budget(**budget), method=method,
+                                                     multiple_of=multiple_of, latency=lat)
+    if timed:  # the latency model is rank 0's own measurement: its plan goes to every rank
+        plan = broadcast_plan(plan, src=0, structures=structures)
     pruned = materialize(model, plan, structures)
     summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining}
+    if lat is not None:
+        summary["latency"] = _latency_report(lat, model, plan, example, structures)
     if test is not None:
         summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     return plan, pruned, summary
 
 
+def _rank0() -> bool:
+    from .train import _world
+
+    return _world()[0] == 0
+
+
+def _latency_model(model, example, structures, batch: int | None, threads: int | None):
+    """:meth:`prunekit.LatencyModel.measure` of ``model`` on its device (or its cached tables)."""
+    from ..core.latency import LatencyModel
+    from ..core.measure import _model_device
+
+    lat = LatencyModel.measure(model, example, structures, batch_size=batch, threads=threads,
+                               device=_model_device(model))
+    log.info("latency model: dense %.3f ms at batch %d, %d thread(s) on %s (%s)", lat.dense_ms, lat.batch_size,
+             lat.threads, lat.device, lat.device_name)
+    return lat
+
+
+def _latency_report(lat, model, plan, example, structures) -> dict:
+    """Predicted against measured latency of the dense model and ``plan`` (:meth:`LatencyModel.check`).
+
+    Both are timed now, in alternating rounds, at the latency model's batch size, threads and
+    device, with its statistic (fastest pass by default, the one its tables are fitted on):
+
+        measured_over_predicted = T_pruned / T̂_pruned,   error = T̂_pruned / T_pruned − 1
+
+    The measured figures are also recorded in the plan (``plan.meta["latency"]["measured"]``),
+    so a saved model carries both.
+    """
+    check = lat.check(model, plan, example, structures)
+    predicted, measured = check["predicted_ms"], check["measured_ms"]
+    report = {"batch_size": lat.batch_size, "threads": lat.threads, "device": lat.device,
+              "device_name": lat.device_name, "statistic": lat.settings.get("statistic", "min_ms"),
+              "dense_predicted_ms": lat.dense_ms, "predicted_ms": predicted,
+              "dense_measured_ms": check["dense_ms"], "measured_ms": measured,
+              "predicted_fraction": check["predicted_fraction"], "measured_fraction": check["measured_fraction"],
+              "fraction_error": check["fraction_error"], "error": check["error"],
+              "measured_over_predicted": measured / predicted if predicted else float("inf")}
+    plan.meta.setdefault("latency", {})["measured"] = {
+        k: report[k] for k in ("dense_measured_ms", "measured_ms", "measured_fraction", "statistic")}
+    log.info("latency at batch %d, %d thread(s): dense %.3f ms, pruned %.3f ms predicted / %.3f ms measured",
+             lat.batch_size, lat.threads, check["dense_ms"], predicted, measured)
+    return report
+
+
+def write_summary(out: str | Path, summary: dict) -> Path:
+    """``OUT/summary.json``: what ``prunekit prune`` printed, beside the saved model (rank 0 only)."""
+    from ..core._atomic import atomic_write_bytes
+
+    path = Path(out) / "summary.json"
+    if _rank0():
+        atomic_write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
+    return path
+
+
 def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None, budget: dict,
                      data_config: str | None = None, num_samples: int = 512, *, rate: float | None = None,
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
-                     cost: str = "params", device: str | None = None) -> dict:
+                     cost: str = "params", device: str | None = None, multiple_of: int = 1,
+                     latency_batch: int | None = None, latency_threads: int | None = None) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
     whose model is built and trained with the masks from scratch for the config's ``epochs``.
-    See :func:`prune_model` for what each method does; the summary says where it was saved.
+    See :func:`prune_model` for what each method does (and the latency options); the summary says
+    where it was saved, and is written there too (``summary.json``).
     """
     from .config import load_config
 
@@ -118,8 +199,11 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
     options = {"lr": lr or config.lr, "batch_size": config.batch_size, "seed": config.seed} if config else {}
     plan, pruned, summary = prune_model(model, example, method, budget, train=train, test=test,
                                         num_samples=num_samples, rate=rate, epochs=epochs,
-                                        finetune_epochs=finetune_epochs, cost=cost, device=device, **options)
+                                        finetune_epochs=finetune_epochs, cost=cost, device=device,
+                                        multiple_of=multiple_of, latency_batch=latency_batch,
+                                        latency_threads=latency_threads, **options)
     out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
     save(pruned, out, plan=plan)
     summary["saved"] = str(out)
+    write_summary(out, summary)
     return summary

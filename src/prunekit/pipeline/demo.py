@@ -1,7 +1,9 @@
 """The demo, on SYNTHETIC SBU-format skeleton data, in two parts that tell the two methods' stories:
 
 1. **Structured criteria** (random, L1, L2, Taylor, OBD, SOSP-H, SOSP-I) remove 50 % and 70 % of an
-   attention GCN's MACs; every pruned model is fine-tuned alike.
+   attention GCN's MACs; every pruned model is fine-tuned alike. Next to L1's 50 %-of-MACs plan, L1 at
+   ``Budget(latency=0.5)`` with a latency model measured at batch 1: predicted and measured latency
+   of both plans (:func:`_latency_part`).
 2. **CTF against magnitude** at several rates of the prunable weights, each method with the
    CTF benchmark's budget (:func:`prunekit.ctf.run`: CTF learns its masks 8 epochs and
    fine-tunes 12; global magnitude prunes at once and fine-tunes 20):
@@ -21,10 +23,13 @@ from pathlib import Path
 import torch
 
 from .. import models
+from ..core.latency import LatencyModel
+from ..core.materialize import materialize
 from ..core.measure import count, time_in_rounds
-from ..core.plan import Budget
+from ..core.plan import Budget, BudgetError, select
 from ..core.sparse import sparsify
 from ..core.structures import find_structures
+from ..criteria import saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import load_data
 from .oneshot import prune_and_finetune
@@ -59,8 +64,8 @@ def _dense(channels, data, info, epochs: int, seed: int):
                    "macs": counted["macs"], "nonzero_params": counted["params"]}
 
 
-def _criteria_part(data, info, s: dict, seed: int) -> tuple[list, dict]:
-    """Part 1: every structured criterion at every MAC budget, fine-tuned alike."""
+def _criteria_part(data, info, s: dict, seed: int) -> tuple[list, dict, dict]:
+    """Part 1: every structured criterion at every MAC budget, fine-tuned alike; then the latency budget."""
     model, dense = _dense(s["channels"], data, info, s["epochs"], seed)
     log.info("part 1 — dense attention GCN %s: accuracy %.3f, %d params", s["channels"], dense["accuracy"],
              dense["params"])
@@ -77,7 +82,54 @@ def _criteria_part(data, info, s: dict, seed: int) -> tuple[list, dict]:
                      row["accuracy"], row["accuracy_before_finetune"])
     for index, ms in time_in_rounds(models_, data[0][0][:1], batch_size=1, repeats=10).items():
         rows[index]["latency_ms"] = ms
-    return rows, {"epochs": s["epochs"], "finetune_epochs": s["finetune"]}
+    mac_index = next(i for i, row in enumerate(rows) if row["method"] == "l1" and row["budget"] == {"macs": 0.5})
+    latency = _latency_part(model, structures, data, s, seed, rows[0], rows[mac_index], models_[mac_index])
+    return rows, {"epochs": s["epochs"], "finetune_epochs": s["finetune"]}, latency
+
+
+def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, mac_row: dict, mac_model) -> dict:
+    """Part 1b: L1 at ``Budget(latency=0.5)`` next to L1 at ``Budget(macs=0.5)``, predicted and measured.
+
+    A :class:`~prunekit.LatencyModel` of the dense model is measured at batch 1 (the table's) with the
+    current threads (not cached: the cost is part of the story); the latency plan is fine-tuned like
+    the others; then the dense model and both plans are timed in alternation with the latency
+    model's own statistic (fastest pass, best of 3 rounds), so ``measured / predicted`` is its error.
+    """
+    start, x = time.perf_counter(), data[0][0][:1]
+    lat = LatencyModel.measure(model, x, structures, batch_size=1, cache_dir=False)
+    meta = {"method": "l1", "fraction": 0.5, "batch_size": 1, "threads": lat.threads, "model_seconds": lat.cost_s,
+            "statistic": lat.settings["statistic"], "classes": len(lat.measured["classes"]), "error": None}
+    try:
+        plan = select(structures, saliency(model, structures, None, "l1"), Budget(latency=0.5), latency=lat,
+                      method="l1")
+    except BudgetError as error:  # a machine so noisy that the tables cannot promise half the latency
+        log.warning("  l1 -50%% latency: %s", error)
+        return {"rows": [], "meta": {**meta, "error": str(error), "seconds": time.perf_counter() - start}}
+    pruned = materialize(model, plan, structures)
+    before = evaluate(pruned, data[1])["accuracy"]
+    if s["finetune"]:
+        fit(pruned, data[0], data[1], epochs=s["finetune"], lr=0.01, batch_size=32, seed=seed, progress=False,
+            weight_decay=5e-4)
+    counted = count(pruned, x)
+    ms = time_in_rounds({"dense": model, "macs": mac_model, "latency": pruned}, x, batch_size=1, rounds=3,
+                        repeats=int(lat.measured["settings_used"]["repeats_used"]), warmup=2, threads=lat.threads,
+                        statistic=lat.settings["statistic"])
+    rows = [{**{k: dense_row[k] for k in ("method", "budget", "accuracy", "params", "macs")}, "achieved": {},
+             "predicted_ms": lat.dense_ms},
+            {**{k: mac_row[k] for k in ("method", "budget", "accuracy", "accuracy_before_finetune", "params", "macs")},
+             "achieved": {**mac_row["achieved"], "latency": lat.saved_fraction(mac_row["plan"])},
+             "predicted_ms": lat.predict(mac_row["plan"])},
+            {"method": "l1", "budget": plan.budget, "achieved": plan.achieved, "accuracy_before_finetune": before,
+             "accuracy": evaluate(pruned, data[1])["accuracy"], "params": counted["params"], "macs": counted["macs"],
+             "predicted_ms": plan.meta["latency"]["predicted_ms"]}]
+    for row, key in zip(rows, ("dense", "macs", "latency")):
+        row["measured_ms"] = ms[key]
+        row["predicted_saved"], row["measured_saved"] = 1 - row["predicted_ms"] / lat.dense_ms, 1 - ms[key] / ms["dense"]
+    for row in rows[1:]:
+        log.info("  l1      -50%% %-7s accuracy %.3f, %.1f%% of MACs removed, latency %.2f ms predicted / %.2f ms "
+                 "measured (dense %.2f)", {"macs": "MACs:", "latency": "latency:"}[next(iter(row["budget"]))],
+                 row["accuracy"], 100 * row["achieved"]["macs"], row["predicted_ms"], row["measured_ms"], ms["dense"])
+    return {"rows": rows, "meta": {**meta, "seconds": time.perf_counter() - start}}
 
 
 def _ctf_part(data, info, s: dict, seed: int) -> list:
@@ -111,7 +163,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
     """Run both parts; write ``report.md``, ``results.json`` and the plots under ``out_dir``; log the tables.
 
     ``quick`` runs a reduced version (smaller models, fewer epochs, one budget, one rate) in about a minute.
-    Returns ``{"criteria": rows, "ctf": rows}``.
+    Returns ``{"criteria": rows, "ctf": rows, "latency": rows}``.
     """
     from .report import write_report
 
@@ -123,14 +175,14 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, seed: int =
                                   cache=out_dir / "data")
     log.info("data: SYNTHETIC SBU-format, fold 1: %d train / %d test sequences, input %s", len(train[0]),
              len(test[0]), tuple(train[0].shape[1:]))
-    rows, settings = _criteria_part((train, test), info, s, seed)
+    rows, settings, latency = _criteria_part((train, test), info, s, seed)
     ctf_rows = _ctf_part((train, test), info, s, seed)
     meta = {"data": info, **settings, "seed": seed, "quick": bool(quick), "seconds": time.perf_counter() - t0,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "latency": latency["meta"],
             "ctf": {"channels": list(s["ctf_channels"]), "pretrain": s["ctf_pretrain"], "mask_epochs": s["ctf_split"][0],
                     "finetune_epochs": s["ctf_split"][1]}}
     table = write_report(rows, out_dir, meta, title="prunekit demo: attention GCN on SYNTHETIC SBU-format data",
-                         ctf_rows=ctf_rows)
+                         ctf_rows=ctf_rows, latency_rows=latency["rows"])
     log.info("%s", table)
     log.info("report: %s (%.0f s)", out_dir / "report.md", meta["seconds"])
-    return {"criteria": rows, "ctf": ctf_rows}
+    return {"criteria": rows, "ctf": ctf_rows, "latency": latency["rows"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["markdown_table", "ctf_table", "plot_accuracy_vs_rate", "plot_ctf", "plot_layer_ratios",
+__all__ = ["markdown_table", "ctf_table", "latency_table", "plot_accuracy_vs_rate", "plot_ctf", "plot_layer_ratios",
            "plot_points_with_error", "write_report"]
 
 
@@ -52,6 +52,25 @@ def ctf_table(rows: list[dict]) -> str:
                      f"{'–' if before is None else f'{before:.3f}'} | {row['nonzero_params']:,} | "
                      f"{row.get('structured_params_removed', 0.0):.1%} | {row['macs']:,} | {row['latency_ms']:.2f} | "
                      f"{'–' if sparse is None else f'{sparse:.2f}'} |")
+    return "\n".join(lines)
+
+
+def latency_table(rows: list[dict]) -> str:
+    """Plans under a MAC and a latency budget: MACs, accuracy, and latency predicted against measured.
+
+    ``predicted`` is the latency model's (:meth:`prunekit.LatencyModel.predict`), ``measured`` the
+    model timed now; ``saved`` = 1 − latency / dense latency (each against its own dense figure);
+    ``measured / predicted`` is the latency model's error.
+    """
+    lines = ["| plan | MACs removed | accuracy | params | MACs | predicted (ms) | measured (ms) | predicted saved "
+             "| measured saved | measured / predicted |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        budget = ", ".join(f"{v:.0%} of {k if k != 'macs' else 'MACs'}" for k, v in row.get("budget", {}).items())
+        label = f"{row['method']} at {budget}" if budget else row["method"]
+        ratio = row["measured_ms"] / row["predicted_ms"] if row["predicted_ms"] else float("inf")
+        lines.append(f"| {label} | {row.get('achieved', {}).get('macs', 0.0):.1%} | {row['accuracy']:.3f} | "
+                     f"{row['params']:,} | {row['macs']:,} | {row['predicted_ms']:.2f} | {row['measured_ms']:.2f} | "
+                     f"{row['predicted_saved']:.1%} | {row['measured_saved']:.1%} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -188,17 +207,39 @@ def _ctf_section(ctf_rows: list[dict] | None, out_dir: Path, meta: dict) -> list
             "![CTF against magnitude](ctf_vs_magnitude.png)" if plot else "", ""]
 
 
-def write_report(rows: list[dict], out_dir: str | Path, meta: dict, title: str, ctf_rows: list[dict] | None = None) -> str:
+def _latency_section(latency_rows: list[dict] | None, meta: dict) -> list[str]:
+    m = meta.get("latency") or {}
+    if not latency_rows and not m.get("error"):
+        return []
+    intro = (f"The same criterion ({m.get('method')}) removing {m.get('fraction', 0):.0%} of the MACs, and "
+             f"{m.get('fraction', 0):.0%} of the latency a latency model predicts (`prunekit.LatencyModel.measure`: "
+             f"every group thinned to 75 / 50 / 25 % of its width and timed, {m.get('classes')} classes of groups, "
+             f"batch {m.get('batch_size')}, {m.get('threads')} thread(s), measured in "
+             f"{m.get('model_seconds') or 0:.0f} s; `prunekit.select(..., Budget(latency=f), latency=lat)`), both "
+             f"fine-tuned like the rows above (this part: {m.get('seconds') or 0:.0f} s). Measured: the dense model and both plans timed now in alternation, fastest pass, "
+             "best of 3 rounds (the statistic the latency model is fitted on). At batch 1 a small network's "
+             "per-group savings are close to the timing noise, so `measured / predicted` can be far from 1 "
+             "(docs/selection.md).")
+    if not latency_rows:
+        return ["## Latency budget against MAC budget", "", intro, "", f"Not reached: {m['error']}", ""]
+    return ["## Latency budget against MAC budget", "", intro, "", latency_table(latency_rows), ""]
+
+
+def write_report(rows: list[dict], out_dir: str | Path, meta: dict, title: str, ctf_rows: list[dict] | None = None,
+                 latency_rows: list[dict] | None = None) -> str:
     """Write ``report.md``, ``results.json`` and the plots (with matplotlib); return the tables.
 
     ``rows``: structured criteria at MAC budgets (:func:`markdown_table`); ``ctf_rows``: CTF
-    against magnitude at several rates (:func:`ctf_table`, :func:`plot_ctf`).
+    against magnitude at several rates (:func:`ctf_table`, :func:`plot_ctf`); ``latency_rows``:
+    plans at a MAC and a latency budget, predicted against measured latency (:func:`latency_table`,
+    described by ``meta["latency"]``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     plot = plot_accuracy_vs_rate(rows, out_dir / "accuracy_vs_rate.png", title)
-    results = {"meta": meta, "rows": rows, **({"ctf_rows": ctf_rows} if ctf_rows else {})}
+    results = {"meta": meta, "rows": rows, **({"ctf_rows": ctf_rows} if ctf_rows else {}),
+               **({"latency_rows": latency_rows} if latency_rows else {})}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     synthetic = meta.get("data", {}).get("synthetic")
     text = [f"# {title}", "",
@@ -207,6 +248,8 @@ def write_report(rows: list[dict], out_dir: str | Path, meta: dict, title: str, 
             f"Dense training {meta.get('epochs')} epochs; every pruned model fine-tuned {meta.get('finetune_epochs')} "
             f"epochs at lr 0.01; latency is the median of timed runs at batch 1 on {meta.get('threads')} CPU threads.",
             "", "![accuracy vs pruning rate](accuracy_vs_rate.png)" if plot else "", ""]
+    text += _latency_section(latency_rows, meta)
     text += _ctf_section(ctf_rows, out_dir, meta)
     (out_dir / "report.md").write_text("\n".join(text))
-    return table + ("\n\n" + ctf_table(ctf_rows) if ctf_rows else "")
+    return (table + ("\n\n" + latency_table(latency_rows) if latency_rows else "")
+            + ("\n\n" + ctf_table(ctf_rows) if ctf_rows else ""))

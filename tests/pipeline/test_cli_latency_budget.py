@@ -1,0 +1,145 @@
+"""``prunekit prune --budget-latency``: a latency model measured on the example input, a plan under it,
+and predicted against measured latency in the printed and saved summary (issue 14, item 4).
+
+Real timings on tiny models (one thread); the assertions hold whatever the machine's speed: the
+predicted saving is what the plan was selected for, and the measured figures are checked for
+presence and consistency, not for accuracy.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.core.latency import LatencyModel
+from prunekit.pipeline.cli import main
+
+NET = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def build(width=32):
+    torch.manual_seed(0)
+    return Net(width)
+'''
+
+LATENCY_KEYS = {"batch_size", "threads", "device", "device_name", "statistic", "dense_predicted_ms", "predicted_ms",
+                "dense_measured_ms", "measured_ms", "predicted_fraction", "measured_fraction", "fraction_error",
+                "error", "measured_over_predicted"}
+
+
+@pytest.fixture
+def net(tmp_path, monkeypatch):
+    path = tmp_path / "latnet.py"
+    path.write_text(NET)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))  # never the user's ~/.cache
+    return path
+
+
+def _build(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("latnet_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build()
+
+
+def _summary(capsys, out):
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "summary.json").read_text()) == printed  # saved beside the model
+    return printed
+
+
+def test_budget_latency_end_to_end(net, tmp_path, capsys):
+    out = tmp_path / "small"
+    argv = ["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1"]
+    assert main(argv + ["--budget-latency", "0.3", "--out", str(out)]) == 0
+    summary = _summary(capsys, out)
+    lat_report = summary["latency"]
+    assert set(lat_report) == LATENCY_KEYS
+    assert lat_report["batch_size"] == 4 and lat_report["threads"] == 1 and lat_report["device"] == "cpu"
+    assert lat_report["predicted_fraction"] >= 0.3
+    assert summary["achieved"]["latency"] == pytest.approx(lat_report["predicted_fraction"])
+    assert lat_report["predicted_ms"] <= 0.7 * lat_report["dense_predicted_ms"] + 1e-9
+    assert lat_report["measured_ms"] > 0 and lat_report["dense_measured_ms"] > 0
+    assert lat_report["measured_over_predicted"] == pytest.approx(lat_report["measured_ms"] / lat_report["predicted_ms"])
+    assert lat_report["measured_fraction"] == pytest.approx(1 - lat_report["measured_ms"] / lat_report["dense_measured_ms"])
+    # the latency model was cached (default place, under $PRUNEKIT_CACHE) and predicts what the summary says
+    files = list((tmp_path / "cache" / "latency").glob("*_b4_t1_*.json"))
+    assert len(files) == 1
+    lat = LatencyModel.load(files[0])
+    small = prunekit.load(out, model=_build(net))
+    removed = small.prunekit_plan.removed
+    assert lat.predict(removed) == pytest.approx(lat_report["predicted_ms"]) and lat.saved_fraction(removed) >= 0.3
+    # the saved plan carries the prediction and the measurement; count shows them next to params and MACs
+    x = torch.randn(4, 3, 32, 32)
+    stats = prunekit.count(small, x)
+    assert stats["macs"] == summary["remaining"]["macs"] < prunekit.count(_build(net), x)["macs"]
+    assert stats["predicted_latency"]["predicted_ms"] == pytest.approx(lat_report["predicted_ms"])
+    assert stats["predicted_latency"]["measured"]["measured_ms"] == pytest.approx(lat_report["measured_ms"])
+    # combined with a MAC budget, from the cached latency model (not measured again): both are met
+    mtime = files[0].stat().st_mtime_ns
+    assert main(argv + ["--budget-latency", "0.5", "--budget-macs", "0.6", "--out", str(tmp_path / "smaller")]) == 0
+    both = _summary(capsys, tmp_path / "smaller")
+    assert both["achieved"]["latency"] >= 0.5 and both["achieved"]["macs"] >= 0.6
+    assert files[0].stat().st_mtime_ns == mtime
+    assert both["latency"]["dense_predicted_ms"] == lat_report["dense_predicted_ms"]
+    # a cut the latency model says cannot be reached: one line, exit code 2
+    assert main(argv + ["--budget-latency", "0.999", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "'latency': 0.999" in err and "cannot be met" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_latency_reported_with_another_budget_on_a_saved_registered_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    model = prunekit.models.create("mlp", in_channels=1, num_classes=10, hidden=[64, 64], input_shape=[8, 8])
+    prunekit.save(model, tmp_path / "dense")
+    out = tmp_path / "small"
+    assert main(["prune", str(tmp_path / "dense"), "--method", "l1", "--budget-macs", "0.3", "--latency-batch", "16",
+                 "--latency-threads", "1", "--out", str(out)]) == 0
+    summary = _summary(capsys, out)
+    assert summary["achieved"]["macs"] >= 0.3 and "latency" in summary["achieved"]  # predicted, no target
+    assert summary["latency"]["batch_size"] == 16 and summary["latency"]["threads"] == 1
+    assert summary["latency"]["predicted_fraction"] == pytest.approx(summary["achieved"]["latency"])
+    # without a latency option nothing is timed, as before
+    assert main(["prune", str(tmp_path / "dense"), "--method", "l1", "--budget-macs", "0.3",
+                 "--out", str(tmp_path / "plain")]) == 0
+    plain = _summary(capsys, tmp_path / "plain")
+    assert "latency" not in plain and "latency" not in plain["achieved"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget-latency", "0"], "argument --budget-latency: must be a fraction in (0, 1), got '0'"),
+    (["--budget-latency", "1.5"], "argument --budget-latency: must be a fraction in (0, 1), got '1.5'"),
+    (["--budget-latency", "nan"], "argument --budget-latency: must be a fraction in (0, 1)"),
+    (["--budget-latency", "half"], "argument --budget-latency: expected a number, got 'half'"),
+    (["--budget-latency", "0.5", "--latency-batch", "0"], "argument --latency-batch: must be >= 1, got 0"),
+    (["--budget-latency", "0.5", "--latency-threads", "-2"], "argument --latency-threads: must be >= 1, got -2"),
+    (["--method", "ctf", "--rate", "0.5", "--budget-latency", "0.5"],
+     "--budget-latency, --latency-batch and --latency-threads apply to the criteria"),
+    (["--method", "ctf", "--rate", "0.5", "--latency-batch", "8"], "not to --method ctf"),
+])
+def test_bad_latency_options_are_one_line_errors(net, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    argv = ["prune", f"{net}:build", "--input-shape", "1,3,8,8"] + (["--method", "l1"] if "--method" not in extra
+                                                                    else []) + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latnet.py"]  # nothing measured, cached or saved
