@@ -67,7 +67,8 @@ def _summary(capsys, out):
 
 def test_budget_latency_end_to_end(net, tmp_path, capsys):
     out = tmp_path / "small"
-    argv = ["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1"]
+    argv = ["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1",
+            "--latency-rounds", "1"]  # open loop: the latency model's plan as predicted
     assert main(argv + ["--budget-latency", "0.3", "--out", str(out)]) == 0
     summary = _summary(capsys, out)
     lat_report = summary["latency"]
@@ -104,6 +105,25 @@ def test_budget_latency_end_to_end(net, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'latency': 0.999" in err and "cannot be met" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_budget_latency_closed_loop_by_default(net, tmp_path, capsys):
+    """Without --latency-rounds the plan is timed and the request corrected (up to 3 plans); the summary
+    has every round, and the plan kept is the one the rounds say (its measured saving re-timed)."""
+    out = tmp_path / "small"
+    assert main(["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1",
+                 "--budget-latency", "0.3", "--out", str(out)]) == 0
+    report = _summary(capsys, out)["latency"]
+    loop = report["loop"]
+    assert loop["target"] == 0.3 and 1 <= len(loop["rounds"]) <= 3 and loop["rounds"][0]["requested"] == 0.3
+    within = [i for i, r in enumerate(loop["rounds"]) if abs(r["measured_fraction"] - 0.3) <= loop["tolerance"]]
+    assert len(loop["rounds"]) == 3 or within == [len(loop["rounds"]) - 1]  # it stops at the first plan within
+    chosen = loop["rounds"][loop["chosen"]]
+    lat_files = list((tmp_path / "cache" / "latency").glob("*.json"))
+    lat = LatencyModel.load(lat_files[0])
+    removed = prunekit.load(out, model=_build(net)).prunekit_plan.removed
+    assert lat.saved_fraction(removed) == pytest.approx(chosen["predicted_fraction"])
+    assert report["predicted_fraction"] == pytest.approx(chosen["predicted_fraction"])
 
 
 def test_latency_reported_with_another_budget_on_a_saved_registered_model(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import models
 from ..core.io import load, save
 from ..core.materialize import materialize
+from ..core.latency_loop import select_to_latency
 from ..core.plan import Budget, broadcast_plan, select
 from ..core.structures import find_structures
 from ..criteria import saliency
@@ -50,7 +51,8 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
 def prune_model(model, example, method: str, budget: dict, *, train=None, test=None, num_samples: int = 512,
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
                 cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
-                multiple_of: int = 1, latency_batch: int | None = None, latency_threads: int | None = None):
+                multiple_of: int = 1, latency_batch: int | None = None, latency_threads: int | None = None,
+                latency_rounds: int = 3):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
@@ -66,7 +68,9 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     model on its device at batch ``latency_batch`` (default: the example's) with ``latency_threads``
     (default: the current count), cached on disk (``$PRUNEKIT_CACHE/latency``), and selects with it;
     ``summary["latency"]`` then holds the predicted and measured latency of the dense model and
-    the plan, timed alike (:func:`_latency_report`). Under ``torchrun`` rank 0 measures and
+    the plan, timed alike (:func:`_latency_report`). A latency budget alone is met on the measured
+    model: :func:`prunekit.select_to_latency` times up to ``latency_rounds`` plans and corrects the
+    request by the shortfall (``1``: the latency model's plan as predicted). Under ``torchrun`` rank 0 measures and
     selects, and the other ranks receive its plan (:func:`prunekit.broadcast_plan`).
     """
     if device is not None:
@@ -99,8 +103,13 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
     timed = "latency" in budget or latency_batch is not None or latency_threads is not None
     lat = _latency_model(model, example, structures, latency_batch, latency_threads) if timed and _rank0() else None
-    plan = None if timed and lat is None else select(structures, scores, Budget(**budget), method=method,
-                                                     multiple_of=multiple_of, latency=lat)
+    if timed and lat is None:
+        plan = None
+    elif set(budget) == {"latency"} and latency_rounds > 1:  # closed loop: the plan is timed and corrected
+        plan = select_to_latency(model, structures, scores, budget["latency"], lat, example, rounds=latency_rounds,
+                                 method=method, multiple_of=multiple_of)
+    else:
+        plan = select(structures, scores, Budget(**budget), method=method, multiple_of=multiple_of, latency=lat)
     if timed:  # the latency model is rank 0's own measurement: its plan goes to every rank
         plan = broadcast_plan(plan, src=0, structures=structures)
     pruned = materialize(model, plan, structures)
@@ -150,6 +159,8 @@ def _latency_report(lat, model, plan, example, structures) -> dict:
               "predicted_fraction": check["predicted_fraction"], "measured_fraction": check["measured_fraction"],
               "fraction_error": check["fraction_error"], "error": check["error"],
               "measured_over_predicted": measured / predicted if predicted else float("inf")}
+    if "latency_loop" in plan.meta:  # the closed loop's rounds: requested, predicted and measured fractions
+        report["loop"] = plan.meta["latency_loop"]
     plan.meta.setdefault("latency", {})["measured"] = {
         k: report[k] for k in ("dense_measured_ms", "measured_ms", "measured_fraction", "statistic")}
     log.info("latency at batch %d, %d thread(s): dense %.3f ms, pruned %.3f ms predicted / %.3f ms measured",
@@ -171,7 +182,8 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                      data_config: str | None = None, num_samples: int = 512, *, rate: float | None = None,
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
                      cost: str = "params", device: str | None = None, multiple_of: int = 1,
-                     latency_batch: int | None = None, latency_threads: int | None = None) -> dict:
+                     latency_batch: int | None = None, latency_threads: int | None = None,
+                     latency_rounds: int = 3) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
@@ -201,7 +213,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                                         num_samples=num_samples, rate=rate, epochs=epochs,
                                         finetune_epochs=finetune_epochs, cost=cost, device=device,
                                         multiple_of=multiple_of, latency_batch=latency_batch,
-                                        latency_threads=latency_threads, **options)
+                                        latency_threads=latency_threads, latency_rounds=latency_rounds, **options)
     out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
     save(pruned, out, plan=plan)
     summary["saved"] = str(out)
