@@ -1,6 +1,9 @@
 """SOSP against every other criterion on the same structures, and against Torch-Pruning itself (issue 13).
 
-Networks trained to convergence by ``benchmarks/sosp_dense.py`` (Fashion-MNIST, full 60k / 10k).
+Networks trained to convergence by ``benchmarks/sosp_dense.py``: CIFAR-style nets on Fashion-MNIST
+(full 60k / 10k), or ``--model attention_gcn``, the skeleton GCN on SYNTHETIC SBU fold 1 (264 / 67
+sequences). A flag left unset takes the data set's value (:data:`DEFAULTS`: for the GCN every
+training sequence prunes and fine-tunes, 6 epochs at batch 32, no iterative rows, no samples sweep).
 Per seed (= the dense network's seed), per budget (fraction of MACs removed), per method:
 
 * ``schedule="one-shot"``: score on ``--prune-samples`` training samples, ``prunekit.select``
@@ -20,11 +23,15 @@ reduction ``mean``; biases left out as Torch-Pruning does). Comparison (b) — l
 library: ``tp-magnitude tp-taylor tp-hessian`` run through Torch-Pruning's own ``MetaPruner``
 (``bench_criteria_accuracy.tp_prune``: global pruning, ratio binary-searched to the MAC budget).
 ``--samples-sweep`` adds SOSP-H one-shot rows with other numbers of pruning samples.
+On the GCN, Torch-Pruning cannot remove attention heads (prunekit's structures include them), so
+the library rows (b) differ from (a) in their structures as well as their criterion; only (a)
+isolates the criterion.
 
 Rows go to one results store (``benchmarks/store.py``; resumable, ``--out``), summarised with
 paired differences SOSP-H − every other method (same seed and budget) and win/tie/loss.
 
     python benchmarks/bench_sosp.py --model resnet20 --width 0.5 --seeds 0 1 2
+    python benchmarks/bench_sosp.py --model attention_gcn --seeds 0 1 2 --out benchmarks/results/sosp_gcn.json
     python benchmarks/bench_sosp.py --merge A.json B.json --out benchmarks/results/sosp.json   # parts run apart
 """
 from __future__ import annotations
@@ -39,16 +46,25 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
-from benchmarks.sosp_dense import FASHION, dense_path  # noqa: E402
+from benchmarks.sosp_dense import FASHION, SBU, dataset_of, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, merge, paired, stats  # noqa: E402
-from prunekit.pipeline.dataspec import batches as make_batches, load_data  # noqa: E402
+from prunekit.pipeline.dataspec import batches as make_batches  # noqa: E402
 from prunekit.pipeline.train import evaluate, fit  # noqa: E402
 
 PK = ("sosp-h", "sosp-i", "taylor", "obd", "l1", "random")
 TP_ON_PK = ("tp-magnitude@pk", "tp-taylor@pk", "tp-hessian@pk")
 TP_LIB = ("tp-magnitude", "tp-taylor", "tp-hessian")
-CLASSIFIER = {"resnet20": "fc", "vgg11": "classifier", "mlp": None}
+CLASSIFIER = {"resnet20": "fc", "vgg11": "classifier", "mlp": None, "attention_gcn": "fc"}
 KEY = ("seed", "schedule", "method", "budget", "samples")
+DEFAULTS = {  # per data set (sosp_dense.dataset_of): what a flag left unset means
+    "fashion": {"width": 0.5, "prune_samples": 1024, "ft_samples": 20000, "ft_epochs": 1, "batch_size": 128,
+                "iterative": ["sosp-h", "taylor", "tp-magnitude@pk", "l1"], "samples_sweep": [256, 4096]},
+    "sbu": {"width": 1.0, "prune_samples": 264, "ft_samples": 264, "ft_epochs": 6, "batch_size": 32,
+            "iterative": [], "samples_sweep": []},
+}
+NOTES = {"sbu": "Torch-Pruning cannot remove attention heads: the library rows differ from the others in their "
+                "structures as well as their criterion, so only the one-shot rows (prunekit's structures, "
+                "one selection) isolate the criterion. 67 test sequences: 1.5 points per sequence."}
 
 
 # ----------------------------------------------------------------------------- scores
@@ -124,26 +140,35 @@ def kept_by_layer(structures, plan) -> dict:
     return out
 
 
-def prune_once(model, method, fraction, data, args, seed):
+def prune_once(model, method, fraction, data, args, seed, cache=None):
+    """``cache``: ``{method: (scores, seconds)}`` of this very model and these pruning samples, so the
+    one-shot rows of one dense model score it once for all budgets (the seconds are the scoring's)."""
     x = data["train"][0][:1]
     structures = prunekit.find_structures(model, x)
+    if cache is not None and method in cache:
+        scores, seconds = cache[method]
+    else:
+        t0 = time.perf_counter()
+        scores = score(model, structures, data["prune"], method, seed)
+        seconds = time.perf_counter() - t0
+        if cache is not None:
+            cache[method] = (scores, seconds)
     t0 = time.perf_counter()
-    scores = score(model, structures, data["prune"], method, seed)
     plan = prunekit.select(structures, scores, prunekit.Budget(macs=fraction), method=method)
-    seconds = time.perf_counter() - t0
+    seconds += time.perf_counter() - t0
     return prunekit.materialize(model, plan, structures), kept_by_layer(structures, plan), seconds
 
 
 def finetune(model, data, args, seed, share=1.0):
     X, y = data["ft"]
     n = int(len(X) * share)
-    fit(model, (X[:n], y[:n]), None, epochs=args.ft_epochs, lr=args.ft_lr, weight_decay=5e-4, batch_size=128,
+    fit(model, (X[:n], y[:n]), None, epochs=args.ft_epochs, lr=args.ft_lr, weight_decay=5e-4, batch_size=args.batch_size,
         seed=seed, progress=False)
     return model.eval()
 
 
 def one_shot(dense, method, budget, data, args, seed) -> dict:
-    pruned, kept, seconds = prune_once(dense, method, budget, data, args, seed)
+    pruned, kept, seconds = prune_once(dense, method, budget, data, args, seed, data.get("scores"))
     acc_oneshot = evaluate(pruned.eval(), data["test"])["accuracy"]
     acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
     return {"acc_oneshot": acc_oneshot, "accuracy": acc, "score_seconds": seconds,
@@ -171,7 +196,10 @@ def library(dense, method, budget, data, args, seed) -> dict:
 
     x = data["train"][0][:1]
     t0 = time.perf_counter()
-    pruned, info = tp_prune(dense, x, data["prune"], method, budget, CLASSIFIER[args.model], args.tp_iters)
+    try:
+        pruned, info = tp_prune(dense, x, data["prune"], method, budget, CLASSIFIER[args.model], args.tp_iters)
+    except RuntimeError as exc:  # the budget is out of Torch-Pruning's reach on this network: a row that says so
+        return {"error": str(exc)[:300], "acc_oneshot": None, "accuracy": None, "score_seconds": None}
     seconds = time.perf_counter() - t0
     acc_oneshot = evaluate(pruned.eval(), data["test"])["accuracy"]
     acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
@@ -182,6 +210,7 @@ def library(dense, method, budget, data, args, seed) -> dict:
 # ----------------------------------------------------------------------------- summary
 
 def summarize(rows) -> dict:
+    rows = [r for r in rows if not r.get("error")]
     table = []
     cells = sorted({(r["schedule"], r["budget"], r["method"]) for r in rows if r["samples"] == r["base_samples"]})
     for schedule, budget, method in cells:
@@ -195,14 +224,41 @@ def summarize(rows) -> dict:
             part = [r for r in rows if r["schedule"] == schedule and r["budget"] == budget
                     and r["samples"] == r["base_samples"]]
             for value in ("acc_oneshot", "accuracy"):
-                comparisons[f"{schedule} {budget} {value}"] = paired(part, value, "method", "sosp-h", match=("seed",))
+                if any(r["method"] == "sosp-h" for r in part):
+                    comparisons[f"{schedule} {budget} {value}"] = paired(part, value, "method", "sosp-h",
+                                                                         match=("seed",))
     sweep = {}
     for r in rows:
         if r["method"] == "sosp-h" and r["schedule"] == "one-shot":
             sweep.setdefault(str(r["budget"]), {}).setdefault(r["samples"], []).append(r)
     samples = {b: {n: {v: stats([r[v] for r in rs]) for v in ("acc_oneshot", "accuracy")}
                    for n, rs in sorted(by.items())} for b, by in sweep.items() if len(by) > 1}
-    return {"table": table, "paired_sosp_h_minus": comparisons, "sosp_h_samples": samples}
+    return {"table": table, "paired_sosp_h_minus": comparisons, "sosp_h_samples": samples, "best": best_others(rows)}
+
+
+def best_others(rows) -> dict:
+    """Per budget and value: SOSP-H against the Torch-Pruning criterion with the highest mean (either
+    form: re-expressed on prunekit's structures or the library's own) and against the criterion with
+    the highest mean of all the others; paired by seed. The best is chosen after the fact. ``rows``
+    without failures."""
+    base = [r for r in rows if r["schedule"] in ("one-shot", "library") and r["samples"] == r["base_samples"]]
+    out = {}
+    for budget in sorted({r["budget"] for r in base}):
+        part = [r for r in base if r["budget"] == budget]
+        methods = sorted({r["method"] for r in part})
+        if "sosp-h" not in methods:
+            continue
+        for value in ("acc_oneshot", "accuracy"):
+            means = {m: stats([r[value] for r in part if r["method"] == m])["mean"] for m in methods}
+            diffs = paired(part, value, "method", "sosp-h", match=("seed",))
+            cell = {"sosp-h": means["sosp-h"]}
+            for label, pool in (("torch-pruning", TP_ON_PK + TP_LIB), ("all", methods)):
+                others = [m for m in methods if m in pool and m != "sosp-h" and m in diffs]
+                if others:
+                    best = max(others, key=means.get)
+                    cell[label] = {"method": best, "accuracy": means[best], "sosp_h_minus": diffs[best]}
+            out[f"{budget} {value}"] = cell
+    return out
 
 
 def _pct(stat):
@@ -213,6 +269,7 @@ def markdown(result) -> str:
     s = result["summary"]
     meta = result["meta"]
     lines = [f"# SOSP benchmark ({meta['protocol']})", "", f"Command: `{meta['command']}`", ""]
+    lines += [meta["note"], ""] if meta.get("note") else []
     lines += [f"- part: `{part['command']}`" for part in meta.get("parts", [])] + ([""] if meta.get("parts") else [])
     lines.append(markdown_table(["schedule", "MACs removed", "method", "one-shot acc (%)", "acc after FT (%)",
                                  "params", "n"],
@@ -226,6 +283,19 @@ def markdown(result) -> str:
             rows.append([key, method, f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
                          f"{d['wins']}/{d['ties']}/{d['losses']}"])
     lines.append(markdown_table(["schedule budget value", "method", "SOSP-H − method", "W/T/L"], rows))
+    lines += ["", "SOSP-H against the best other criterion by mean (chosen after the fact), paired by seed:", ""]
+    rows = []
+    for key, cell in s.get("best", {}).items():
+        for label in ("torch-pruning", "all"):
+            if label in cell:
+                b, d = cell[label], cell[label]["sosp_h_minus"]
+                rows.append([key, f"{100 * cell['sosp-h']:.1f}", label, b["method"], f"{100 * b['accuracy']:.1f}",
+                             f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}", f"{d['wins']}/{d['ties']}/{d['losses']}"])
+    lines.append(markdown_table(["budget value", "SOSP-H (%)", "among", "best other", "its mean (%)",
+                                 "SOSP-H − it", "W/T/L"], rows))
+    failed = [r for r in result["rows"] if r.get("error")]
+    lines += ["", "Rows that could not be run:", ""] if failed else []
+    lines += [f"- seed {r['seed']} {r['schedule']} {r['method']} {r['budget']:.0%}: {r['error']}" for r in failed]
     for budget, by in s.get("sosp_h_samples", {}).items():
         lines += ["", f"SOSP-H one-shot at {float(budget):.0%} of the MACs against the number of pruning samples:", ""]
         lines.append(markdown_table(["samples", "one-shot acc (%)", "acc after FT (%)", "n"],
@@ -237,7 +307,7 @@ def markdown(result) -> str:
 # ----------------------------------------------------------------------------- main
 
 def load(args) -> dict:
-    (X, y), (Xt, yt), _ = load_data({"format": "idx", "root": args.data})
+    (X, y), (Xt, yt), _ = load_dataset(args.model, args.data, args.data_cache)
     g = torch.Generator().manual_seed(1234)  # fixed subsets, the same for every seed and method
     perm = torch.randperm(len(X), generator=g)
     prune_idx, ft_idx = perm[:args.prune_samples], perm[:args.ft_samples]
@@ -255,53 +325,77 @@ def plan_rows(args):
     return rows
 
 
-def main(argv=None):
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--width", type=float, help="default: DEFAULTS of the model's data set (as for every None below)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--methods", nargs="+", default=list(PK + TP_ON_PK))
     p.add_argument("--library", nargs="*", default=list(TP_LIB))
-    p.add_argument("--iterative", nargs="*", default=["sosp-h", "taylor", "tp-magnitude@pk", "l1"])
+    p.add_argument("--iterative", nargs="*")
     p.add_argument("--iterative-budgets", type=float, nargs="*", default=[0.7, 0.9])
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--samples-sweep", type=int, nargs="*", default=[256, 4096])
+    p.add_argument("--samples-sweep", type=int, nargs="*")
     p.add_argument("--sweep-budgets", type=float, nargs="*", default=[0.7])
-    p.add_argument("--prune-samples", type=int, default=1024)
-    p.add_argument("--ft-samples", type=int, default=20000)
-    p.add_argument("--ft-epochs", type=int, default=1)
+    p.add_argument("--prune-samples", type=int)
+    p.add_argument("--ft-samples", type=int)
+    p.add_argument("--ft-epochs", type=int)
     p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, help="fine-tuning batch")
     p.add_argument("--tp-iters", type=int, default=10)
-    p.add_argument("--data", default=FASHION)
+    p.add_argument("--data", default=FASHION, help="Fashion-MNIST's IDX folder")
+    p.add_argument("--data-cache", default="runs/data", help="where SYNTHETIC SBU is generated")
     p.add_argument("--cache", default="runs/sosp")
     p.add_argument("--out", default="benchmarks/results/sosp.json")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these result files (one protocol) into --out")
     args = p.parse_args(argv)
+    args.dataset = dataset_of(args.model)
+    for name, value in DEFAULTS[args.dataset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def dense_row(dense, data, args, seed) -> dict:
+    x = data["train"][0][:1]
+    acc = evaluate(dense, data["test"])["accuracy"]
+    return {"seed": seed, "schedule": "dense", "method": "dense", "budget": 0.0, "samples": args.prune_samples,
+            "base_samples": args.prune_samples, "acc_oneshot": acc, "accuracy": acc, **_describe(dense, x)}
+
+
+def main(argv=None):
+    args = parse(argv)
     if args.merge:
         merge(args.merge, key=KEY, out=args.out, must_match=("protocol",)).save(summarize, markdown)
         return
     torch.set_num_threads(1)
     protocol = {"model": args.model, "width": args.width, "prune_samples": args.prune_samples,
                 "ft_samples": args.ft_samples, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "steps": args.steps}
-    store = Store(args.out, key=KEY,
-                  meta={"protocol": protocol, "machine": machine(1)}, resume=True, must_match=("protocol",))
+    if args.dataset == "sbu":  # fixed on Fashion-MNIST, so out of its protocol (its files still resume)
+        protocol |= {"data": SBU, "batch_size": args.batch_size}
+    meta = {"protocol": protocol, "machine": machine(1), **({"note": NOTES[args.dataset]} if args.dataset in NOTES else {})}
+    store = Store(args.out, key=KEY, meta=meta, resume=True, must_match=("protocol",))
     data = load(args)
     for seed in args.seeds:
         dense = prunekit.load(dense_path(args.cache, args.model, args.width, seed)).eval()
+        if not store.done(seed=seed, schedule="dense", method="dense", budget=0.0, samples=args.prune_samples):
+            store.add(dense_row(dense, data, args, seed))
+        scores = {}  # per number of pruning samples: {method: (scores, seconds)} of this dense model
         for schedule, method, budget, samples in plan_rows(args):
             key = {"seed": seed, "schedule": schedule, "method": method, "budget": budget, "samples": samples}
             if store.done(**key):
                 continue
             run = {"one-shot": one_shot, "iterative": iterative, "library": library}[schedule]
             idx = data["perm"][:samples]  # the base pruning samples are the first of the same permutation
-            local = data if samples == args.prune_samples else {**data, "prune": make_batches(
-                data["train"][0][idx], data["train"][1][idx], 128)}
+            local = {**data, "scores": scores.setdefault(samples, {})}
+            if samples != args.prune_samples:
+                local["prune"] = make_batches(data["train"][0][idx], data["train"][1][idx], 128)
             t0 = time.perf_counter()
             row = run(dense, method, budget, local, args, seed)
             store.add({**key, "base_samples": args.prune_samples, **row, "seconds": time.perf_counter() - t0})
-            print(seed, schedule, method, budget, samples, f"{row['acc_oneshot']:.3f} -> {row['accuracy']:.3f}",
-                  flush=True)
+            print(seed, schedule, method, budget, samples, row.get("error") or
+                  f"{row['acc_oneshot']:.3f} -> {row['accuracy']:.3f}", flush=True)
         store.save(summarize, markdown)
     store.save(summarize, markdown)
 
