@@ -142,7 +142,7 @@ def tp_prune(model, x, batches, method, target, classifier, iters):
         m.zero_grad(set_to_none=True)
         return m, 1 - prunekit.count(m, x)["macs"] / dense_macs
 
-    lo, hi, best, errors = 0.0, 0.99, None, []
+    lo, hi, best, errors, reached = 0.0, 0.99, None, [], {}
     for _ in range(iters):
         mid = (lo + hi) / 2
         try:
@@ -151,12 +151,15 @@ def tp_prune(model, x, batches, method, target, classifier, iters):
             errors.append(f"ratio {mid:.4f}: {type(exc).__name__}: {exc}"[:300])
             hi = mid
             continue
+        reached[mid] = removed
         if removed >= target:
             best, hi = (m, removed, mid), mid
         else:
             lo = mid
-    if best is None:
-        raise RuntimeError(f"Torch-Pruning never reached {target:.0%} MACs removed; errors: {errors[:3]}")
+    if best is None:  # the ratio -> MACs map need not be monotone (GCN: 0.9 removes 73 %, 0.99 none)
+        most = max(reached.items(), key=lambda kv: kv[1]) if reached else None
+        where = f"; the most any tried ratio removed: {most[1]:.1%} (ratio {most[0]:.3f})" if most else ""
+        raise RuntimeError(f"Torch-Pruning never reached {target:.0%} MACs removed{where}; errors: {errors[:3]}")
     return best[0], {"tp_pruning_ratio": best[2], "tp_errors": errors}
 
 

@@ -10,6 +10,10 @@ Per seed (= the dense network's seed), per budget (fraction of MACs removed), pe
   with its defaults, materialize; test accuracy at once (``acc_oneshot``, the direct test of a
   loss-change criterion) and after ``--ft-epochs`` epochs on a fixed ``--ft-samples`` subset
   (``accuracy``).
+* ``schedule="one-shot-bn"`` (``--bn METHOD …``): the same, with the pruned network's BatchNorm
+  statistics re-estimated on the pruning samples first (``prunekit.pipeline.recalibrate_batchnorm``:
+  no labels, no weight changes), so the one-shot accuracy measures the criterion and not stale
+  statistics; fine-tuned from there.
 * ``schedule="iterative"``: ``--steps`` rounds of (re-score the current network, remove
   MACs down to ``(1 − budget)^(i/steps)`` of the dense MACs, fine-tune 1/steps of the same
   fine-tuning budget); same total fine-tuning samples as one-shot.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +54,7 @@ import prunekit  # noqa: E402
 from benchmarks.sosp_dense import FASHION, SBU, dataset_of, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, merge, paired, stats  # noqa: E402
 from prunekit.pipeline.dataspec import batches as make_batches  # noqa: E402
+from prunekit.pipeline.recalibrate import recalibrate_batchnorm  # noqa: E402
 from prunekit.pipeline.train import evaluate, fit  # noqa: E402
 
 PK = ("sosp-h", "sosp-i", "taylor", "obd", "l1", "random")
@@ -160,6 +166,8 @@ def prune_once(model, method, fraction, data, args, seed, cache=None):
 
 
 def finetune(model, data, args, seed, share=1.0):
+    if not args.ft_epochs:  # --ft-epochs 0: one-shot only (accuracy = the one-shot accuracy)
+        return model.eval()
     X, y = data["ft"]
     n = int(len(X) * share)
     fit(model, (X[:n], y[:n]), None, epochs=args.ft_epochs, lr=args.ft_lr, weight_decay=5e-4, batch_size=args.batch_size,
@@ -167,8 +175,10 @@ def finetune(model, data, args, seed, share=1.0):
     return model.eval()
 
 
-def one_shot(dense, method, budget, data, args, seed) -> dict:
+def one_shot(dense, method, budget, data, args, seed, recalibrate=False) -> dict:
     pruned, kept, seconds = prune_once(dense, method, budget, data, args, seed, data.get("scores"))
+    if recalibrate:  # BatchNorm statistics re-estimated on the pruning samples (no labels, no training)
+        recalibrate_batchnorm(pruned, data["prune"])
     acc_oneshot = evaluate(pruned.eval(), data["test"])["accuracy"]
     acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
     return {"acc_oneshot": acc_oneshot, "accuracy": acc, "score_seconds": seconds,
@@ -321,6 +331,7 @@ def plan_rows(args):
         rows += [("one-shot", m, budget, args.prune_samples) for m in args.methods]
         rows += [("iterative", m, budget, args.prune_samples) for m in args.iterative if budget in args.iterative_budgets]
         rows += [("library", m, budget, args.prune_samples) for m in args.library]
+        rows += [("one-shot-bn", m, budget, args.prune_samples) for m in args.bn]
     rows += [("one-shot", "sosp-h", b, n) for n in args.samples_sweep for b in args.sweep_budgets]
     return rows
 
@@ -333,6 +344,9 @@ def parse(argv=None):
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--methods", nargs="+", default=list(PK + TP_ON_PK))
     p.add_argument("--library", nargs="*", default=list(TP_LIB))
+    p.add_argument("--bn", nargs="*", default=[], metavar="METHOD",
+                   help="also one-shot rows with the BatchNorm statistics recalibrated on the pruning samples "
+                        "before the one-shot test and the fine-tuning (schedule one-shot-bn)")
     p.add_argument("--iterative", nargs="*")
     p.add_argument("--iterative-budgets", type=float, nargs="*", default=[0.7, 0.9])
     p.add_argument("--steps", type=int, default=3)
@@ -386,7 +400,8 @@ def main(argv=None):
             key = {"seed": seed, "schedule": schedule, "method": method, "budget": budget, "samples": samples}
             if store.done(**key):
                 continue
-            run = {"one-shot": one_shot, "iterative": iterative, "library": library}[schedule]
+            run = {"one-shot": one_shot, "iterative": iterative, "library": library,
+                   "one-shot-bn": partial(one_shot, recalibrate=True)}[schedule]
             idx = data["perm"][:samples]  # the base pruning samples are the first of the same permutation
             local = {**data, "scores": scores.setdefault(samples, {})}
             if samples != args.prune_samples:

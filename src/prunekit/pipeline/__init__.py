@@ -7,6 +7,7 @@ data spec (:mod:`~prunekit.pipeline.dataspec`) → model (:mod:`prunekit.models`
 score–select–materialize–fine-tune row, :mod:`~prunekit.pipeline.commands` the bodies of
 ``prunekit train`` / ``prunekit prune``, :mod:`~prunekit.pipeline.demo` the demo,
 :mod:`~prunekit.pipeline.bottleneck` SOSP's expand-pruning experiment,
+:mod:`~prunekit.pipeline.recalibrate` BatchNorm statistics re-estimated after pruning,
 :mod:`~prunekit.pipeline.cli` the command line.
 
 Example:
@@ -16,6 +17,7 @@ Example:
     True
 """
 from .dataspec import load_data
+from .recalibrate import recalibrate_batchnorm
 from .train import evaluate, fit
 
-__all__ = ["load_data", "fit", "evaluate"]
+__all__ = ["load_data", "fit", "evaluate", "recalibrate_batchnorm"]
