@@ -77,3 +77,15 @@ def test_bad_arguments(setup):
         prunekit.select_to_latency(model, s, scores, 0.3, lat, x, timer=_device, tolerance=-1)
     with pytest.raises(BudgetError):  # nothing can be removed: min_group_width keeps every member
         prunekit.select_to_latency(model, s, scores, 0.3, lat, x, timer=_device, min_group_width=32)
+
+
+def test_the_plan_kept_when_no_round_is_within_tolerance():
+    """A shortfall counts double an overshoot: 4 points short beats 11 over, 6 short loses to 11 over."""
+    from prunekit.core.latency_loop import _best
+
+    rounds = [{"measured_fraction": m} for m in (0.42, 0.404, 0.612, 0.48)]
+    assert _best(rounds, 0.5, 0.02)["measured_fraction"] == 0.48  # 0.48 is 0.020000000000000018 short
+    rounds = [{"measured_fraction": m} for m in (0.44, 0.61)]
+    assert _best(rounds, 0.5, 0.02)["measured_fraction"] == 0.61
+    rounds = [{"measured_fraction": m} for m in (0.2, 0.31, 0.5)]
+    assert _best(rounds, 0.3, 0.02)["measured_fraction"] == 0.31  # the first within tolerance
