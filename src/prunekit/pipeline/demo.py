@@ -24,12 +24,10 @@ import torch
 
 from .. import models
 from ..core.latency import LatencyModel
-from ..core.materialize import materialize
 from ..core.measure import count, time_in_rounds
-from ..core.plan import Budget, BudgetError, select
+from ..core.plan import Budget, BudgetError
 from ..core.sparse import sparsify
 from ..core.structures import find_structures
-from ..criteria import saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import load_data
 from .oneshot import prune_and_finetune
@@ -99,18 +97,14 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
     lat = LatencyModel.measure(model, x, structures, batch_size=1, cache_dir=False)
     meta = {"method": "l1", "fraction": 0.5, "batch_size": 1, "threads": lat.threads, "model_seconds": lat.cost_s,
             "statistic": lat.settings["statistic"], "classes": len(lat.measured["classes"]), "error": None}
-    try:
-        plan = select(structures, saliency(model, structures, None, "l1"), Budget(latency=0.5), latency=lat,
-                      method="l1")
+    try:  # the same row as every MAC-budget row of part 1, under the latency budget
+        row = prune_and_finetune(model, structures, data[0], data[1], "l1", Budget(latency=0.5),
+                                 finetune_epochs=s["finetune"], lr=0.01, num_samples=s["samples"], seed=seed,
+                                 latency=lat)
     except BudgetError as error:  # a machine so noisy that the tables cannot promise half the latency
         log.warning("  l1 -50%% latency: %s", error)
         return {"rows": [], "meta": {**meta, "error": str(error), "seconds": time.perf_counter() - start}}
-    pruned = materialize(model, plan, structures)
-    before = evaluate(pruned, data[1])["accuracy"]
-    if s["finetune"]:
-        fit(pruned, data[0], data[1], epochs=s["finetune"], lr=0.01, batch_size=32, seed=seed, progress=False,
-            weight_decay=5e-4)
-    counted = count(pruned, x)
+    pruned, plan = row.pop("model"), row.pop("plan")
     ms = time_in_rounds({"dense": model, "macs": mac_model, "latency": pruned}, x, batch_size=1, rounds=3,
                         repeats=int(lat.measured["settings_used"]["repeats_used"]), warmup=2, threads=lat.threads,
                         statistic=lat.settings["statistic"])
@@ -119,9 +113,8 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
             {**{k: mac_row[k] for k in ("method", "budget", "accuracy", "accuracy_before_finetune", "params", "macs")},
              "achieved": {**mac_row["achieved"], "latency": lat.saved_fraction(mac_row["plan"])},
              "predicted_ms": lat.predict(mac_row["plan"])},
-            {"method": "l1", "budget": plan.budget, "achieved": plan.achieved, "accuracy_before_finetune": before,
-             "accuracy": evaluate(pruned, data[1])["accuracy"], "params": counted["params"], "macs": counted["macs"],
-             "predicted_ms": plan.meta["latency"]["predicted_ms"]}]
+            {**{k: row[k] for k in ("method", "budget", "achieved", "accuracy_before_finetune", "accuracy", "params",
+                                    "macs")}, "predicted_ms": plan.meta["latency"]["predicted_ms"]}]
     for row, key in zip(rows, ("dense", "macs", "latency")):
         row["measured_ms"] = ms[key]
         row["predicted_saved"], row["measured_saved"] = 1 - row["predicted_ms"] / lat.dense_ms, 1 - ms[key] / ms["dense"]

@@ -16,14 +16,16 @@ __all__ = ["prune_and_finetune", "nonzero_params"]
 
 
 def prune_and_finetune(model, structures, train, test, method: str, budget: Budget, *, finetune_epochs: int,
-                       lr: float, num_samples: int = 256, batch_size: int = 32, seed: int = 0) -> dict:
-    """One row of a comparison: score, select, materialize, fine-tune, evaluate, count (latency: :func:`prunekit.core.measure.time_in_rounds`)."""
+                       lr: float, num_samples: int = 256, batch_size: int = 32, seed: int = 0, latency=None) -> dict:
+    """One row of a comparison: score, select, materialize, fine-tune, evaluate, count (latency: :func:`prunekit.core.measure.time_in_rounds`).
+
+    ``latency``: a :class:`prunekit.LatencyModel` for :func:`select` (needed by ``Budget(latency=…)``)."""
     xtr, ytr = train
     start = time.perf_counter()
     data = batches(xtr[:num_samples], ytr[:num_samples], batch_size) if method not in ("l1", "l2", "random") else None
     options = {"seed": seed} if method == "random" else {}
     scores = saliency(model, structures, data, method, **options)
-    plan = select(structures, scores, budget, method=method)
+    plan = select(structures, scores, budget, method=method, latency=latency)
     pruned = materialize(model, plan, structures)
     prune_s = time.perf_counter() - start
     before = evaluate(pruned, test)["accuracy"]
