@@ -5,7 +5,7 @@ the parameters with SOSP-H, widen the bottleneck blocks ×2 (baseline: every blo
 train, prune back to the original pruned parameter count, fine-tune, compare.
 
 Usage:
-    python benchmarks/bench_bottleneck.py [--seeds 0,1,2] [--epochs 20] [--finetune 6]
+    python benchmarks/bench_bottleneck.py [--seeds 0,1,2] [--epochs 20] [--finetune 6] [--sequences 6 8]
     (same as: prunekit bottleneck configs/bottleneck/synthetic_sbu.yaml)
 """
 from __future__ import annotations
@@ -26,9 +26,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--finetune", type=int, default=6)
     parser.add_argument("--cutoff", type=float, default=0.5)
+    parser.add_argument("--sequences", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="synthetic sequences per (set, action), drawn in [LO, HI] (default 1 3: 67 test "
+                             "sequences in fold 1; 6 8: about 4x as many)")
     args = parser.parse_args()
     out = Path("runs/bench_bottleneck")
-    result = expand_pruning(ARCH, {"format": "synthetic-sbu", "seed": 0, "fold": 1},
+    spec = {"format": "synthetic-sbu", "seed": 0, "fold": 1}
+    if args.sequences:
+        spec["sequences"] = list(args.sequences)
+    result = expand_pruning(ARCH, spec,
                             seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
                             finetune=args.finetune, cutoff=args.cutoff, out_dir=out)
     results = Path("benchmarks/results")

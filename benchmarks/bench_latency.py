@@ -36,15 +36,55 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("latency", "latency-loop", "macs")
 
 
-def _plan(kind, f, model, structures, scores, lat, x, loop_rounds, rounds):
-    if kind == "latency-loop":
-        return prunekit.select_to_latency(model, structures, scores, f, lat, x, rounds=loop_rounds,
-                                          check_rounds=rounds)
-    return prunekit.select(structures, scores, prunekit.Budget(**{kind: f}), latency=lat)
+def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax):
+    """``{kind: plan}`` for one target: open loop, closed loop, MACs, the closed loop on tables sampled
+    at channel multiples (``latency-loop-x<k>``), and where the closed loop reports the target out of
+    reach, the closed loop again with ``max_group_ratio=relax`` (``latency-loop-relaxed``)."""
+    lat = lats[1]
+    out = {}
+    for kind in KINDS:
+        try:
+            if kind == "latency-loop":
+                out[kind] = prunekit.select_to_latency(model, structures, scores, f, lat, x, rounds=loop_rounds,
+                                                       check_rounds=rounds)
+            else:
+                out[kind] = prunekit.select(structures, scores, prunekit.Budget(**{kind: f}), latency=lat)
+        except prunekit.BudgetError as error:
+            print(f"{kind}={f}: {error}", flush=True)
+    for k, lat_k in lats.items():
+        if k > 1:
+            out[f"latency-loop-x{k}"] = prunekit.select_to_latency(model, structures, scores, f, lat_k, x,
+                                                                   rounds=loop_rounds, check_rounds=rounds)
+    loop = out.get("latency-loop")
+    if relax and loop is not None and not loop.meta["latency_loop"]["reachable"]:
+        out["latency-loop-relaxed"] = prunekit.select_to_latency(model, structures, scores, f, lat, x,
+                                                                 rounds=loop_rounds, check_rounds=rounds,
+                                                                 max_group_ratio=relax)
+    return out
+
+
+def _row(name, b, kind, f, plan, lat, ms, pruned, structures, x) -> dict:
+    measured = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
+    predicted = lat.saved_fraction(plan.removed)
+    counted = prunekit.count(pruned, x)
+    widths = [len(g.members) - len(set(g.members) & set(plan.removed)) for g in structures.groups]
+    row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
+           "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
+           "prediction_error": predicted - measured,
+           "prediction_error_ms_rel": lat.predict(plan.removed) / ms[f"{kind}{f}"] - 1.0,
+           "dense_ms_now": ms["dense"], "pruned_ms": ms[f"{kind}{f}"],
+           "macs_removed": plan.achieved["macs"], "params_removed": plan.achieved["params"],
+           "macs": counted["macs"], "params": counted["params"], "min_width": min(widths),
+           "max_group_ratio": plan.meta["selection"]["max_group_ratio"],
+           "multiple_of": plan.meta["selection"]["multiple_of"]}
+    if "latency_loop" in plan.meta:
+        row["loop_rounds"] = plan.meta["latency_loop"]["rounds"]
+        row["reachable"] = plan.meta["latency_loop"]["reachable"]
+    return row
 
 
 def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache_dir=False, name="resnet56",
-        loop_rounds=4):
+        loop_rounds=4, multiples=(), relax=None):
     torch.manual_seed(0)
     model = prunekit.models.create(name, num_classes=10).eval()
     x = prunekit.models.example_inputs(name, batch=1)
@@ -52,52 +92,56 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
     scores = prunekit.saliency(model, structures, None, method="l1")
     rows, models_info = [], {}
     for b in batch_sizes:
-        start = time.perf_counter()
-        lat = prunekit.LatencyModel.measure(model, x, structures, batch_size=b, threads=threads, rounds=rounds,
-                                            cache_dir=cache_dir, verbose=True)
-        measure_s = time.perf_counter() - start
-        models_info[b] = {"dense_ms": lat.dense_ms, "floor_ms": lat.floor_ms, "constant_ms": lat.constant_ms,
-                          "additivity_error_at_floor": lat.additivity_error,
-                          "multiplicative_error_at_floor": lat.measured.get("floor_multiplicative_error"),
-                          "classes": len(lat.measured["classes"]), "timed_models": sum(isinstance(v, float) for k, v in lat.measured.items()
-                                             if k != "floor_multiplicative_error"),
-                          "repeats_used": lat.measured["settings_used"].get("repeats_used"),
-                          "measure_s": measure_s}
+        lats = {}
+        for k in (1, *multiples):
+            start = time.perf_counter()
+            lats[k] = prunekit.LatencyModel.measure(model, x, structures, batch_size=b, threads=threads,
+                                                    rounds=rounds, cache_dir=cache_dir, verbose=True, multiple_of=k)
+            lat = lats[k]
+            models_info[f"b{b}" if k == 1 else f"b{b} x{k}"] = {
+                "dense_ms": lat.dense_ms, "floor_ms": lat.floor_ms, "constant_ms": lat.constant_ms,
+                "additivity_error_at_floor": lat.additivity_error,
+                "multiplicative_error_at_floor": lat.measured.get("floor_multiplicative_error"),
+                "classes": len(lat.measured["classes"]),
+                "timed_models": sum(isinstance(v, float) for key, v in lat.measured.items()
+                                    if key != "floor_multiplicative_error"),
+                "repeats_used": lat.measured["settings_used"].get("repeats_used"),
+                "measure_s": time.perf_counter() - start, "multiple_of": k}
+        lat = lats[1]
         named, plans = {"dense": model}, {}
         for f in targets:
-            for kind in KINDS:
-                try:
-                    plan = _plan(kind, f, model, structures, scores, lat, x, loop_rounds, rounds)
-                except prunekit.BudgetError as error:
-                    print(f"b{b} {kind}={f}: {error}", flush=True)
-                    continue
+            for kind, plan in _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax).items():
                 plans[(kind, f)] = plan
                 named[f"{kind}{f}"] = prunekit.materialize(model, plan, structures).eval()
         ms = time_in_rounds(named, x, b, rounds=rounds, repeats=lat.measured["settings_used"]["repeats_used"],
                             warmup=2, threads=threads, statistic="min_ms")
         for (kind, f), plan in plans.items():
-            measured = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
-            predicted = lat.saved_fraction(plan.removed)
-            counted = prunekit.count(named[f"{kind}{f}"], x)
-            row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
-                   "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
-                   "prediction_error": predicted - measured,
-                   "prediction_error_ms_rel": lat.predict(plan.removed) / ms[f"{kind}{f}"] - 1.0,
-                   "dense_ms_now": ms["dense"], "pruned_ms": ms[f"{kind}{f}"],
-                   "macs_removed": plan.achieved["macs"], "params_removed": plan.achieved["params"],
-                   "macs": counted["macs"], "params": counted["params"],
-                   "min_width": min(len(g.members) - len(set(g.members) & set(plan.removed))
-                                    for g in structures.groups)}
-            if "latency_loop" in plan.meta:
-                row["loop_rounds"] = plan.meta["latency_loop"]["rounds"]
+            k = plan.meta["selection"]["multiple_of"]
+            row = _row(name, b, kind, f, plan, lats.get(k, lat), ms, named[f"{kind}{f}"], structures, x)
             rows.append(row)
-            print(f"{name} b{b} {kind}={f}: measured -{measured:.1%} (ratio {measured / f:.2f}), predicted "
-                  f"-{predicted:.1%}, MACs -{plan.achieved['macs']:.1%}", flush=True)
+            print(f"{name} b{b} {kind}={f}: measured -{row['measured_reduction']:.1%} (ratio "
+                  f"{row['ratio_measured_requested']:.2f}), predicted -{row['predicted_reduction']:.1%}, "
+                  f"MACs -{plan.achieved['macs']:.1%}", flush=True)
     return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads,
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "timing": f"fastest pass per round, best of {rounds} alternating rounds (dense and all plans of a "
                       "batch size timed in turn); shared 2-core machine",
-            "latency_models": {f"{name} b{b}": m for b, m in models_info.items()}, "rows": rows}
+            "latency_models": {f"{name} {b}": m for b, m in models_info.items()}, "rows": rows}
+
+
+def summary(rows) -> list[dict]:
+    """Per budget kind: rows, rows with measured / requested >= 0.9, within +-10 % of the request,
+    mean and max |prediction error| (points)."""
+    out = []
+    for kind in dict.fromkeys(r["budget"] for r in rows):
+        part = [r for r in rows if r["budget"] == kind]
+        errors = [abs(r["prediction_error"]) * 100 for r in part]
+        out.append({"budget": kind, "rows": len(part),
+                    "ratio_ge_0.9": sum(r["ratio_measured_requested"] >= 0.9 for r in part),
+                    "within_10pct": sum(abs(r["ratio_measured_requested"] - 1) <= 0.1 for r in part),
+                    "out_of_reach": sum(r.get("reachable") is False for r in part),
+                    "mean_abs_error_pts": sum(errors) / len(errors), "max_abs_error_pts": max(errors)})
+    return out
 
 
 def markdown(result) -> str:
@@ -109,10 +153,17 @@ def markdown(result) -> str:
         lines.append(f"| {b} | {m['dense_ms']:.2f} | {m['floor_ms']:.2f} | {m['additivity_error_at_floor']:+.2f} | "
                      f"{m['multiplicative_error_at_floor']:+.2f} | {m['classes']} | {m['timed_models']} | "
                      f"{m['measure_s']:.0f} |")
+    lines += ["", "| budget | rows | measured / requested >= 0.9 | within +-10 % | out of reach (loop) | "
+              "mean / max abs. prediction error |", "|---|---|---|---|---|---|"]
+    for c in summary(result["rows"]):
+        lines.append(f"| {c['budget']} | {c['rows']} | {c['ratio_ge_0.9']} | {c['within_10pct']} | "
+                     f"{c['out_of_reach']} | {c['mean_abs_error_pts']:.1f} / {c['max_abs_error_pts']:.1f} points |")
     lines += ["", "| model | batch | budget | requested | measured reduction | measured/requested | predicted | "
               "pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r.get('model', result['model'])} | {r['batch_size']} | {r['budget']} | {r['requested']:.0%} | {r['measured_reduction']:.1%} | "
+        mark = " (out of reach)" if r.get("reachable") is False else ""
+        lines.append(f"| {r.get('model', result['model'])} | {r['batch_size']} | {r['budget']}{mark} | "
+                     f"{r['requested']:.0%} | {r['measured_reduction']:.1%} | "
                      f"{r['ratio_measured_requested']:.2f} | {r['predicted_reduction']:.1%} | "
                      f"{r['prediction_error']:+.1%} | {r['macs_removed']:.1%} | {r['min_width']} |")
     return "\n".join(lines) + "\n"
@@ -126,10 +177,15 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["resnet56"], choices=prunekit.models.names())
     parser.add_argument("--loop-rounds", type=int, default=4, help="closed loop: at most this many plans timed")
+    parser.add_argument("--multiple-of", type=int, nargs="*", default=[],
+                        help="also tables sampled at these channel multiples, and closed-loop plans on them")
+    parser.add_argument("--relax", type=float, default=None,
+                        help="where the closed loop reports the target out of reach: again with this max_group_ratio")
     parser.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = parser.parse_args()
     start = time.perf_counter()
-    parts = [run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name, loop_rounds=args.loop_rounds)
+    parts = [run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name, loop_rounds=args.loop_rounds,
+                 multiples=args.multiple_of, relax=args.relax)
              for name in args.models]
     result = {**parts[0], "model": ", ".join(args.models), "rows": [r for p in parts for r in p["rows"]],
               "latency_models": {k: v for p in parts for k, v in p["latency_models"].items()}}

@@ -282,10 +282,16 @@ def test_multiple_of_1_is_the_selection_as_before(models, name):
     assert [c[0] for c in _chunk_order(s, keys, 1, 0.8, 1, lat)] == _latency_order(s, keys, lat, 0.8, 1)
 
 
-@pytest.mark.parametrize("bad", [0, -8, 2.0, True, "8", None])
+@pytest.mark.parametrize("bad", [0, -8, 2.0, True, "8"])
 def test_bad_multiple_of_is_refused(mlp, bad):
     with pytest.raises(ValueError, match=r"multiple_of must be an int >= 1"):
         prunekit.select(mlp, MLP_SCORES, prunekit.Budget(macs=0.1), multiple_of=bad)
+
+
+def test_multiple_of_none_means_one_without_a_latency_model(mlp):
+    plan = prunekit.select(mlp, MLP_SCORES, prunekit.Budget(macs=0.1), multiple_of=None)
+    assert plan.meta["selection"]["multiple_of"] == 1
+    assert plan.removed == prunekit.select(mlp, MLP_SCORES, prunekit.Budget(macs=0.1), multiple_of=1).removed
 
 
 def test_multiple_of_is_recorded_and_survives_json(mlp):

@@ -129,6 +129,7 @@ class LatencyModel:
     cost_s: float | None = None
     combine: str = "additive"
     calibration: float | None = None  # measured / summed savings at the all-thinned plan
+    multiple_of: int = 1  # kept widths sampled at multiples of this (select's default with this model)
 
     # ------------------------------------------------------------------ construction
 
@@ -161,7 +162,8 @@ class LatencyModel:
     def measure(cls, model: nn.Module, example_inputs, structures: Structures | None = None,
                 batch_size: int | None = None, threads: int | None = None, device: str | torch.device = "cpu", *,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS, rounds: int = 3, repeats: int | None = None,
-                warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", cache_dir: str | Path | bool | None = None,
+                warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", multiple_of: int = 1,
+                cache_dir: str | Path | bool | None = None,
                 refresh: bool = False, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                 verbose: bool = False) -> "LatencyModel":
         """Time ``model`` with each group thinned to ``fractions`` of its width and fit the tables.
@@ -185,6 +187,12 @@ class LatencyModel:
             share: ``"shape"``: groups with identical tensor shapes and per-member savings are
                 thinned together and share the measured saving evenly; ``None``: every group
                 is timed alone (slower, and small groups' savings drown in timing noise).
+            multiple_of: ``k > 1``: sample kept widths that are multiples of ``k`` (the sampled
+                fraction rounded to the nearest multiple, at least ``k``), so the tables are exact
+                at the widths ``select(..., multiple_of=k)`` produces; CPU and GPU kernels run in
+                blocks of channels and time is a staircase in the kept width (measured:
+                ``docs/selection.md``). :func:`prunekit.select` then defaults to
+                ``multiple_of=k`` with this model.
             cache_dir: folder of the cache (``None``: :func:`default_cache_dir`; ``False``: none).
             refresh: measure even if the cache has this model.
             timer: ``timer(named_models, inputs) -> {name: ms}`` replaces the wall-clock timer
@@ -198,6 +206,8 @@ class LatencyModel:
             raise LatencyModelError(f"fractions (kept) must be in (0, 1), got {list(fractions)}")
         if share not in ("shape", None):
             raise LatencyModelError(f"share must be 'shape' or None, got {share!r}")
+        if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+            raise LatencyModelError(f"multiple_of must be an int >= 1, got {multiple_of!r}")
         dev = torch.device(device)
         if structures is None:
             structures = find_structures(model, example_inputs)
@@ -205,13 +215,13 @@ class LatencyModel:
         n_threads = int(threads) if threads is not None else torch.get_num_threads()
         dtype = _model_dtype(model)
         settings = {"fractions": [float(f) for f in sorted(fractions, reverse=True)], "share": share,
-                    "statistic": statistic,
+                    "statistic": statistic, "multiple_of": multiple_of,
                     "rounds": rounds, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
                     "timer": "wall-clock" if timer is None else "custom"}
         path = None
         if cache_dir is not False:
             folder = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
-            path = folder / cls._cache_name(structures.signature(), dev, b, n_threads, dtype)
+            path = folder / cls._cache_name(structures.signature(), dev, b, n_threads, dtype, multiple_of)
             if not refresh and path.exists():
                 cached = cls.load(path)
                 if cached.settings == settings and cached.device_name == _device_name(dev):
@@ -219,7 +229,7 @@ class LatencyModel:
                     return cached
         start = time.perf_counter()
         classes = _group_classes(model, structures, share)
-        variants, plan_of, floor_removed = _thinned_variants(model, structures, classes, fractions)
+        variants, plan_of, floor_removed = _thinned_variants(model, structures, classes, fractions, multiple_of)
         inputs = with_batch(example_inputs, b)
         log_level = logging.INFO if verbose else logging.DEBUG
         log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
@@ -241,7 +251,7 @@ class LatencyModel:
         lat = cls(signature=structures.signature(), dense_ms=dense_ms, tables=tables,
                   group_of=[s.group for s in structures], group_sizes={g.id: len(g.members) for g in structures.groups},
                   batch_size=b, threads=n_threads, device=str(dev), device_name=_device_name(dev), dtype=dtype,
-                  settings=settings, measured={k: float(v) for k, v in ms.items()})
+                  settings=settings, measured={k: float(v) for k, v in ms.items()}, multiple_of=multiple_of)
         if "floor" in ms:
             _calibrate(lat, _admitted(structures, floor_removed), float(ms["floor"]))
         lat.cost_s = time.perf_counter() - start
@@ -258,10 +268,12 @@ class LatencyModel:
         return lat
 
     @staticmethod
-    def _cache_name(signature: str, device: torch.device, batch: int, threads: int, dtype: str) -> str:
+    def _cache_name(signature: str, device: torch.device, batch: int, threads: int, dtype: str,
+                    multiple_of: int = 1) -> str:
         tag = hashlib.sha256(f"{_device_name(device)}|{torch.__version__}".encode()).hexdigest()[:8]
+        aligned = f"_x{multiple_of}" if multiple_of > 1 else ""
         return f"{signature}_{device.type}{'' if device.index is None else device.index}_b{batch}_t{threads}_" \
-               f"{dtype}_{tag}.json"
+               f"{dtype}{aligned}_{tag}.json"
 
     # ------------------------------------------------------------------ prediction
 
@@ -367,7 +379,8 @@ class LatencyModel:
                 "threads": self.threads, "device": self.device, "device_name": self.device_name,
                 "dtype": self.dtype, "floor_ms": self.floor_ms, "constant_ms": self.constant_ms,
                 "additivity_error": self.additivity_error, "settings": self.settings, "measured": self.measured,
-                "cost_s": self.cost_s, "combine": self.combine, "calibration": self.calibration}
+                "cost_s": self.cost_s, "combine": self.combine, "calibration": self.calibration,
+                "multiple_of": self.multiple_of}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "latency model") -> "LatencyModel":
@@ -383,7 +396,7 @@ class LatencyModel:
                        constant_ms=data.get("constant_ms"), additivity_error=data.get("additivity_error"),
                        settings=data.get("settings", {}), measured=data.get("measured", {}),
                        cost_s=data.get("cost_s"), combine=data.get("combine", "additive"),
-                       calibration=data.get("calibration"))
+                       calibration=data.get("calibration"), multiple_of=int(data.get("multiple_of", 1)))
         except (KeyError, TypeError, ValueError) as error:
             raise LatencyModelError(f"{source}: malformed latency model field: {error}") from error
 
@@ -460,7 +473,17 @@ def _admitted(structures: Structures, removed: Sequence[int]) -> list[int]:
     return [sid for sid in removed if checker.admit(sid)]
 
 
-def _thinned_variants(model, structures, classes, fractions) -> tuple[dict, dict, list]:
+def _removed_counts(n: int, fractions: Sequence[float], multiple_of: int = 1) -> list[int]:
+    """Members to remove from a group of ``n`` for each kept fraction: ``round((1 − f)·n)`` in
+    ``[1, n − 1]``; with ``multiple_of=k`` the kept width ``round(f·n / k)·k`` (at least ``k``, and
+    below ``n``) instead, none for a group of ``≤ k``."""
+    if multiple_of > 1:
+        kept = {min(max(round(f * n / multiple_of), 1) * multiple_of, n - 1) for f in fractions}
+        return sorted(n - w for w in kept if w >= multiple_of and w % multiple_of == 0 and n - w >= 1)
+    return [k for k in sorted({min(max(round((1 - f) * n), 1), n - 1) for f in fractions}) if k >= 1]
+
+
+def _thinned_variants(model, structures, classes, fractions, multiple_of: int = 1) -> tuple[dict, dict, list]:
     """The models to time: dense, each class of groups thinned to every sampled fraction, and all
     thinned at once ("floor"); ``plan_of``: variant name → (class index, members removed per group)."""
     from .materialize import materialize
@@ -469,8 +492,7 @@ def _thinned_variants(model, structures, classes, fractions) -> tuple[dict, dict
     plan_of: dict[str, tuple[int, int]] = {}
     floor_removed: list[int] = []
     for ci, gids in enumerate(classes):
-        n = len(structures.groups[gids[0]].members)
-        ks = [k for k in sorted({min(max(round((1 - f) * n), 1), n - 1) for f in fractions}) if k >= 1]
+        ks = _removed_counts(len(structures.groups[gids[0]].members), fractions, multiple_of)
         for k in ks:
             removed = _thin(structures, gids, k)
             name = f"c{ci}_k{k}"

@@ -10,12 +10,16 @@ and corrects the request by the measured shortfall
 .. math:: r_{i+1} = r_i + (f - m_i) \\quad\\text{(first step)}, \\qquad
           r_{i+1} = r_i + (f - m_i)\\,\\frac{r_i - r_{i-1}}{m_i - m_{i-1}} \\quad\\text{(secant, later)}
 
-until the measured fraction ``m_i`` is within ``tolerance`` of the target ``f`` (or
-``rounds`` plans were timed). A request the selection cannot meet (group limits) is
-halved back towards the last one that could. The plan returned is the first within
-tolerance, else the one with the smallest miss, a shortfall counting double an overshoot
-(measured on the 2-core CPU, "closest from above" kept a 1.25× overshoot where a plan
-4 points short was timed); every round is recorded in ``plan.meta["latency_loop"]``.
+aiming at the middle of the acceptance window ``[f, f + tolerance]`` (a plan must deliver at
+least the saving asked for, and at most ``tolerance`` more), until a plan lands in it (or
+``rounds`` plans were timed). A plan that lands in the window is timed once more
+(``confirm``) and kept only if the mean of its two timings is still in it: at batch 1 two
+timings of one plan differ by several points on a shared CPU. A request the selection
+cannot meet (group limits) is halved back towards the last one that could; a target the
+limits put out of reach is reported (``reachable: False`` and a warning naming the limit
+to relax). The plan returned is the first confirmed in the window, else the one with the
+smallest miss, a shortfall counting double an overshoot; every round is recorded in
+``plan.meta["latency_loop"]``.
 """
 from __future__ import annotations
 
@@ -33,10 +37,10 @@ log = logging.getLogger(__name__)
 __all__ = ["select_to_latency"]
 
 
-def _next_request(history: list[dict], target: float, lo: float, hi: float) -> float:
+def _next_request(history: list[dict], aim: float, lo: float, hi: float) -> float:
     """The next requested fraction: fixed-point step, then secant through the last two rounds."""
     last = history[-1]
-    step = target - last["measured_fraction"]
+    step = aim - last["measured_fraction"]
     if len(history) >= 2:
         prev = history[-2]
         dm = last["measured_fraction"] - prev["measured_fraction"]
@@ -46,25 +50,34 @@ def _next_request(history: list[dict], target: float, lo: float, hi: float) -> f
     return min(max(last["requested"] + step, lo), hi)
 
 
+def _in_window(measured: float, target: float, tolerance: float) -> bool:
+    return target - 1e-9 <= measured <= target + tolerance + 1e-9
+
+
 def _best(history: list[dict], target: float, tolerance: float) -> dict:
-    """The first round within tolerance, else the one whose miss costs least, a shortfall counting
-    double an overshoot (a plan slower than asked is worse than one a little faster, but a large
-    overshoot gives away accuracy for speed nobody asked for)."""
-    within = [h for h in history if abs(h["measured_fraction"] - target) <= tolerance]
+    """The first round in the window ``[target, target + tolerance]``, else the one whose miss costs
+    least, a shortfall counting double an overshoot (a plan slower than asked is worse than one a
+    little faster, but a large overshoot gives away accuracy for speed nobody asked for)."""
+    within = [h for h in history if _in_window(h["measured_fraction"], target, tolerance)]
     if within:
         return within[0]
 
     def miss(h):
-        gap = h["measured_fraction"] - target
-        return -2.0 * gap if gap < 0 else gap
+        short, over = target - h["measured_fraction"], h["measured_fraction"] - target - tolerance
+        return 2.0 * short if short > 0 else over
     return min(history, key=miss)
 
 
+def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
+    checked = latency.check(model, plan, inputs, structures, rounds=check_rounds, timer=timer)
+    return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms")}
+
+
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
-                      example_inputs, *, rounds: int = 4, tolerance: float = 0.02, check_rounds: int = 3,
-                      timer: Callable[[dict, object], Mapping[str, float]] | None = None,
+                      example_inputs, *, rounds: int = 4, tolerance: float = 0.03, check_rounds: int = 3,
+                      confirm: bool = True, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                       **select_options) -> PruningPlan:
-    """A plan whose **measured** latency saving is within ``tolerance`` of ``fraction`` (closed loop).
+    """A plan whose **measured** latency saving lies in ``[fraction, fraction + tolerance]`` (closed loop).
 
     Args:
         model: the dense model the ``latency`` model was measured on (not modified).
@@ -73,15 +86,18 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         latency: :meth:`prunekit.LatencyModel.measure` of ``model`` on the target.
         example_inputs: inputs for timing (resized to the latency model's batch size).
         rounds: at most this many plans are materialized and timed (``1``: open loop, timed).
-        tolerance: accept a plan whose measured fraction is within this of ``fraction``.
+        tolerance: width of the acceptance window above ``fraction``.
         check_rounds: alternating timing rounds per plan (:meth:`LatencyModel.check`).
+        confirm: time a plan that lands in the window a second time and keep the mean.
         timer: replaces the wall-clock timer (tests), as in :meth:`LatencyModel.measure`.
         **select_options: passed to :func:`prunekit.select` (``group_norm``, ``max_group_ratio``, …).
 
     Returns:
         The chosen :class:`PruningPlan`; ``plan.meta["latency_loop"]`` holds ``target``,
-        ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``, ``dense_ms``,
-        ``measured_ms`` per round) and ``chosen`` (index of the round returned).
+        ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
+        ``dense_ms``, ``measured_ms`` per round; ``timings`` when confirmed), ``chosen`` (index of
+        the round returned) and ``reachable`` (``False`` when the selection's limits stopped
+        below the target).
 
     Example:
         >>> import torch, prunekit
@@ -91,7 +107,7 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         >>> t = lambda named, inp: {k: 1.0 + prunekit.count(v, inp)["macs"] / 100 for k, v in named.items()}
         >>> lat = prunekit.LatencyModel.measure(m, x, s, cache_dir=False, timer=t)
         >>> plan = select_to_latency(m, s, torch.rand(len(s)), 0.3, lat, x, timer=t)
-        >>> abs(plan.meta["latency_loop"]["rounds"][-1]["measured_fraction"] - 0.3) <= 0.02
+        >>> 0.3 <= plan.meta["latency_loop"]["rounds"][-1]["measured_fraction"] <= 0.33
         True
     """
     if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
@@ -100,9 +116,10 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         raise ValueError(f"select_to_latency: rounds must be an int >= 1, got {rounds!r}")
     if not tolerance >= 0.0:
         raise ValueError(f"select_to_latency: tolerance must be >= 0, got {tolerance!r}")
+    aim = fraction + tolerance / 2.0
     history: list[dict] = []
     plans: list[PruningPlan] = []
-    request, feasible, ceiling = float(fraction), 0.0, 0.999
+    request, feasible, ceiling, at_limit = float(aim), 0.0, 0.999, False
     while len(history) < rounds:
         try:
             plan = select(structures, scores, Budget(latency=request), latency=latency, **select_options)
@@ -113,23 +130,31 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
             request = (feasible + request) / 2.0
             continue
         feasible = max(feasible, request)
-        checked = latency.check(model, plan, example_inputs, structures, rounds=check_rounds, timer=timer)
-        history.append({"requested": request, "predicted_fraction": checked["predicted_fraction"],
-                        "measured_fraction": checked["measured_fraction"], "dense_ms": checked["dense_ms"],
-                        "measured_ms": checked["measured_ms"]})
+        row = {"requested": request, **_time(latency, model, plan, example_inputs, structures, check_rounds, timer)}
+        if confirm and _in_window(row["measured_fraction"], fraction, tolerance):
+            again = _time(latency, model, plan, example_inputs, structures, check_rounds, timer)
+            row["timings"] = [row["measured_fraction"], again["measured_fraction"]]
+            row["measured_fraction"] = sum(row["timings"]) / 2.0
+        history.append(row)
         plans.append(plan)
         log.info("latency loop round %d: requested %.3f, predicted %.3f, measured %.3f (target %.3f)",
-                 len(history), request, checked["predicted_fraction"], checked["measured_fraction"], fraction)
-        if abs(checked["measured_fraction"] - fraction) <= tolerance:
+                 len(history), request, row["predicted_fraction"], row["measured_fraction"], fraction)
+        if _in_window(row["measured_fraction"], fraction, tolerance):
             break
-        following = _next_request(history, fraction, 1e-3, ceiling - 1e-4)
+        following = _next_request(history, aim, 1e-3, ceiling - 1e-4)
         if abs(following - request) < 1e-4:
+            at_limit = True
             break  # no request left to try (at the selection's limit)
         request = following
     chosen = _best(history, fraction, tolerance)
+    reachable = not at_limit or max(h["measured_fraction"] for h in history) >= fraction
+    if not reachable:
+        log.warning("select_to_latency: a %.0f%% latency cut is out of reach under the selection's limits "
+                    "(%s): the most measured was %.1f%%; relax max_group_ratio / min_group_width to go further",
+                    100 * fraction, {k: v for k, v in select_options.items() if k in ("max_group_ratio", "min_group_width")}
+                    or "defaults", 100 * max(h["measured_fraction"] for h in history))
     index = history.index(chosen)
     plan = plans[index]
     plan.meta["latency_loop"] = {"target": float(fraction), "tolerance": tolerance, "rounds": history,
-                                 "chosen": index}
+                                 "chosen": index, "reachable": reachable}
     return plan
-

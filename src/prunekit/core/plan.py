@@ -486,7 +486,7 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
 def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,
            method: str = "", *, group_norm: str | None = DEFAULT_GROUP_NORM,
            max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1,
-           latency: "LatencyModel | None" = None, multiple_of: int = 1) -> PruningPlan:
+           latency: "LatencyModel | None" = None, multiple_of: int | None = None) -> PruningPlan:
     """Turn one score per structure into a plan that meets ``budget``.
 
     Args:
@@ -506,6 +506,7 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
             guard's own floor).
         multiple_of: ``k``: every group keeps all its members or a multiple of ``k`` (at least
             ``k``; a group of ``≤ k`` stays whole), e.g. 8 for fast kernels (``docs/selection.md``).
+            ``None``: the ``latency`` model's ``multiple_of`` (the widths its tables sampled), else 1.
         latency: a :class:`prunekit.LatencyModel` of this model (needed by
             ``Budget(latency=…)``; with any budget, ``plan.achieved["latency"]`` and
             ``plan.meta["latency"]`` then record the predicted latency).
@@ -542,6 +543,8 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     """
     scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
     targets = budget.targets()
+    if multiple_of is None:
+        multiple_of = int(getattr(latency, "multiple_of", 1) or 1)
     _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
                        latency, multiple_of)
     keys = group_normalize(structures, scores, group_norm)

@@ -102,7 +102,8 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
     scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
     timed = "latency" in budget or latency_batch is not None or latency_threads is not None
-    lat = _latency_model(model, example, structures, latency_batch, latency_threads) if timed and _rank0() else None
+    lat = (_latency_model(model, example, structures, latency_batch, latency_threads, multiple_of)
+           if timed and _rank0() else None)
     if timed and lat is None:
         plan = None
     elif set(budget) == {"latency"} and latency_rounds > 1:  # closed loop: the plan is timed and corrected
@@ -127,13 +128,14 @@ def _rank0() -> bool:
     return _world()[0] == 0
 
 
-def _latency_model(model, example, structures, batch: int | None, threads: int | None):
-    """:meth:`prunekit.LatencyModel.measure` of ``model`` on its device (or its cached tables)."""
+def _latency_model(model, example, structures, batch: int | None, threads: int | None, multiple_of: int = 1):
+    """:meth:`prunekit.LatencyModel.measure` of ``model`` on its device (or its cached tables), its
+    widths sampled at ``multiple_of``."""
     from ..core.latency import LatencyModel
     from ..core.measure import _model_device
 
     lat = LatencyModel.measure(model, example, structures, batch_size=batch, threads=threads,
-                               device=_model_device(model))
+                               device=_model_device(model), multiple_of=multiple_of)
     log.info("latency model: dense %.3f ms at batch %d, %d thread(s) on %s (%s)", lat.dense_ms, lat.batch_size,
              lat.threads, lat.device, lat.device_name)
     return lat

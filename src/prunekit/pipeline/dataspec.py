@@ -33,6 +33,20 @@ def _generate_atomically(root: Path, write) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _synthetic_size(spec: dict, kind: str) -> tuple[int, int] | None:
+    """``spec["sequences"]`` (synthetic formats): sequences per (set or subject, action), an int
+    or ``[lo, hi]``; ``None`` keeps the writer's default."""
+    size = spec.get("sequences")
+    if size is None:
+        return None
+    if not kind.startswith("synthetic"):
+        raise ValueError(f"data spec {spec}: 'sequences' applies to synthetic formats only")
+    lo, hi = (size, size) if isinstance(size, int) else tuple(size) if len(size) == 2 else (None, None)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        raise ValueError(f"data spec {spec}: 'sequences' must be an int >= 1 or [lo, hi], got {size!r}")
+    return lo, hi
+
+
 def load_data(spec: dict, cache: str | Path = "runs/data"):
     """``((X_train, y_train), (X_test, y_test), info)`` from a data spec.
 
@@ -41,7 +55,8 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
     ``idx`` (``root``: Fashion-MNIST/MNIST IDX files), ``cifar10`` (``root``).
     Skeleton specs accept ``length`` (frames, default 32) and ``velocity`` (bool), FPHA ones
     ``skip_known_bad`` (bool: skip :data:`prunekit.data.fpha.FPHA_KNOWN_BAD`); synthetic
-    ones ``seed`` and ``difficulty`` (default :func:`prunekit.data.default_difficulty`).
+    ones ``seed``, ``difficulty`` (default :func:`prunekit.data.default_difficulty`) and
+    ``sequences`` (per set or subject and action: an int or ``[lo, hi]``; default: the writer's).
     """
     from .. import data
 
@@ -53,11 +68,14 @@ def load_data(spec: dict, cache: str | Path = "runs/data"):
         difficulty = float(spec.get("difficulty", data.default_difficulty(layout)))
         if kind in ("sbu", "fpha") and not spec.get("root"):
             raise ValueError(f"data spec {spec}: format {kind!r} needs 'root', the folder holding the data")
-        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}-difficulty{difficulty:g}")
+        size = _synthetic_size(spec, kind)
+        tag = "" if size is None else "-n" + "-".join(map(str, size))
+        root = Path(spec.get("root") or Path(cache) / f"{kind}-seed{spec.get('seed', 0)}-difficulty{difficulty:g}{tag}")
         if kind.startswith("synthetic") and not root.exists():
             writer = data.write_sbu if layout == "sbu" else data.write_fpha
+            counts = {} if size is None else {f"sequences_per_{'set' if layout == 'sbu' else 'subject'}_action": size}
             _generate_atomically(root, lambda folder: writer(folder, seed=int(spec.get("seed", 0)),
-                                                             difficulty=difficulty))
+                                                             difficulty=difficulty, **counts))
         if layout == "sbu":
             train, test = data.load_sbu(root, fold=int(spec.get("fold", 1)))
         else:

@@ -89,8 +89,9 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
     """Part 1b: L1 at ``Budget(latency=0.5)`` next to L1 at ``Budget(macs=0.5)``, predicted and measured.
 
     A :class:`~prunekit.LatencyModel` of the dense model is measured at batch 1 (the table's) with the
-    current threads (not cached: the cost is part of the story); the latency plan is fine-tuned like
-    the others; then the dense model and both plans are timed in alternation with the latency
+    current threads (not cached: the cost is part of the story); the latency plan comes from the
+    closed loop (:func:`prunekit.select_to_latency`, at most 3 plans timed, as on the command line)
+    and is fine-tuned like the others; then the dense model and both plans are timed in alternation with the latency
     model's own statistic (fastest pass, best of 3 rounds), so ``measured / predicted`` is its error.
     """
     start, x = time.perf_counter(), data[0][0][:1]
@@ -100,7 +101,7 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
     try:  # the same row as every MAC-budget row of part 1, under the latency budget
         row = prune_and_finetune(model, structures, data[0], data[1], "l1", Budget(latency=0.5),
                                  finetune_epochs=s["finetune"], lr=0.01, num_samples=s["samples"], seed=seed,
-                                 latency=lat)
+                                 latency=lat, latency_rounds=3)
     except BudgetError as error:  # a machine so noisy that the tables cannot promise half the latency
         log.warning("  l1 -50%% latency: %s", error)
         return {"rows": [], "meta": {**meta, "error": str(error), "seconds": time.perf_counter() - start}}
