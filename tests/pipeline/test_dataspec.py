@@ -1,5 +1,6 @@
 """Experiment layer: data specs (synthetic generation into a cache) and errors."""
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,20 @@ def test_synthetic_spec_difficulty_gets_its_own_cache_folder(tmp_path):
     assert "difficulty: 0.2\n" in (root / SYNTHETIC_MARKER).read_text()
     assert xtr.shape[1:] == (3, 8, 30) and len(xtr) + len(xte) > 0 and int(ytr.max()) < 8
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no staging folder left behind
+
+
+def test_synthetic_spec_sequences_sets_the_size_and_its_own_folder(tmp_path):
+    spec = {"format": "synthetic-fpha", "seed": 1, "length": 8}
+    (small, _), _, _ = load_data({**spec, "sequences": 1}, cache=tmp_path)
+    (large, _), _, info = load_data({**spec, "sequences": [3, 3]}, cache=tmp_path)
+    assert len(large) == 3 * len(small)  # sequences per (subject, action), the split unchanged
+    assert info["root"].endswith("-n3-3") and "sequences_per_subject_action: (3, 3)" in \
+        (Path(info["root"]) / SYNTHETIC_MARKER).read_text()
+    for bad in (0, [2, 1], "4", [1, 2, 3]):
+        with pytest.raises(ValueError, match="'sequences' must be"):
+            load_data({**spec, "sequences": bad}, cache=tmp_path)
+    with pytest.raises(ValueError, match="synthetic formats only"):
+        load_data({"format": "sbu", "root": str(tmp_path), "sequences": 2}, cache=tmp_path)
 
 
 def test_concurrent_generation_never_exposes_a_half_written_tree(tmp_path):
