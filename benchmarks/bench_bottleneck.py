@@ -6,6 +6,7 @@ train, prune back to the original pruned parameter count, fine-tune, compare.
 
 Usage:
     python benchmarks/bench_bottleneck.py [--seeds 0,1,2] [--epochs 20] [--finetune 6] [--sequences 6 8]
+        [--group-norm none] [--tag _raw]
     (same as: prunekit bottleneck configs/bottleneck/synthetic_sbu.yaml)
 """
 from __future__ import annotations
@@ -29,18 +30,22 @@ def main():
     parser.add_argument("--sequences", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                         help="synthetic sequences per (set, action), drawn in [LO, HI] (default 1 3: 67 test "
                              "sequences in fold 1; 6 8: about 4x as many)")
+    parser.add_argument("--group-norm", default="mean", choices=("mean", "none"),
+                        help="select's group normalisation (none: raw scores ranked across groups, as in the paper)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (bottleneck<tag>.json, ...)")
     args = parser.parse_args()
-    out = Path("runs/bench_bottleneck")
+    out = Path(f"runs/bench_bottleneck{args.tag}")
     spec = {"format": "synthetic-sbu", "seed": 0, "fold": 1}
     if args.sequences:
         spec["sequences"] = list(args.sequences)
     result = expand_pruning(ARCH, spec,
                             seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-                            finetune=args.finetune, cutoff=args.cutoff, out_dir=out)
+                            finetune=args.finetune, cutoff=args.cutoff, out_dir=out,
+                            group_norm=None if args.group_norm == "none" else args.group_norm)
     results = Path("benchmarks/results")
-    shutil.copy(out / "results.json", results / "bottleneck.json")
-    shutil.copy(out / "layer_ratios.png", results / "bottleneck_layer_ratios.png")
-    shutil.copy(out / "accuracy_vs_params.png", results / "bottleneck_accuracy_vs_params.png")
+    shutil.copy(out / "results.json", results / f"bottleneck{args.tag}.json")
+    shutil.copy(out / "layer_ratios.png", results / f"bottleneck{args.tag}_layer_ratios.png")
+    shutil.copy(out / "accuracy_vs_params.png", results / f"bottleneck{args.tag}_accuracy_vs_params.png")
     print(json.dumps(result["summary"], indent=1))
 
 

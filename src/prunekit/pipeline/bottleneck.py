@@ -80,7 +80,7 @@ def widen_uniform(arch: dict, factor: float = 1.1) -> dict:
 
 
 BOTTLENECK_KEYS = ("arch", "data", "seeds", "epochs", "finetune", "prune_fraction", "cutoff", "factor", "uniform",
-                   "method", "out_dir")
+                   "method", "out_dir", "group_norm")
 
 
 def load_bottleneck_config(path) -> dict:
@@ -117,14 +117,17 @@ def load_bottleneck_config(path) -> dict:
 
 def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int = 20, finetune: int = 6,
                    prune_fraction: float = 0.5, cutoff: float = 0.5, factor: float = 2.0, uniform: float = 1.1,
-                   method: str = "sosp-h", out_dir=None, cache="runs/data") -> dict:
+                   method: str = "sosp-h", out_dir=None, cache="runs/data", group_norm: str | None = "mean") -> dict:
     """The full expand-pruning experiment, per seed:
 
     train ``arch`` → prune ``prune_fraction`` of its parameters with ``method`` → layer ratios
     → widen bottlenecks ×``factor`` and, as the baseline, every block ×``uniform`` → train
     both → prune each back to the original pruned parameter count → fine-tune every pruned
     network ``finetune`` epochs → accuracy at equal parameters (mean ± std over seeds).
-    Writes ``results.json`` and plots under ``out_dir`` when given.
+    Writes ``results.json`` and plots under ``out_dir`` when given. Every prune is :func:`prunekit.select`
+    with its collapse guard and ``max_group_ratio`` default and ``group_norm`` (default ``"mean"``, select's);
+    ``group_norm=None`` ranks the raw scores across groups, as the SOSP paper does — the ratios the
+    bottleneck detection reads (measured: ``benchmarks/RESULTS.md`` §6).
     """
     import json
     import statistics
@@ -154,7 +157,8 @@ def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int 
         structures = find_structures(model, example)
         budget = Budget(params=1 - params_target / structures.total_params)
         row = prune_and_finetune(model, structures, train_data, test_data, method, budget,
-                                 finetune_epochs=finetune, lr=0.01, seed=seed)
+                                 finetune_epochs=finetune, lr=0.01, seed=seed,
+                                 select_options={"group_norm": group_norm})
         return row, structures
 
     runs = []
@@ -182,7 +186,8 @@ def expand_pruning(arch: dict, data_spec: dict, *, seeds=(0, 1, 2), epochs: int 
         summary[label] = {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                           "params_mean": statistics.mean(r[label]["params"] for r in runs)}
     out = {"arch": arch, "data": data_spec, "epochs": epochs, "finetune": finetune, "cutoff": cutoff,
-           "method": method, "runs": runs, "summary": summary}
+           "method": method, "group_norm": group_norm, "train_size": len(train_data[1]),
+           "test_size": len(test_data[1]), "runs": runs, "summary": summary}
     if out_dir is not None:
         from .report import plot_layer_ratios, plot_points_with_error
         out_dir = Path(out_dir)

@@ -18,12 +18,13 @@ __all__ = ["prune_and_finetune", "nonzero_params"]
 
 def prune_and_finetune(model, structures, train, test, method: str, budget: Budget, *, finetune_epochs: int,
                        lr: float, num_samples: int = 256, batch_size: int = 32, seed: int = 0, latency=None,
-                       latency_rounds: int = 1) -> dict:
+                       latency_rounds: int = 1, select_options: dict | None = None) -> dict:
     """One row of a comparison: score, select, materialize, fine-tune, evaluate, count (latency: :func:`prunekit.core.measure.time_in_rounds`).
 
     ``latency``: a :class:`prunekit.LatencyModel` for :func:`select` (needed by ``Budget(latency=…)``);
     with a latency budget alone and ``latency_rounds > 1`` the plan comes from the closed loop,
-    :func:`prunekit.select_to_latency` (at most ``latency_rounds`` plans timed), as on the command line."""
+    :func:`prunekit.select_to_latency` (at most ``latency_rounds`` plans timed), as on the command line.
+    ``select_options`` go to :func:`select` (``group_norm``, ``max_group_ratio``, …)."""
     xtr, ytr = train
     start = time.perf_counter()
     data = batches(xtr[:num_samples], ytr[:num_samples], batch_size) if method not in ("l1", "l2", "random") else None
@@ -32,9 +33,9 @@ def prune_and_finetune(model, structures, train, test, method: str, budget: Budg
     targets = budget.targets()
     if set(targets) == {"latency"} and latency_rounds > 1:
         plan = select_to_latency(model, structures, scores, targets["latency"], latency, xtr[:1],
-                                 rounds=latency_rounds, method=method)
+                                 rounds=latency_rounds, method=method, **(select_options or {}))
     else:
-        plan = select(structures, scores, budget, method=method, latency=latency)
+        plan = select(structures, scores, budget, method=method, latency=latency, **(select_options or {}))
     pruned = materialize(model, plan, structures)
     prune_s = time.perf_counter() - start
     before = evaluate(pruned, test)["accuracy"]
