@@ -15,9 +15,9 @@ least the saving asked for, and at most ``tolerance`` more), until a plan lands 
 ``rounds`` plans were timed). A plan that lands in the window is timed once more
 (``confirm``) and kept only if the mean of its two timings is still in it: at batch 1 two
 timings of one plan differ by several points on a shared CPU. A request the selection
-cannot meet (group limits) is halved back towards the last one that could; a target the
-limits put out of reach is reported (``reachable: False`` and a warning naming the limit
-to relax). The plan returned is the first confirmed in the window, else the one with the
+cannot meet (group limits) is halved back towards the last one that could; a target still
+missed after a request within ``LIMIT_MARGIN`` of that limit is out of reach, and reported
+(``reachable: False`` and a warning naming the limit to relax). The plan returned is the first confirmed in the window, else the one with the
 smallest miss, a shortfall counting double an overshoot; every round is recorded in
 ``plan.meta["latency_loop"]``.
 """
@@ -35,6 +35,9 @@ from .structures import Structures
 log = logging.getLogger(__name__)
 
 __all__ = ["select_to_latency"]
+
+#: a request this close below the most the selection's limits allow counts as "at the limit"
+LIMIT_MARGIN = 0.05
 
 
 def _next_request(history: list[dict], aim: float, lo: float, hi: float) -> float:
@@ -147,7 +150,9 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
             break  # no request left to try (at the selection's limit)
         request = following
     chosen = _best(history, fraction, tolerance)
-    reachable = not at_limit or max(h["measured_fraction"] for h in history) >= fraction
+    # out of reach: short of the target although the loop asked for (nearly) the most the limits allow
+    near_limit = at_limit or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
+    reachable = not near_limit or max(h["measured_fraction"] for h in history) >= fraction
     if not reachable:
         log.warning("select_to_latency: a %.0f%% latency cut is out of reach under the selection's limits "
                     "(%s): the most measured was %.1f%%; relax max_group_ratio / min_group_width to go further",
