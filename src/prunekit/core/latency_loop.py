@@ -17,9 +17,9 @@ least the saving asked for, and at most ``tolerance`` more), until a plan lands 
 timings of one plan differ by several points on a shared CPU. A request the selection
 cannot meet (group limits) is halved back towards the last one that could; a target still
 missed after a request within ``LIMIT_MARGIN`` of that limit is out of reach, and reported
-(``reachable: False`` and a warning naming the limit to relax). The plan returned is the first confirmed in the window, else the one with the
-smallest miss, a shortfall counting double an overshoot; every round is recorded in
-``plan.meta["latency_loop"]``.
+(``reachable: False`` and a warning naming the limit to relax). The plan returned is the
+first confirmed in the window, else the one with the smallest miss, a shortfall counting
+double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``.
 """
 from __future__ import annotations
 
