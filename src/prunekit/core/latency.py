@@ -189,9 +189,9 @@ class LatencyModel:
                 is timed alone (slower, and small groups' savings drown in timing noise).
             multiple_of: ``k > 1``: sample kept widths that are multiples of ``k`` (the sampled
                 fraction rounded to the nearest multiple, at least ``k``), so the tables are exact
-                at the widths ``select(..., multiple_of=k)`` produces; CPU and GPU kernels run in
-                blocks of channels and time is a staircase in the kept width (measured:
-                ``docs/selection.md``). :func:`prunekit.select` then defaults to
+                at the widths ``select(..., multiple_of=k)`` produces (kernels work on blocks of
+                channels, so time can step between multiples: ``docs/selection.md``).
+                :func:`prunekit.select` then defaults to
                 ``multiple_of=k`` with this model.
             cache_dir: folder of the cache (``None``: :func:`default_cache_dir`; ``False``: none).
             refresh: measure even if the cache has this model.
