@@ -16,7 +16,8 @@ least the saving asked for, and at most ``tolerance`` more), until a plan lands 
 (``confirm``) and kept only if the mean of its two timings is still in it: at batch 1 two
 timings of one plan differ by several points on a shared CPU. A request the selection
 cannot meet (group limits) is halved back towards the last one that could; a target still
-missed after a request within ``LIMIT_MARGIN`` of that limit is out of reach, and reported
+missed after a request within ``LIMIT_MARGIN`` of the lowest request the selection refused
+(an upper bound of its limit, reached by the halving) is out of reach, and reported
 (``reachable: False`` and a warning naming the limit to relax). The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
 double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``.
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["select_to_latency"]
 
-#: a request this close below the most the selection's limits allow counts as "at the limit"
+#: a request this close below the lowest one the selection refused counts as "at the limit"
 LIMIT_MARGIN = 0.05
 
 
