@@ -8,8 +8,8 @@ timed in alternating rounds (:func:`prunekit.core.measure.time_in_rounds`, faste
 best of ``--rounds``). Reported per width: ms, and for every multiple ``k`` in 4 / 8 / 16 / 32, the
 mean ms of widths ``jk + 1`` over that of ``jk`` (how much one channel above a multiple costs).
 A piecewise-linear table sampled at three widths (the latency model's default) cannot see steps;
-tables sampled at multiples of ``k`` (``LatencyModel.measure(multiple_of=k)``) with plans that keep
-multiples of ``k`` (``select(multiple_of=k)``) are exact at the corners of the staircase.
+tables sampled at multiples of ``k`` (``LatencyModel.measure(multiple_of=k)``) are measured at the
+widths that plans keeping multiples of ``k`` (``select(multiple_of=k)``) land on.
 
 Command:
     python benchmarks/bench_width_steps.py --models resnet56 vgg16 mobilenetv2 --batch-sizes 1 64
