@@ -148,6 +148,8 @@ def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
     Xtr, ytr, Xte, yte = data
     epochs, ft_epochs = split(method, args)
     options = {"strength": args.lasso_strength} if method in ("group-lasso", "l1") else {}
+    if method == "ctf":
+        options = dict(args.ctf_options or {})
     result = run(new_model(args.dataset, seed, state), (Xtr, ytr), (Xte, yte), rate, epochs=epochs,
                  finetune_epochs=ft_epochs, method=method, lr=args.lr, finetune_lr=args.ft_lr, batch_size=BATCH,
                  seed=seed, cost=args.cost, **options)
@@ -435,6 +437,9 @@ def main():  # noqa: C901
     parser.add_argument("--ctf-split", type=int, nargs=2, metavar=("MASK", "FT"), default=(8, 12),
                         help="CTF's own split of the budget: epochs with masks, then fine-tuning (measured: 8 + 12 "
                              "beat 12 + 8 at 0.9 and 0.99 on SBU folds 1-2; must sum to --epochs + --finetune)")
+    parser.add_argument("--ctf-options", type=json.loads, default=None, metavar="JSON",
+                        help='options of prunekit.ctf.CTF for the ctf rows only, e.g. \'{"ramp": 0.25}\' '
+                             "(default: the library's defaults)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--ft-lr", type=float, default=FINETUNE["lr"],
                         help="fine-tuning lr of every method (default: prunekit.ctf.FINETUNE)")
@@ -500,7 +505,8 @@ def main():  # noqa: C901
                      "seeds": args.seeds, "rates": args.rates, "methods": args.methods,
                      "lasso_strength": args.lasso_strength, "cost": args.cost,
                      "one_shot_finetune_epochs": args.epochs + args.finetune,
-                     "ctf_split": list(args.ctf_split) if args.ctf_split else None},
+                     "ctf_split": list(args.ctf_split) if args.ctf_split else None,
+                     "ctf_options": args.ctf_options},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1,
                     "note": "2-core CPU shared with other jobs"},
     }

@@ -552,3 +552,46 @@ def test_controller_shifts_only_the_finest_thresholds_toward_the_target():
     assert ctf.kept_fraction()["soft"] < kept
     with pytest.raises(ValueError, match="learnable"):
         CTF(gcn(), 0.5, example_inputs=inputs(), thresholds="fixed", threshold_control=True)
+
+
+def _bottleneck_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("hard", [0.25, 0.0])
+def test_masks_that_cut_every_path_are_reported_not_returned_silently(hard):
+    # the first layer (8 of 40 masked weights) closed entirely: the output no longer depends on the input
+    x = torch.randn(6, 4)
+    ctf = CTF(_bottleneck_mlp(), 0.5, example_inputs=x, hard=hard)
+    set_threshold(ctf.masks_by_name["0.weight"], "entry", 100.0)
+    ctf.tau = 0.01
+    with pytest.warns(UserWarning, match=r"output the same for every example.*empty: \['0.weight'\]"):
+        if hard:
+            ctf.freeze()
+        plan = ctf.finalize()
+    assert ctf.report()["output_constant"] is True and plan.meta["ctf"]["rate"] == pytest.approx(0.5)
+    out = ctf.model(x)
+    assert torch.equal(out, out[:1].expand_as(out))  # what the warning says: one output for every input
+
+
+def test_masks_that_keep_a_path_raise_no_warning():
+    import warnings
+
+    x = torch.randn(6, 4)
+    ctf = CTF(_bottleneck_mlp(), 0.5, example_inputs=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctf.freeze()
+        ctf.finalize()
+    assert ctf.report()["output_constant"] is False
+    out = ctf.model(x)
+    assert not torch.allclose(out, out[:1].expand_as(out))
+
+
+def test_output_check_cannot_tell_from_identical_examples():
+    from prunekit.ctf.common import output_is_constant
+    model = _bottleneck_mlp()
+    assert output_is_constant(model, torch.ones(3, 4)) is None
+    assert output_is_constant(model, torch.randn(1, 4)) is None
+    assert output_is_constant(model.train(), torch.randn(2, 4)) is False and model.training

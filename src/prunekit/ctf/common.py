@@ -33,7 +33,7 @@ from ..core.blocks import PrunableBlock
 from ..core.plan import PruningPlan, collapse_guard
 from ..core.structures import Structures, find_structures
 
-__all__ = ["prunable_weights", "weight_layouts", "head_ties", "entry_costs", "fix_to_budget",
+__all__ = ["output_is_constant", "prunable_weights", "weight_layouts", "head_ties", "entry_costs", "fix_to_budget",
            "plan_from_masks", "resolve_example_inputs", "count_kept", "FrozenZeros"]
 
 
@@ -56,6 +56,39 @@ def _call(model: nn.Module, inputs):
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+@torch.no_grad()
+def output_is_constant(model: nn.Module, inputs) -> bool | None:
+    """Whether ``model``'s output is the same for every example of ``inputs``: no path from the input is left.
+
+    Evaluated in eval mode (the training state is restored). ``None`` when it cannot tell:
+    fewer than two distinct examples in the first input tensor, or no floating output with
+    one row per example.
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        >>> x = torch.randn(2, 3)
+        >>> output_is_constant(m, x)
+        False
+        >>> _ = m[0].weight.data.zero_()
+        >>> output_is_constant(m, x)
+        True
+    """
+    from ..criteria._common import _first_tensor
+
+    first = _first_tensor(inputs)
+    if first is None or first.dim() == 0 or first.shape[0] < 2 or bool((first == first[:1]).all()):
+        return None
+    was_training = model.training
+    try:
+        out = _first_tensor(_call(model.eval(), inputs))
+    finally:
+        model.train(was_training)
+    if out is None or not out.is_floating_point() or out.dim() == 0 or out.shape[0] != first.shape[0]:
+        return None
+    return bool(torch.allclose(out, out[:1].expand_as(out), rtol=1e-6, atol=1e-9))
 
 
 def _weight_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -54,8 +54,8 @@ from ..core.plan import PruningPlan
 from ..core.structures import find_structures
 from ..criteria.distributed import average_gradients, resolve_group
 from .common import (
-    _removable, _weight_modules, entry_costs, fix_to_budget, head_ties, plan_from_masks, prunable_weights,
-    resolve_example_inputs, weight_layouts,
+    _removable, _weight_modules, entry_costs, fix_to_budget, head_ties, output_is_constant, plan_from_masks,
+    prunable_weights, resolve_example_inputs, weight_layouts,
 )
 from .masks import CTFMask, HeadTie, Temperature
 from .options import DEFAULT_A_INIT, CTFOptions
@@ -162,6 +162,7 @@ class CTF:
         self._report: dict | None = None
         self._held_zero: list = []
         self._hold_hook = None
+        self._output_constant: bool | None = None
 
     def _attach_masks(self) -> None:
         """A :class:`CTFMask` parametrization on every masked weight, head gates tied per attention layer."""
@@ -667,7 +668,19 @@ class CTF:
         self._frozen = {"rank_fix": rank_fix,
                         "state": {n: {"psi": s["psi"].detach().clone(), "factors": s["factors"]}
                                   for n, s in state.items()}}
+        self._check_output(fixed)
         return dict(rank_fix)
+
+    def _check_output(self, fixed: dict[str, torch.Tensor]) -> None:
+        """Warn when the fixed masks leave the output the same for every example input (a dead network);
+        ``report()["output_constant"]`` records it (``None``: the example batch cannot tell)."""
+        self._output_constant = output_is_constant(self.model, self.example_inputs)
+        if self._output_constant:
+            empty = [n for n, m in fixed.items() if not bool(m.any())]
+            warnings.warn(f"CTF: at rate {self.rate} the masks leave {type(self.model).__name__}'s output the same "
+                          f"for every example input: no path from the input is left (masked weights left empty: "
+                          f"{empty or 'none, the paths are cut between layers'}). Fine-tuning cannot undo this; use "
+                          "a lower rate, more epochs with masks, or keep a layer dense (exclude=...)", stacklevel=3)
 
     @torch.no_grad()
     def _hold_closed_structures(self, fixed: dict[str, torch.Tensor]) -> None:
@@ -733,6 +746,9 @@ class CTF:
                                structures=self._structures,
                                method="ctf", budget={"rate": self.rate, "cost": self.cost},
                                meta={"ctf": {k: v for k, v in report.items() if k not in ("layers", "thresholds")}})
+        if self._frozen is None:  # the model now computes with the fixed masks (the hard phase checked at freeze)
+            self._check_output(fixed)
+        report["output_constant"] = self._output_constant
         report["removed_structures"] = len(plan.removed)
         report["structured_params_fraction"] = plan.achieved.get("params", 0.0)
         report["structured_macs_fraction"] = plan.achieved.get("macs", 0.0)

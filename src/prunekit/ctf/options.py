@@ -80,7 +80,7 @@ class CTFOptions:
     Schedule:
         hard: fraction of the epochs, at the end, trained under frozen binary masks (in [0, 1)).
         settle: fraction of the soft epochs, at their end, with no gradient through ``ψ`` into
-            the weights (default ½: from the end of the ramp).
+            the weights (default ½; the ramp, default ¼, ends before it).
 
     Example:
         >>> o = CTFOptions(thresholds="fixed", lam=80).resolved()
@@ -98,7 +98,7 @@ class CTFOptions:
     relative: bool | None = None
     budget: str = "binary"
     weight_penalty: bool | None = None
-    ramp: float = 0.5
+    ramp: float = 0.25
     thresholds: str = "learnable"
     a_init: dict[str, float] | None = None
     threshold_lr: float = 0.2
