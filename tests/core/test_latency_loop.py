@@ -147,3 +147,31 @@ def test_tables_sampled_at_channel_multiples_are_what_select_uses(setup):
     assert again.multiple_of == 8
     with pytest.raises(LatencyModelError, match="multiple_of"):
         LatencyModel.measure(model, x, s, cache_dir=False, timer=_device, multiple_of=0)
+
+
+class _Sluggish:
+    """The stub device on which a pruned model saves only ``share`` of what it saves on ``_device``."""
+
+    def __init__(self, share):
+        self.share = share
+
+    def __call__(self, named, inputs):
+        ms = _device(named, inputs)
+        if "pruned" in ms:
+            ms["pruned"] = ms["dense"] - self.share * (ms["dense"] - ms["pruned"])
+        return ms
+
+
+@pytest.mark.parametrize("share, reachable", [(0.3, False), (0.6, True)])
+def test_rounds_that_run_out_below_the_limit_time_the_plan_at_the_limit(setup, caplog, share, reachable):
+    model, x, s, lat, scores = setup
+    with caplog.at_level("WARNING", logger="prunekit.core.latency_loop"):
+        plan = prunekit.select_to_latency(model, s, scores, 0.5, lat, x, timer=_Sluggish(share), rounds=1)
+    loop = plan.meta["latency_loop"]
+    first, last = loop["rounds"]
+    assert first["measured_fraction"] < 0.5 and "limit" not in first  # the one round fell short ...
+    assert last["limit"] and last["requested"] > 0.9  # ... far below the limit, which was then timed
+    with pytest.raises(BudgetError):  # the limit: a request 0.002 above it is refused
+        prunekit.select(s, scores, prunekit.Budget(latency=last["requested"] + 2e-3), latency=lat)
+    assert (last["measured_fraction"] >= 0.5) is reachable and loop["reachable"] is reachable
+    assert ("out of reach" in caplog.text) is not reachable

@@ -18,7 +18,9 @@ timings of one plan differ by several points on a shared CPU. A request the sele
 cannot meet (group limits) is halved back towards the last one that could; a target still
 missed after a request within ``LIMIT_MARGIN`` of the lowest request the selection refused
 (an upper bound of its limit, reached by the halving) is out of reach, and reported
-(``reachable: False`` and a warning naming the limit to relax). The plan returned is the
+(``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
+the target below that limit, the plan at the limit (found by bisection on the request, without
+timing) is timed once more (a round marked ``limit``) and decides. The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
 double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``.
 """
@@ -77,6 +79,25 @@ def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict
     return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms")}
 
 
+def _limit_request(structures, scores, latency, feasible: float, ceiling: float, select_options: dict) -> float:
+    """The largest latency request :func:`select` accepts, by bisection between ``feasible`` (accepted)
+    and ``ceiling`` (refused, or 0.999): selections only, nothing is timed."""
+    lo, hi = feasible, ceiling
+    try:
+        select(structures, scores, Budget(latency=hi), latency=latency, **select_options)
+        return hi
+    except BudgetError:
+        pass
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2.0
+        try:
+            select(structures, scores, Budget(latency=mid), latency=latency, **select_options)
+            lo = mid
+        except BudgetError:
+            hi = mid
+    return lo
+
+
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
                       example_inputs, *, rounds: int = 4, tolerance: float = 0.03, check_rounds: int = 3,
                       confirm: bool = True, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
@@ -101,7 +122,8 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
         ``dense_ms``, ``measured_ms`` per round; ``timings`` when confirmed), ``chosen`` (index of
         the round returned) and ``reachable`` (``False`` when the selection's limits stopped
-        below the target).
+        below the target; a round with ``limit: True`` is the plan at those limits, timed after the
+        rounds ran out short).
 
     Example:
         >>> import torch, prunekit
@@ -150,9 +172,18 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
             at_limit = True
             break  # no request left to try (at the selection's limit)
         request = following
+    near_limit = at_limit or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
+    if not near_limit and max(h["measured_fraction"] for h in history) < fraction:
+        # the rounds ran out short of the target below the limit: time the most the limits allow, once
+        top = _limit_request(structures, scores, latency, feasible, ceiling, select_options)
+        if top > max(h["requested"] for h in history) + 1e-3:
+            plan = select(structures, scores, Budget(latency=top), latency=latency, **select_options)
+            history.append({"requested": top, "limit": True,
+                            **_time(latency, model, plan, example_inputs, structures, check_rounds, timer)})
+            plans.append(plan)
+        near_limit = True
     chosen = _best(history, fraction, tolerance)
     # out of reach: short of the target although the loop asked for (nearly) the most the limits allow
-    near_limit = at_limit or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
     reachable = not near_limit or max(h["measured_fraction"] for h in history) >= fraction
     if not reachable:
         log.warning("select_to_latency: a %.0f%% latency cut is out of reach under the selection's limits "
