@@ -595,3 +595,18 @@ def test_output_check_cannot_tell_from_identical_examples():
     assert output_is_constant(model, torch.ones(3, 4)) is None
     assert output_is_constant(model, torch.randn(1, 4)) is None
     assert output_is_constant(model.train(), torch.randn(2, 4)) is False and model.training
+
+
+def test_a_dead_network_is_reported_once_when_the_hard_phase_froze_it():
+    import warnings
+
+    x = torch.randn(6, 4)
+    ctf = CTF(_bottleneck_mlp(), 0.5, example_inputs=x)
+    set_threshold(ctf.masks_by_name["0.weight"], "entry", 100.0)
+    ctf.tau = 0.01
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctf.freeze()
+        ctf.finalize()
+    assert sum("no path from the input" in str(w.message) for w in caught) == 1
+    assert ctf.report()["output_constant"] is True

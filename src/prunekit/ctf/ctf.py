@@ -671,11 +671,11 @@ class CTF:
         self._check_output(fixed)
         return dict(rank_fix)
 
-    def _check_output(self, fixed: dict[str, torch.Tensor]) -> None:
+    def _check_output(self, fixed: dict[str, torch.Tensor], warn: bool = True) -> None:
         """Warn when the fixed masks leave the output the same for every example input (a dead network);
         ``report()["output_constant"]`` records it (``None``: the example batch cannot tell)."""
         self._output_constant = output_is_constant(self.model, self.example_inputs)
-        if self._output_constant:
+        if self._output_constant and warn:
             empty = [n for n, m in fixed.items() if not bool(m.any())]
             warnings.warn(f"CTF: at rate {self.rate} the masks leave {type(self.model).__name__}'s output the same "
                           f"for every example input: no path from the input is left (masked weights left empty: "
@@ -746,8 +746,7 @@ class CTF:
                                structures=self._structures,
                                method="ctf", budget={"rate": self.rate, "cost": self.cost},
                                meta={"ctf": {k: v for k, v in report.items() if k not in ("layers", "thresholds")}})
-        if self._frozen is None:  # the model now computes with the fixed masks (the hard phase checked at freeze)
-            self._check_output(fixed)
+        self._check_output(fixed, warn=not self._output_constant)  # the model now computes with the fixed masks
         report["output_constant"] = self._output_constant
         report["removed_structures"] = len(plan.removed)
         report["structured_params_fraction"] = plan.achieved.get("params", 0.0)
