@@ -110,7 +110,8 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         fraction: the fraction of the measured latency to remove, in ``(0, 1)``.
         latency: :meth:`prunekit.LatencyModel.measure` of ``model`` on the target.
         example_inputs: inputs for timing (resized to the latency model's batch size).
-        rounds: at most this many plans are materialized and timed (``1``: open loop, timed).
+        rounds: at most this many plans are materialized and timed (``1``: open loop, timed), and
+            one more, the plan at the selection's limit, when all fall short of ``fraction`` below it.
         tolerance: width of the acceptance window above ``fraction``.
         check_rounds: alternating timing rounds per plan (:meth:`LatencyModel.check`).
         confirm: time a plan that lands in the window a second time and keep the mean.
