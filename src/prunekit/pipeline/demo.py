@@ -115,7 +115,8 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
              "achieved": {**mac_row["achieved"], "latency": lat.saved_fraction(mac_row["plan"])},
              "predicted_ms": lat.predict(mac_row["plan"])},
             {**{k: row[k] for k in ("method", "budget", "achieved", "accuracy_before_finetune", "accuracy", "params",
-                                    "macs")}, "predicted_ms": plan.meta["latency"]["predicted_ms"]}]
+                                    "macs")}, "predicted_ms": plan.meta["latency"]["predicted_ms"],
+             "latency_loop": plan.meta.get("latency_loop")}]
     for row, key in zip(rows, ("dense", "macs", "latency")):
         row["measured_ms"] = ms[key]
         row["predicted_saved"], row["measured_saved"] = 1 - row["predicted_ms"] / lat.dense_ms, 1 - ms[key] / ms["dense"]
