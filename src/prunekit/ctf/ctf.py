@@ -571,7 +571,8 @@ class CTF:
         factor only, and an entry whose factors are all open but whose product ``ψ ≤ 0.5``
         to the finest (these sum to ``pruned_by_masks``, the fraction with ``ψ ≤ 0.5``).
         After :meth:`finalize` also ``rank_fix`` (entries the rank fix dropped / revived),
-        ``rate`` (the final removed fraction, cost-weighted), ``removed_structures``.
+        ``rate`` (the final removed fraction, cost-weighted), ``removed_structures``, and
+        ``output_constant`` (``True``: the fixed masks leave no path from the input; a warning said so).
         """
         if self._report is not None:
             return self._report
