@@ -39,7 +39,8 @@ Protocol:
    sample (entry zeros still counted: they are not removed physically), the part removed
    structurally, median latency (batch 16, 1 thread, 10 repeats), and the same after
    :func:`prunekit.sparsify` (layers with ≥ 70 % zeros stored sparse where their own timing
-   says that is faster; the converted layers are listed). ``--cost macs`` makes the rate a
+   says that is faster; the converted layers are listed); the nonzero entries of every weight
+   (``nonzero_per_weight``: ``[nonzero, entries]`` of the materialized model). ``--cost macs`` makes the rate a
    fraction of the MACs per sample instead of the weights (``prunekit.ctf.run``'s ``cost``).
 5. Summary: per method and rate, mean ± std (sample std) over seeds × folds; a markdown
    table next to the JSON (same name, ``.md``); the goal check (CTF ≥ every baseline at
@@ -159,7 +160,9 @@ def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
            "macs": result.macs, "structures_removed": len(plan.removed),
            "structured_params_removed": plan.achieved["params"], "structured_macs_removed": plan.achieved["macs"],
            "latency_ms_b16": latency_ms(result.model, x_latency), **sparse_latency(result.model, x_latency),
-           "seconds": result.seconds}
+           "seconds": result.seconds,
+           "nonzero_per_weight": {n: [int((w != 0).sum()), w.numel()] for n, w in result.model.named_parameters()
+                                  if w.dim() >= 2}}
     if "masks" in result.history:  # CTF and its structured-only variants
         masks = result.history["masks"]
         row.update({"accuracy_masks": result.accuracy_masks, "kept_masks": report["kept_masks"],
