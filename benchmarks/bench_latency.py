@@ -5,13 +5,15 @@ is measured (its cost recorded), L1 scores select per target one plan under
 ``Budget(latency=f)`` (open loop: the latency model's prediction), one with
 :func:`prunekit.select_to_latency` (closed loop: the plan is timed and the request
 corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
-``Budget(macs=f)``; the dense model and all materialized plans are then timed
-together in alternating rounds (:func:`prunekit.core.measure.time_in_rounds`: every round
-times every model once, fastest pass per round, best of ``--rounds``), so a load change
-of the shared machine hits all of them alike. Reported per row: the requested fraction,
-the measured latency reduction ``1 − t_pruned / t_dense``, their ratio, the latency
-model's predicted reduction and its error (predicted − measured, and predicted ms /
-measured ms − 1, against the dense latency measured at table time).
+``Budget(macs=f)``. Each materialized plan is then timed **in a pair with the dense model**
+(:func:`prunekit.core.measure.time_in_rounds`: alternating rounds, fastest pass per round,
+best of ``--rounds``), a timing independent of the loop's own, with its own dense reference
+taken at the same moment: the ``measured`` columns. The dense model and all plans of a batch
+size are also timed together in one rotation (``*_rotation`` fields; one dense reference for
+every plan, so a drift of the dense model's time moves every row of the batch size alike).
+Reported per row: the requested fraction, the measured latency reduction
+``1 − t_pruned / t_dense``, their ratio, the latency model's predicted reduction and its
+error (predicted − measured, and predicted ms / measured ms − 1).
 
 Command:
     python benchmarks/bench_latency.py            # JSON + markdown in benchmarks/results/latency.*
@@ -63,16 +65,20 @@ def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax):
     return out
 
 
-def _row(name, b, kind, f, plan, lat, ms, pruned, structures, x) -> dict:
-    measured = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
+def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
+    """One row; ``pair`` is the plan's own timing against the dense model, ``ms`` the rotation's."""
+    measured = 1.0 - pair["plan"] / pair["dense"]
+    rotation = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
     predicted = lat.saved_fraction(plan.removed)
     counted = prunekit.count(pruned, x)
     widths = [len(g.members) - len(set(g.members) & set(plan.removed)) for g in structures.groups]
     row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
            "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
            "prediction_error": predicted - measured,
-           "prediction_error_ms_rel": lat.predict(plan.removed) / ms[f"{kind}{f}"] - 1.0,
-           "dense_ms_now": ms["dense"], "pruned_ms": ms[f"{kind}{f}"],
+           "prediction_error_ms_rel": lat.predict(plan.removed) / pair["plan"] - 1.0,
+           "dense_ms_now": pair["dense"], "pruned_ms": pair["plan"],
+           "measured_reduction_rotation": rotation, "ratio_rotation": rotation / f,
+           "dense_ms_rotation": ms["dense"], "pruned_ms_rotation": ms[f"{kind}{f}"],
            "macs_removed": plan.achieved["macs"], "params_removed": plan.achieved["params"],
            "macs": counted["macs"], "params": counted["params"], "min_width": min(widths),
            "max_group_ratio": plan.meta["selection"]["max_group_ratio"],
@@ -113,25 +119,28 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
             for kind, plan in _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax).items():
                 plans[(kind, f)] = plan
                 named[f"{kind}{f}"] = prunekit.materialize(model, plan, structures).eval()
-        ms = time_in_rounds(named, x, b, rounds=rounds, repeats=lat.measured["settings_used"]["repeats_used"],
-                            warmup=2, threads=threads, statistic="min_ms")
+        timing = dict(rounds=rounds, repeats=lat.measured["settings_used"]["repeats_used"], warmup=2, threads=threads,
+                      statistic="min_ms")
+        ms = time_in_rounds(named, x, b, **timing)
         for (kind, f), plan in plans.items():
             k = plan.meta["selection"]["multiple_of"]
-            row = _row(name, b, kind, f, plan, lats.get(k, lat), ms, named[f"{kind}{f}"], structures, x)
+            pair = time_in_rounds({"dense": model, "plan": named[f"{kind}{f}"]}, x, b, **timing)
+            row = _row(name, b, kind, f, plan, lats.get(k, lat), ms, pair, named[f"{kind}{f}"], structures, x)
             rows.append(row)
             print(f"{name} b{b} {kind}={f}: measured -{row['measured_reduction']:.1%} (ratio "
                   f"{row['ratio_measured_requested']:.2f}), predicted -{row['predicted_reduction']:.1%}, "
                   f"MACs -{plan.achieved['macs']:.1%}", flush=True)
     return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads,
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-            "timing": f"fastest pass per round, best of {rounds} alternating rounds (dense and all plans of a "
-                      "batch size timed in turn); shared 2-core machine",
+            "timing": f"fastest pass per round, best of {rounds} alternating rounds, each plan in a pair with the "
+                      "dense model (the *_rotation fields: dense and all plans of a batch size timed in turn); "
+                      "2-core machine",
             "latency_models": {f"{name} {b}": m for b, m in models_info.items()}, "rows": rows}
 
 
 def summary(rows) -> list[dict]:
-    """Per budget kind: rows, rows with measured / requested >= 0.9, within +-10 % of the request,
-    mean and max |prediction error| (points)."""
+    """Per budget kind: rows, rows with measured / requested >= 0.9, within +-10 % of the request (paired
+    timing; ``*_rotation``: the rotation's), mean and max |prediction error| (points)."""
     out = []
     for kind in dict.fromkeys(r["budget"] for r in rows):
         part = [r for r in rows if r["budget"] == kind]
@@ -139,6 +148,8 @@ def summary(rows) -> list[dict]:
         out.append({"budget": kind, "rows": len(part),
                     "ratio_ge_0.9": sum(r["ratio_measured_requested"] >= 0.9 for r in part),
                     "within_10pct": sum(abs(r["ratio_measured_requested"] - 1) <= 0.1 for r in part),
+                    "ratio_ge_0.9_rotation": sum(r.get("ratio_rotation", 0.0) >= 0.9 for r in part),
+                    "within_10pct_rotation": sum(abs(r.get("ratio_rotation", 0.0) - 1) <= 0.1 for r in part),
                     "out_of_reach": sum(r.get("reachable") is False for r in part),
                     "mean_abs_error_pts": sum(errors) / len(errors), "max_abs_error_pts": max(errors)})
     return out
@@ -153,18 +164,20 @@ def markdown(result) -> str:
         lines.append(f"| {b} | {m['dense_ms']:.2f} | {m['floor_ms']:.2f} | {m['additivity_error_at_floor']:+.2f} | "
                      f"{m['multiplicative_error_at_floor']:+.2f} | {m['classes']} | {m['timed_models']} | "
                      f"{m['measure_s']:.0f} |")
-    lines += ["", "| budget | rows | measured / requested >= 0.9 | within +-10 % | out of reach (loop) | "
-              "mean / max abs. prediction error |", "|---|---|---|---|---|---|"]
+    lines += ["", "| budget | rows | measured / requested >= 0.9 | within +-10 % | same, rotation timing | "
+              "out of reach (loop) | mean / max abs. prediction error |", "|---|---|---|---|---|---|---|"]
     for c in summary(result["rows"]):
         lines.append(f"| {c['budget']} | {c['rows']} | {c['ratio_ge_0.9']} | {c['within_10pct']} | "
+                     f"{c['ratio_ge_0.9_rotation']} / {c['within_10pct_rotation']} | "
                      f"{c['out_of_reach']} | {c['mean_abs_error_pts']:.1f} / {c['max_abs_error_pts']:.1f} points |")
-    lines += ["", "| model | batch | budget | requested | measured reduction | measured/requested | predicted | "
-              "pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | batch | budget | requested | measured reduction | measured/requested | rotation | "
+              "predicted | pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mark = " (out of reach)" if r.get("reachable") is False else ""
         lines.append(f"| {r.get('model', result['model'])} | {r['batch_size']} | {r['budget']}{mark} | "
                      f"{r['requested']:.0%} | {r['measured_reduction']:.1%} | "
-                     f"{r['ratio_measured_requested']:.2f} | {r['predicted_reduction']:.1%} | "
+                     f"{r['ratio_measured_requested']:.2f} | {r.get('ratio_rotation', float('nan')):.2f} | "
+                     f"{r['predicted_reduction']:.1%} | "
                      f"{r['prediction_error']:+.1%} | {r['macs_removed']:.1%} | {r['min_width']} |")
     return "\n".join(lines) + "\n"
 

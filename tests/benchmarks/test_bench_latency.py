@@ -1,0 +1,23 @@
+"""The latency benchmark on a small network: paired timing, rotation timing, out-of-reach rows."""
+import math
+
+from benchmarks.bench_latency import markdown, run, summary
+
+
+def test_rows_are_timed_in_pairs_and_beyond_the_limits_are_reported():
+    result = run(batch_sizes=(1,), targets=(0.5,), rounds=1, name="mlp", loop_rounds=2, multiples=(8,), relax=0.95)
+    rows = {r["budget"]: r for r in result["rows"]}
+    # the MLP's selection limits stop below 50 % of its time: the loops say so, the relaxed loop runs
+    assert {"latency-loop", "macs", "latency-loop-x8", "latency-loop-relaxed"} <= set(rows)
+    assert rows["latency-loop"]["reachable"] is False and rows["latency-loop"]["max_group_ratio"] == 0.8
+    assert rows["latency-loop-relaxed"]["max_group_ratio"] == 0.95
+    assert rows["latency-loop-x8"]["multiple_of"] == 8
+    for r in result["rows"]:
+        # the headline figure is the plan's own pair with the dense model, the rotation is kept beside it
+        assert math.isclose(r["measured_reduction"], 1 - r["pruned_ms"] / r["dense_ms_now"])
+        assert math.isclose(r["measured_reduction_rotation"], 1 - r["pruned_ms_rotation"] / r["dense_ms_rotation"])
+        assert math.isclose(r["ratio_measured_requested"], r["measured_reduction"] / 0.5)
+        assert r["dense_ms_rotation"] == rows["macs"]["dense_ms_rotation"]  # one dense reference per batch size
+    macs = summary(result["rows"])
+    assert {c["budget"]: c["out_of_reach"] for c in macs}["latency-loop"] == 1
+    assert "latency-loop (out of reach)" in markdown(result)
