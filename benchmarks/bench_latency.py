@@ -5,7 +5,8 @@ is measured (its cost recorded), L1 scores select per target one plan under
 ``Budget(latency=f)`` (open loop: the latency model's prediction), one with
 :func:`prunekit.select_to_latency` (closed loop: the plan is timed and the request
 corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
-``Budget(macs=f)``. Each materialized plan is then timed **in a pair with the dense model**
+``Budget(macs=f)``; per batch size, what ``LatencyModel.measure(multiple_of="auto")`` would choose
+(:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["steps"]``). Each materialized plan is then timed **in a pair with the dense model**
 (:func:`prunekit.core.measure.time_in_rounds`: alternating rounds, fastest pass per round,
 best of ``--rounds``), a timing independent of the loop's own, with its own dense reference
 taken at the same moment: the ``measured`` columns. The dense model and all plans of a batch
@@ -30,7 +31,8 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.core.measure import time_in_rounds
+from prunekit.core.latency import probe_steps
+from prunekit.core.measure import time_in_rounds, with_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -114,6 +116,11 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                 "repeats_used": lat.measured["settings_used"].get("repeats_used"),
                 "measure_s": time.perf_counter() - start, "multiple_of": k}
         lat = lats[1]
+        start = time.perf_counter()
+        steps = probe_steps(model, structures, with_batch(x, b), b, threads=threads, rounds=rounds)
+        models_info[f"b{b}"]["steps"] = {**steps, "seconds": time.perf_counter() - start}
+        print(f"{name} b{b} step probe: multiple_of {steps['multiple_of']}, excess "
+              f"{[round(p['excess'], 4) for p in steps['probes']]}", flush=True)
         named, plans = {"dense": model}, {}
         for f in targets:
             for kind, plan in _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax).items():

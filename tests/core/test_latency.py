@@ -207,3 +207,73 @@ def test_a_family_of_latency_plans_from_one_set_of_scores_is_nested_and_meets_ea
     small, middle, large = (set(plans[i].removed) for i in (1, 2, 0))
     assert small < middle < large
     assert [p.meta["family"]["index"] for p in plans] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- multiple_of="auto": the step probe
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """Hidden layers of 40 and 24 units: the 40-wide group has the most MACs (probed at 16 and 8)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 3)).eval()
+    x = torch.randn(1, 6)
+    return model, x, prunekit.find_structures(model, x)
+
+
+def _hidden(m):
+    return [layer.out_features for layer in m if isinstance(layer, nn.Linear)][:-1]
+
+
+def _stairs(named, inputs):
+    """1 ms + 1 ms per started block of 8 units in each hidden layer: a staircase."""
+    return {k: 1.0 + sum(-(-w // 8) for w in _hidden(m)) for k, m in named.items()}
+
+
+def _smooth(named, inputs):
+    """1 ms + 0.2 ms per unit: a line (one unit more or less moves the time alike)."""
+    return {k: 1.0 + 0.2 * sum(_hidden(m)) for k, m in named.items()}
+
+
+def test_step_probe_finds_the_staircase_and_not_a_line(wide):
+    from prunekit.core.latency import probe_steps
+    model, x, s = wide
+    steps = probe_steps(model, s, x, 1, timer=_stairs)
+    assert steps["multiple_of"] == 8 and steps["width"] == 40 and [p["width"] for p in steps["probes"]] == [8, 16]
+    dense = 1.0 + 5 + 3
+    for p in steps["probes"]:   # one block more past the multiple, none below it
+        assert p["t_above"] - p["t_at"] == pytest.approx(1.0 / dense) and p["t_at"] == p["t_below"]
+        assert p["excess"] == pytest.approx(1.0 / dense)
+    line = probe_steps(model, s, x, 1, timer=_smooth)
+    assert line["multiple_of"] == 1 and all(abs(p["excess"]) < 1e-12 for p in line["probes"])
+    # a step below the threshold does not count; a class too narrow to probe gives 1
+    assert probe_steps(model, s, x, 1, timer=_stairs, threshold=0.2)["multiple_of"] == 1
+    narrow = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).eval()
+    none = probe_steps(narrow, prunekit.find_structures(narrow, x), x, 1, timer=_stairs)
+    assert none["multiple_of"] == 1 and none["class"] is None and none["probes"] == []
+
+
+def test_measure_auto_samples_multiples_and_select_keeps_them(wide, tmp_path):
+    model, x, s = wide
+    calls: list = []
+
+    def timer(named, inputs):
+        calls.append(len(named))
+        return _stairs(named, inputs)
+    lat = LatencyModel.measure(model, x, s, cache_dir=tmp_path, timer=timer, multiple_of="auto")
+    assert lat.multiple_of == 8 and lat.measured["steps"]["multiple_of"] == 8 and lat.settings["multiple_of"] == "auto"
+    for gid, table in lat.tables.items():   # every sampled kept width is a multiple of 8
+        assert all((table["size"] - k) % 8 == 0 for k in table["removed"][1:]), table
+    plan = prunekit.select(s, torch.rand(len(s), generator=torch.Generator().manual_seed(0)),
+                           prunekit.Budget(latency=0.3), latency=lat)
+    assert plan.meta["selection"]["multiple_of"] == 8
+    assert all(w in (n, 8, 16, 24, 32) for w, n in zip(_widths(s, plan.removed), (40, 24)))
+    files = list(tmp_path.glob("*_xauto_*.json"))
+    assert len(files) == 1 and len(calls) == 2   # the probe, then the tables
+    again = LatencyModel.measure(model, x, s, cache_dir=tmp_path, timer=timer, multiple_of="auto")
+    assert len(calls) == 2 and again.multiple_of == 8 and again.to_dict() == lat.to_dict()
+    smooth = LatencyModel.measure(model, x, s, cache_dir=False, timer=_smooth, multiple_of="auto")
+    assert smooth.multiple_of == 1 and all(t["removed"] == [0, 10, 20, 30] for t in smooth.tables.values()
+                                           if t["size"] == 40)
+    with pytest.raises(LatencyModelError, match="'auto'"):
+        LatencyModel.measure(model, x, s, cache_dir=False, timer=_smooth, multiple_of="eight")

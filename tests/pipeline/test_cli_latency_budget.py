@@ -40,7 +40,7 @@ def build(width=32):
 
 LATENCY_KEYS = {"batch_size", "threads", "device", "device_name", "statistic", "dense_predicted_ms", "predicted_ms",
                 "dense_measured_ms", "measured_ms", "predicted_fraction", "measured_fraction", "fraction_error",
-                "error", "measured_over_predicted"}
+                "error", "measured_over_predicted", "multiple_of"}
 
 
 @pytest.fixture
@@ -164,3 +164,24 @@ def test_bad_latency_options_are_one_line_errors(net, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latnet.py"]  # nothing measured, cached or saved
+
+
+def test_multiple_of_auto_is_chosen_by_the_step_probe(net, tmp_path, capsys):
+    """``--multiple-of auto``: the latency model's step probe picks the multiple (8 or 1 on this machine),
+    the plan keeps it, and the summary shows the probe; without a latency model it is refused."""
+    out = tmp_path / "small"
+    argv = ["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1"]
+    assert main(argv + ["--budget-latency", "0.3", "--latency-rounds", "1", "--multiple-of", "auto",
+                        "--out", str(out)]) == 0
+    report = _summary(capsys, out)["latency"]
+    steps = report["steps"]
+    # conv1 (its channels carry their own MACs and conv2's inputs: the most MACs), probed at 8 and 16
+    assert steps["width"] == 32 and [p["width"] for p in steps["probes"]] == [8, 16]
+    k = report["multiple_of"]
+    assert k == steps["multiple_of"] == (8 if max(p["excess"] for p in steps["probes"]) > steps["threshold"] else 1)
+    small = prunekit.load(out, model=_build(net))
+    assert small.prunekit_plan.meta["selection"]["multiple_of"] == k
+    widths = [small.conv1.out_channels, small.conv2.out_channels]
+    assert all(w % k == 0 for w in widths) and widths != [32, 64]
+    assert main(argv[:-2] + ["--budget-macs", "0.3", "--multiple-of", "auto", "--out", str(tmp_path / "x")]) == 2
+    assert "--multiple-of auto chooses the multiple from timings" in capsys.readouterr().err

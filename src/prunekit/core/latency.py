@@ -66,10 +66,14 @@ from .structures import Structures
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LatencyModel", "LatencyModelError", "DEFAULT_FRACTIONS", "default_cache_dir"]
+__all__ = ["LatencyModel", "LatencyModelError", "DEFAULT_FRACTIONS", "default_cache_dir", "probe_steps"]
 
 #: kept fractions at which every group (class of groups) is timed
 DEFAULT_FRACTIONS = (0.75, 0.5, 0.25)
+#: ``multiple_of="auto"``: the channel block probed, and the step (share of the whole network's time)
+#: one channel past a multiple must cost beyond one channel below it for the tables to keep multiples
+AUTO_BLOCK = 8
+STEP_THRESHOLD = 0.03
 FORMAT = "prunekit.core.latency/1"
 
 
@@ -162,7 +166,7 @@ class LatencyModel:
     def measure(cls, model: nn.Module, example_inputs, structures: Structures | None = None,
                 batch_size: int | None = None, threads: int | None = None, device: str | torch.device = "cpu", *,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS, rounds: int = 3, repeats: int | None = None,
-                warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", multiple_of: int = 1,
+                warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", multiple_of: int | str = 1,
                 cache_dir: str | Path | bool | None = None,
                 refresh: bool = False, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                 verbose: bool = False) -> "LatencyModel":
@@ -192,7 +196,12 @@ class LatencyModel:
                 at the widths ``select(..., multiple_of=k)`` produces (kernels work on blocks of
                 channels, so time can step between multiples: ``docs/selection.md``).
                 :func:`prunekit.select` then defaults to
-                ``multiple_of=k`` with this model.
+                ``multiple_of=k`` with this model. ``"auto"``: first a step probe
+                (:func:`probe_steps`) times the class of groups with the most MACs at kept widths
+                ``w − 1``, ``w``, ``w + 1`` around multiples ``w`` of :data:`AUTO_BLOCK`; if one
+                channel past a multiple costs more than :data:`STEP_THRESHOLD` of the network's
+                time beyond one channel below it, ``k = AUTO_BLOCK``, else 1 (the probe is in
+                ``measured["steps"]``, ``multiple_of`` holds the chosen ``k``).
             cache_dir: folder of the cache (``None``: :func:`default_cache_dir`; ``False``: none).
             refresh: measure even if the cache has this model.
             timer: ``timer(named_models, inputs) -> {name: ms}`` replaces the wall-clock timer
@@ -206,8 +215,9 @@ class LatencyModel:
             raise LatencyModelError(f"fractions (kept) must be in (0, 1), got {list(fractions)}")
         if share not in ("shape", None):
             raise LatencyModelError(f"share must be 'shape' or None, got {share!r}")
-        if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
-            raise LatencyModelError(f"multiple_of must be an int >= 1, got {multiple_of!r}")
+        if multiple_of != "auto" and (isinstance(multiple_of, bool) or not isinstance(multiple_of, int)
+                                      or multiple_of < 1):
+            raise LatencyModelError(f"multiple_of must be an int >= 1 or 'auto', got {multiple_of!r}")
         dev = torch.device(device)
         if structures is None:
             structures = find_structures(model, example_inputs)
@@ -229,8 +239,13 @@ class LatencyModel:
                     return cached
         start = time.perf_counter()
         classes = _group_classes(model, structures, share)
-        variants, plan_of, floor_removed = _thinned_variants(model, structures, classes, fractions, multiple_of)
         inputs = with_batch(example_inputs, b)
+        steps = None
+        if multiple_of == "auto":
+            steps = probe_steps(model, structures, inputs, b, classes=classes, threads=n_threads, device=dev,
+                                rounds=rounds, warmup=warmup, statistic=statistic, timer=timer)
+            multiple_of = steps["multiple_of"]
+        variants, plan_of, floor_removed = _thinned_variants(model, structures, classes, fractions, multiple_of)
         log_level = logging.INFO if verbose else logging.DEBUG
         log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
                 len(structures.groups), len(classes), len(variants), b, n_threads, dev)
@@ -258,6 +273,8 @@ class LatencyModel:
         lat.settings = {**settings}
         lat.measured["settings_used"] = settings_used  # type: ignore[assignment]
         lat.measured["classes"] = [list(map(int, g)) for g in classes]  # type: ignore[assignment]
+        if steps is not None:
+            lat.measured["steps"] = steps  # type: ignore[assignment]
         if path is not None:
             try:
                 lat.save(path)
@@ -269,9 +286,9 @@ class LatencyModel:
 
     @staticmethod
     def _cache_name(signature: str, device: torch.device, batch: int, threads: int, dtype: str,
-                    multiple_of: int = 1) -> str:
+                    multiple_of: int | str = 1) -> str:
         tag = hashlib.sha256(f"{_device_name(device)}|{torch.__version__}".encode()).hexdigest()[:8]
-        aligned = f"_x{multiple_of}" if multiple_of > 1 else ""
+        aligned = f"_x{multiple_of}" if multiple_of == "auto" or multiple_of > 1 else ""
         return f"{signature}_{device.type}{'' if device.index is None else device.index}_b{batch}_t{threads}_" \
                f"{dtype}{aligned}_{tag}.json"
 
@@ -504,6 +521,73 @@ def _thinned_variants(model, structures, classes, fractions, multiple_of: int = 
         plan = PruningPlan.from_removed(structures, _admitted(structures, floor_removed))
         variants["floor"] = materialize(model, plan, structures).eval()
     return variants, plan_of, floor_removed
+
+
+def probe_steps(model: nn.Module, structures: Structures, inputs, batch_size: int, *, classes=None,
+                block: int = AUTO_BLOCK, threshold: float = STEP_THRESHOLD, threads: int | None = None,
+                device: str | torch.device = "cpu", rounds: int = 3, repeats: int | None = None, warmup: int = 2,
+                statistic: str = "min_ms", timer: Callable[[dict, object], Mapping[str, float]] | None = None) -> dict:
+    """Is latency a staircase in the kept width? The channel multiple a latency model should keep.
+
+    The class of groups with the most MACs (:func:`_group_classes`: identical groups thinned
+    together) is thinned to kept widths ``w − 1``, ``w``, ``w + 1`` for ``w`` the multiples of
+    ``block`` nearest half and a quarter of its width, and timed with the dense model in
+    alternating rounds. With ``t`` the time over the dense model's, the step past a multiple
+    beyond the step below it is
+
+    .. math:: e_w = \big(t(w + 1) - t(w)\big) - \big|t(w) - t(w - 1)\big|
+
+    (blocked kernels cost the same from ``w − block + 1`` to ``w`` and jump at ``w + 1``; a smooth
+    cost or timing noise moves both steps alike). ``multiple_of = block`` if ``max_w e_w >
+    threshold``, else 1; 1 too when no class is wide enough (``w − 1 ≥ 1``, ``w + 1 < n``).
+
+    Returns ``{"multiple_of", "block", "threshold", "class", "width", "probes": [{"width",
+    "t_below", "t_at", "t_above", "excess"}]}`` (``t_*``: fractions of the dense time).
+
+    Example:
+        >>> import torch, prunekit
+        >>> m = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> x = torch.randn(1, 8)
+        >>> s = prunekit.find_structures(m, x)
+        >>> def stairs(named, inputs):   # 1 ms per started block of 8 hidden units, + 1 ms
+        ...     return {k: 1.0 + -(-v[0].out_features // 8) for k, v in named.items()}
+        >>> probe_steps(m, s, x, 1, timer=stairs)["multiple_of"]
+        8
+    """
+    from .materialize import materialize
+    from .plan import PruningPlan
+    classes = _group_classes(model, structures, "shape") if classes is None else classes
+    out = {"multiple_of": 1, "block": block, "threshold": threshold, "class": None, "width": None, "probes": []}
+    wide = [gids for gids in classes if len(structures.groups[gids[0]].members) >= 2 * block + 2]
+    if not wide:
+        return out
+    gids = max(wide, key=lambda c: len(c) * sum(structures[i].macs for i in structures.groups[c[0]].members))
+    n = len(structures.groups[gids[0]].members)
+    widths = sorted({min(max(round(n * f / block), 1) * block, n - 2) // block * block for f in (0.5, 0.25)})
+    widths = [w for w in widths if w >= block and w + 1 < n]
+    variants: dict[str, nn.Module] = {"dense": copy.deepcopy(model).eval()}
+    for w in widths:
+        for kept in (w - 1, w, w + 1):
+            plan = PruningPlan.from_removed(structures, _thin(structures, gids, n - kept))
+            variants[f"w{kept}"] = materialize(model, plan, structures).eval()
+    if timer is None:
+        reps = repeats or int(min(15, max(3, math.ceil(250.0 / max(time_in_rounds(
+            {"dense": variants["dense"]}, inputs, batch_size, rounds=1, repeats=2, warmup=1, threads=threads,
+            device=device)["dense"], 1e-3)))))
+        ms = time_in_rounds(variants, inputs, batch_size, rounds=rounds, repeats=reps, warmup=warmup, threads=threads,
+                            device=device, statistic=statistic)
+    else:
+        ms = dict(timer(variants, inputs))
+    dense = float(ms["dense"])
+    for w in widths:
+        below, at, above = (float(ms[f"w{k}"]) / dense for k in (w - 1, w, w + 1))
+        out["probes"].append({"width": w, "t_below": below, "t_at": at, "t_above": above,
+                              "excess": (above - at) - abs(at - below)})
+    out.update({"class": [int(g) for g in gids], "width": n})
+    if out["probes"] and max(p["excess"] for p in out["probes"]) > threshold:
+        out["multiple_of"] = block
+    log.debug("latency steps: %s", out)
+    return out
 
 
 def _fit_tables(structures, classes, plan_of, ms, dense_ms) -> dict:

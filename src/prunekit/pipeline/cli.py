@@ -54,6 +54,11 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _multiple(text: str):
+    """argparse type of ``--multiple-of``: ``auto`` or an integer >= 1."""
+    return "auto" if text == "auto" else _int_at_least(1)(text)
+
+
 def _int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum`` (``--epochs 0`` and ``--num-samples -5`` are refused)."""
     def parse(text: str) -> int:
@@ -620,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random", "ctf"],
                        help="criterion (default sosp-h; l1, l2 and random need no data) or ctf (learned masks)")
     _budget_options(prune)
-    prune.add_argument("--multiple-of", type=_int_at_least(1), default=1, metavar="K",
-                       help="keep every group whole or a multiple of K channels/neurons/heads (default 1)")
+    prune.add_argument("--multiple-of", type=_multiple, default=1, metavar="K",
+                       help="keep every group whole or a multiple of K channels/neurons/heads (default 1); "
+                            "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
     prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
     prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")

@@ -51,7 +51,7 @@ def train_from_config(path: str | Path, resume: bool = False, overwrite: bool = 
 def prune_model(model, example, method: str, budget: dict, *, train=None, test=None, num_samples: int = 512,
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
                 cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
-                multiple_of: int = 1, latency_batch: int | None = None, latency_threads: int | None = None,
+                multiple_of: int | str = 1, latency_batch: int | None = None, latency_threads: int | None = None,
                 latency_rounds: int = 3):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
@@ -61,7 +61,8 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     (:func:`prunekit.ctf.run`, the protocol of every CTF benchmark). ``device`` moves the model and
     the data there first. Under ``torchrun`` each rank scores its share of the samples
     (:func:`~prunekit.pipeline.train.rank_shard`; the criteria reduce the sums) or trains CTF with DDP.
-    ``multiple_of`` goes to :func:`select` (criteria only).
+    ``multiple_of`` goes to :func:`select` (criteria only); ``"auto"`` lets the latency model's step
+    probe choose it (:func:`prunekit.core.latency.probe_steps`; needs a latency budget or batch).
 
     **Latency.** ``budget={"latency": f}`` (``--budget-latency``), or ``latency_batch`` /
     ``latency_threads`` with any budget, first measures a :class:`prunekit.LatencyModel` of the
@@ -102,8 +103,13 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
     scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
     timed = "latency" in budget or latency_batch is not None or latency_threads is not None
+    if multiple_of == "auto" and not timed:
+        raise ValueError("--multiple-of auto chooses the multiple from timings on the device: give "
+                         "--budget-latency or --latency-batch, or a number")
     lat = (_latency_model(model, example, structures, latency_batch, latency_threads, multiple_of)
            if timed and _rank0() else None)
+    if multiple_of == "auto":  # the latency model's choice (rank 0's; other ranks get its plan)
+        multiple_of = None
     if timed and lat is None:
         plan = None
     elif set(budget) == {"latency"} and latency_rounds > 1:  # closed loop: the plan is timed and corrected
@@ -128,16 +134,16 @@ def _rank0() -> bool:
     return _world()[0] == 0
 
 
-def _latency_model(model, example, structures, batch: int | None, threads: int | None, multiple_of: int = 1):
+def _latency_model(model, example, structures, batch: int | None, threads: int | None, multiple_of: int | str = 1):
     """:meth:`prunekit.LatencyModel.measure` of ``model`` on its device (or its cached tables), its
-    widths sampled at ``multiple_of``."""
+    widths sampled at ``multiple_of`` (``"auto"``: chosen by its step probe)."""
     from ..core.latency import LatencyModel
     from ..core.measure import _model_device
 
     lat = LatencyModel.measure(model, example, structures, batch_size=batch, threads=threads,
                                device=_model_device(model), multiple_of=multiple_of)
-    log.info("latency model: dense %.3f ms at batch %d, %d thread(s) on %s (%s)", lat.dense_ms, lat.batch_size,
-             lat.threads, lat.device, lat.device_name)
+    log.info("latency model: dense %.3f ms at batch %d, %d thread(s) on %s (%s), widths in multiples of %d",
+             lat.dense_ms, lat.batch_size, lat.threads, lat.device, lat.device_name, lat.multiple_of)
     return lat
 
 
@@ -160,7 +166,10 @@ def _latency_report(lat, model, plan, example, structures) -> dict:
               "dense_measured_ms": check["dense_ms"], "measured_ms": measured,
               "predicted_fraction": check["predicted_fraction"], "measured_fraction": check["measured_fraction"],
               "fraction_error": check["fraction_error"], "error": check["error"],
-              "measured_over_predicted": measured / predicted if predicted else float("inf")}
+              "measured_over_predicted": measured / predicted if predicted else float("inf"),
+              "multiple_of": lat.multiple_of}
+    if "steps" in lat.measured:  # --multiple-of auto: the step probe that chose it
+        report["steps"] = lat.measured["steps"]
     if "latency_loop" in plan.meta:  # the closed loop's rounds: requested, predicted and measured fractions
         report["loop"] = plan.meta["latency_loop"]
     plan.meta.setdefault("latency", {})["measured"] = {
@@ -183,7 +192,7 @@ def write_summary(out: str | Path, summary: dict) -> Path:
 def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None, budget: dict,
                      data_config: str | None = None, num_samples: int = 512, *, rate: float | None = None,
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
-                     cost: str = "params", device: str | None = None, multiple_of: int = 1,
+                     cost: str = "params", device: str | None = None, multiple_of: int | str = 1,
                      latency_batch: int | None = None, latency_threads: int | None = None,
                      latency_rounds: int = 3) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
