@@ -4,6 +4,9 @@ Two data sets, each with its own recipe (:data:`RECIPES`) and results store:
 
 * ``fashion`` — CIFAR-style nets on the full Fashion-MNIST (60k / 10k): 15 epochs, lr 0.1, batch 128,
   store ``benchmarks/results/sosp_dense.json``;
+* ``digits`` — the MLP (64 → 256 → 128 → 10) on scikit-learn's 8×8 handwritten digits (1,347 / 450,
+  stratified split, seed 0; pixels / 16): 60 epochs, lr 0.05, batch 64, store
+  ``benchmarks/results/sosp_digits_dense.json``: the fast sanity row (seconds per network);
 * ``sbu`` — the skeleton GCN (``attention_gcn``, channels 32 32 64 64, 4 heads) on SYNTHETIC SBU
   (prunekit's generator, seed 0), fold 1 (264 / 67 sequences): 30 epochs, lr 0.05, batch 32,
   store ``benchmarks/results/sosp_gcn_dense.json``.
@@ -15,6 +18,7 @@ unset takes the data set's recipe.
 
     python benchmarks/sosp_dense.py --models resnet20 --width 0.5 --epochs 15 --seeds 0 1 2
     python benchmarks/sosp_dense.py --models attention_gcn --seeds 0 1 2
+    python benchmarks/sosp_dense.py --models mlp --seeds 0 1 2 3 4 5 6 7 8 9
     python benchmarks/sosp_dense.py --merge A.json B.json --out benchmarks/results/sosp_dense.json
 """
 from __future__ import annotations
@@ -35,21 +39,28 @@ from prunekit.pipeline.train import fit  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 SBU = {"format": "synthetic-sbu", "seed": 0, "fold": 1}
-SKELETON = ("attention_gcn",)  # the models trained on SYNTHETIC SBU; every other one on Fashion-MNIST
+DIGITS = {"source": "sklearn.datasets.load_digits", "test_fraction": 0.25, "split_seed": 0, "scale": "1/16"}
+SKELETON = ("attention_gcn",)  # the models trained on SYNTHETIC SBU; the MLP on digits; every other one on Fashion-MNIST
 RECIPES = {  # per data set: the dense training and where its rows go
     "fashion": {"width": 0.5, "epochs": 15, "lr": 0.1, "batch_size": 128, "out": "benchmarks/results/sosp_dense.json"},
     "sbu": {"width": 1.0, "epochs": 30, "lr": 0.05, "batch_size": 32, "out": "benchmarks/results/sosp_gcn_dense.json"},
+    "digits": {"width": 1.0, "epochs": 60, "lr": 0.05, "batch_size": 64,
+               "out": "benchmarks/results/sosp_digits_dense.json"},
 }
 
 
 def dataset_of(model: str) -> str:
-    return "sbu" if model in SKELETON else "fashion"
+    return "sbu" if model in SKELETON else "digits" if model == "mlp" else "fashion"
 
 
 def load(model: str, fashion: str = FASHION, cache: str = "runs/data"):
     """``((X, y), (X_test, y_test), info)`` of the model's data set (``info`` is None for Fashion-MNIST)."""
     if dataset_of(model) == "sbu":
         return load_data(SBU, cache=cache)
+    if dataset_of(model) == "digits":
+        (X, y), (Xt, yt) = prunekit.data.load_digits(test_fraction=DIGITS["test_fraction"], seed=DIGITS["split_seed"])
+        prep = lambda a: (torch.from_numpy(a) / 16.0).unsqueeze(1)  # noqa: E731
+        return (prep(X), torch.from_numpy(y)), (prep(Xt), torch.from_numpy(yt)), None
     train, test, _ = load_data({"format": "idx", "root": fashion})
     return train, test, None
 
@@ -62,6 +73,8 @@ def create(model: str, width: float, info: dict | None = None):
     if info is not None:
         assert width == 1.0, "the skeleton GCN is benchmarked at its full width"
         return create_skeleton(model, info)
+    if dataset_of(model) == "digits":
+        return prunekit.models.create(model, input_shape=(1, 8, 8), num_classes=10, width=width)
     return prunekit.models.create(model, in_channels=1, num_classes=10, width=width)
 
 
@@ -96,7 +109,8 @@ def main(argv=None):
     r = recipe(args, args.models)
     (X, y), (Xt, yt), info = load(args.models[0], args.data, args.data_cache)
     protocol = {"epochs": r["epochs"], "lr": r["lr"], "batch_size": r["batch_size"], "weight_decay": 5e-4,
-                "schedule": "cosine", "train": len(X), "test": len(Xt), **({"data": SBU} if info else {})}
+                "schedule": "cosine", "train": len(X), "test": len(Xt), **({"data": SBU} if info else {}),
+                **({"data": DIGITS} if r["dataset"] == "digits" else {})}
     store = Store(r["out"], key=("model", "width", "seed"), meta={"protocol": protocol, "machine": machine(1)},
                   resume=True, must_match=("protocol",))
     for name in args.models:
