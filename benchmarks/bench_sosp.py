@@ -42,6 +42,7 @@ paired differences SOSP-H − every other method (same seed and budget) and win/
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from functools import partial
@@ -165,7 +166,7 @@ def prune_once(model, method, fraction, data, args, seed, cache=None):
         if cache is not None:
             cache[method] = (scores, seconds)
     t0 = time.perf_counter()
-    plan = prunekit.select(structures, scores, prunekit.Budget(macs=fraction), method=method)
+    plan = prunekit.select(structures, scores, prunekit.Budget(macs=fraction), method=method, **getattr(args, "select", {}))
     seconds += time.perf_counter() - t0
     return prunekit.materialize(model, plan, structures), kept_by_layer(structures, plan), seconds
 
@@ -366,6 +367,9 @@ def parse(argv=None):
     p.add_argument("--data", default=FASHION, help="Fashion-MNIST's IDX folder")
     p.add_argument("--data-cache", default="runs/data", help="where SYNTHETIC SBU is generated")
     p.add_argument("--cache", default="runs/sosp")
+    p.add_argument("--select", type=json.loads, default={}, metavar="JSON",
+                   help="options of prunekit.select for every prunekit-structure row, e.g. '{\"normalize\": \"macs\"}' "
+                        "or the paper's '{\"group_norm\": null, \"max_group_ratio\": null}' (default: its defaults)")
     p.add_argument("--out", default="benchmarks/results/sosp.json")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge these result files (one protocol) into --out")
     args = p.parse_args(argv)
@@ -395,6 +399,8 @@ def main(argv=None):
         protocol |= {"data": SBU, "batch_size": args.batch_size}
     if args.dataset == "digits":
         protocol |= {"data": DIGITS, "batch_size": args.batch_size}
+    if args.select:  # the defaults stay out of the protocol, so the earlier files still resume
+        protocol |= {"select": args.select}
     meta = {"protocol": protocol, "machine": machine(1), **({"note": NOTES[args.dataset]} if args.dataset in NOTES else {})}
     store = Store(args.out, key=KEY, meta=meta, resume=True, must_match=("protocol",))
     data = load(args)
