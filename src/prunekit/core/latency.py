@@ -535,7 +535,7 @@ def probe_steps(model: nn.Module, structures: Structures, inputs, batch_size: in
     alternating rounds. With ``t`` the time over the dense model's, the step past a multiple
     beyond the step below it is
 
-    .. math:: e_w = \big(t(w + 1) - t(w)\big) - \big|t(w) - t(w - 1)\big|
+    .. math:: e_w = \\big(t(w + 1) - t(w)\\big) - \\big|t(w) - t(w - 1)\\big|
 
     (blocked kernels cost the same from ``w − block + 1`` to ``w`` and jump at ``w + 1``; a smooth
     cost or timing noise moves both steps alike). ``multiple_of = block`` if ``max_w e_w >
