@@ -25,7 +25,10 @@ Protocol:
    * **magnitude** – global unstructured magnitude pruning right away, then
      ``--epochs + --finetune`` epochs of fine-tuning with the zeros frozen;
      **magnitude-normalized** – the same ranking ``|W| / rms(W^ℓ)`` within each layer;
-   * **random** – :func:`prunekit.ctf.random_prune` (entries, seeded), then the same.
+   * **random** – :func:`prunekit.ctf.random_prune` (entries, seeded), then the same;
+   * **ctf-rewind** (a diagnostic) – CTF's learned plan applied to the dense weights, then the
+     one-shot baselines' ``--epochs + --finetune`` epochs of fine-tuning (``run(..., rewind=True)``):
+     against them it isolates which weights CTF keeps from what its mask phase trained.
 
    Every fine-tuning runs at ``--ft-lr`` (default ``prunekit.ctf.FINETUNE["lr"]`` = 0.05,
    the ``--lr`` default), without weight decay, for every method alike (until this went
@@ -85,6 +88,7 @@ from benchmarks.store import paired, stats, write_json  # noqa: E402
 CHANNELS = (16, 32, 32)
 NUM_CLASSES = {"sbu": 8, "fpha": 45}
 METHODS = ("ctf", "magnitude", "random", "column-only", "row-only", "group-lasso")
+DIAGNOSTICS = ("ctf-rewind",)  # rows that are not baselines: left out of the goal's "best baseline"
 BATCH = 32
 
 
@@ -139,7 +143,7 @@ def continue_dense(model, data, epochs, lr, seed) -> float:
 def split(method, args) -> tuple[int, int]:
     """``(epochs with masks, fine-tuning epochs)`` of a mask-training method: ``--ctf-split`` for
     CTF itself, ``--epochs`` / ``--finetune`` for the others (the same total either way)."""
-    if method == "ctf" and args.ctf_split:
+    if method in ("ctf", "ctf-rewind") and args.ctf_split:
         return tuple(args.ctf_split)
     return args.epochs, args.finetune
 
@@ -149,11 +153,13 @@ def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
     Xtr, ytr, Xte, yte = data
     epochs, ft_epochs = split(method, args)
     options = {"strength": args.lasso_strength} if method in ("group-lasso", "l1") else {}
-    if method == "ctf":
+    if method in ("ctf", "ctf-rewind"):
         options = dict(args.ctf_options or {})
+    if method == "ctf-rewind":  # CTF's plan on the dense weights, then the one-shot baselines' fine-tuning
+        options["rewind"] = True
     result = run(new_model(args.dataset, seed, state), (Xtr, ytr), (Xte, yte), rate, epochs=epochs,
-                 finetune_epochs=ft_epochs, method=method, lr=args.lr, finetune_lr=args.ft_lr, batch_size=BATCH,
-                 seed=seed, cost=args.cost, **options)
+                 finetune_epochs=ft_epochs, method="ctf" if method == "ctf-rewind" else method, lr=args.lr,
+                 finetune_lr=args.ft_lr, batch_size=BATCH, seed=seed, cost=args.cost, **options)
     plan, report = result.plan, result.report
     row = {"accuracy_pruned": result.accuracy_before_finetune, "accuracy": result.accuracy,
            "rate": result.rate_reached, "params": result.params, "nonzero_params": result.nonzero_params,
@@ -170,7 +176,7 @@ def run_method(method, state, data, rate, args, seed, x_latency) -> dict:
                     "hard_phase": report.get("hard_phase"),
                     "kept_per_epoch": [round(r["binary"], 4) for r in masks],
                     "target_per_epoch": [round(r["target"], 4) for r in masks],
-                    "mask_epochs": epochs, "finetune_epochs": ft_epochs})
+                    "mask_epochs": epochs, "finetune_epochs": result.finetune_epochs})
     elif "accuracy_regularised" in report:  # group lasso / l1
         row.update({"accuracy_regularised": report["accuracy_regularised"], "strength": report["strength"]})
     return row
@@ -234,8 +240,8 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
                 continue
             # a baseline that stopped short of the rate (structured-only: one group per weight stays)
             # is not a comparison at that rate
-            others = {m: a for m, a in cell.items() if m != "ctf" and reached[m] >= rate - 0.005}
-            short = {m: reached[m] for m in cell if m != "ctf" and m not in others}
+            others = {m: a for m, a in cell.items() if m not in ("ctf", *DIAGNOSTICS) and reached[m] >= rate - 0.005}
+            short = {m: reached[m] for m in cell if m not in ("ctf", *DIAGNOSTICS) and m not in others}
             best = max(others, key=others.get) if others else None
             entry = {"ctf": cell["ctf"], "best_baseline": best, "best_baseline_accuracy": others.get(best),
                      "ctf_beats_every_baseline": all(cell["ctf"] >= a for a in others.values()),
@@ -433,7 +439,9 @@ def main():  # noqa: C901
     parser.add_argument("--folds", type=int, nargs="+", default=[1], help="SBU folds (FPHA: the 1:1 split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS) + ["ctf-rewind"],
+                        help="ctf-rewind (a diagnostic): CTF's learned plan applied to the dense weights, then the "
+                             "one-shot baselines' fine-tuning (--epochs + --finetune)")
     parser.add_argument("--pretrain", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=12, help="epochs with masks / regulariser")
     parser.add_argument("--finetune", type=int, default=8, help="fine-tuning epochs after finalize")

@@ -109,3 +109,23 @@ def test_an_unknown_method_is_refused_with_the_list():
     with pytest.raises(ValueError, match="magnitude-normalized"):
         run(gcn(), (inputs(), torch.zeros(4, dtype=torch.long)), None, 0.5, epochs=1, finetune_epochs=0,
             method="obd")
+
+
+def test_rewind_fine_tunes_the_learned_plan_from_the_dense_weights(task):
+    """``rewind=True``: the same learned plan, applied to the model's own weights, fine-tuned for the whole budget."""
+    common = dict(epochs=2, finetune_epochs=1, seed=0, batch_size=8)
+    plain = run(task["dense"], task["train"], task["test"], 0.8, **common)
+    rewound = run(task["dense"], task["train"], task["test"], 0.8, rewind=True, **common)
+    assert rewound.plan.removed == plain.plan.removed
+    assert set(rewound.plan.entry_masks) == set(plain.plan.entry_masks)
+    assert all(torch.equal(rewound.plan.entry_masks[n], m) for n, m in plain.plan.entry_masks.items())
+    assert (rewound.epochs, rewound.finetune_epochs) == (2, 3) and (plain.epochs, plain.finetune_epochs) == (2, 1)
+    # before fine-tuning it is the dense model under the plan, not the weights trained with the masks
+    dense_under_plan = prunekit.materialize(task["dense"].eval(), rewound.plan)
+    assert rewound.accuracy_before_finetune == evaluate(dense_under_plan, task["test"])["accuracy"]
+    def kept(result):   # nonzero prunable entries after fine-tuning (the zeros stay frozen)
+        params = dict(result.model.named_parameters())
+        return {n: int((params[n] != 0).sum()) for n in task["names"]}
+    assert kept(rewound) == kept(plain) and rewound.rate_reached == plain.rate_reached
+    with pytest.raises(ValueError, match="rewind applies to the methods that learn masks"):
+        run(task["dense"], task["train"], task["test"], 0.8, method="magnitude", rewind=True, **common)

@@ -129,7 +129,7 @@ def _one_shot(method: str, model: nn.Module, rate: float, example, cost: str, se
 
 def run(model: nn.Module, train, test, rate: float, *, epochs: int, finetune_epochs: int, method: str = "ctf",
         cost: str = "params", lr: float = 0.05, batch_size: int = 32, seed: int = 0,
-        finetune_lr: float | None = None, **options) -> CTFResult:
+        finetune_lr: float | None = None, rewind: bool = False, **options) -> CTFResult:
     """Prune a copy of ``model`` to ``rate`` with ``method`` (one of :data:`METHODS`), fine-tune, evaluate, count.
 
     ``train`` / ``test``: ``(X, y)`` tensors (``test`` may be ``None``: no accuracies). The
@@ -139,6 +139,11 @@ def run(model: nn.Module, train, test, rate: float, *, epochs: int, finetune_epo
     (:class:`~prunekit.ctf.options.CTFOptions`), :class:`~prunekit.ctf.GroupLasso`'s
     ``strength``, or the one-shot function's keywords. ``finetune_lr`` overrides
     ``FINETUNE["lr"]`` for every method alike. ``model`` is not modified.
+
+    ``rewind=True`` (mask-learning methods; a diagnostic): the learned plan is applied to
+    ``model``'s own weights, which are then fine-tuned ``epochs + finetune_epochs`` epochs —
+    the one-shot baselines' schedule with the learned masks' choice, so a comparison with them
+    isolates *which* weights the masks keep from what the mask phase's training did.
 
     Example:
         >>> import torch, prunekit
@@ -150,6 +155,8 @@ def run(model: nn.Module, train, test, rate: float, *, epochs: int, finetune_epo
     """
     if method not in METHODS:
         raise ValueError(f"run: method must be one of {METHODS}, got {method!r}")
+    if rewind and method in _ONE_SHOT:
+        raise ValueError(f"run: rewind applies to the methods that learn masks, not to {method!r}")
     if epochs < 0 or finetune_epochs < 0:
         raise ValueError(f"run: epochs and finetune_epochs must be ≥ 0, got {epochs} and {finetune_epochs}")
     start = time.perf_counter()
@@ -164,6 +171,8 @@ def run(model: nn.Module, train, test, rate: float, *, epochs: int, finetune_epo
                          options=options)
         mask_epochs, ft_epochs = epochs, finetune_epochs
     plan, reached, accuracy_masks, report, history = learned
+    if rewind:  # the learned choice, from the weights every one-shot baseline starts from
+        learner, ft_epochs = copy.deepcopy(model).eval(), epochs + finetune_epochs
     pruned = materialize(learner.eval(), plan)
     before = _accuracy(pruned, test)
     if ft_epochs:
