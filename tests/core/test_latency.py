@@ -262,7 +262,7 @@ def test_measure_auto_samples_multiples_and_select_keeps_them(wide, tmp_path):
         return _stairs(named, inputs)
     lat = LatencyModel.measure(model, x, s, cache_dir=tmp_path, timer=timer, multiple_of="auto")
     assert lat.multiple_of == 8 and lat.measured["steps"]["multiple_of"] == 8 and lat.settings["multiple_of"] == "auto"
-    for gid, table in lat.tables.items():   # every sampled kept width is a multiple of 8
+    for table in lat.tables.values():   # every sampled kept width is a multiple of 8
         assert all((table["size"] - k) % 8 == 0 for k in table["removed"][1:]), table
     plan = prunekit.select(s, torch.rand(len(s), generator=torch.Generator().manual_seed(0)),
                            prunekit.Budget(latency=0.3), latency=lat)

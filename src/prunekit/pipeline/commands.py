@@ -103,20 +103,16 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
     scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
     timed = "latency" in budget or latency_batch is not None or latency_threads is not None
-    if multiple_of == "auto" and not timed:
-        raise ValueError("--multiple-of auto chooses the multiple from timings on the device: give "
-                         "--budget-latency or --latency-batch, or a number")
+    chunk = _selection_multiple(multiple_of, timed)
     lat = (_latency_model(model, example, structures, latency_batch, latency_threads, multiple_of)
            if timed and _rank0() else None)
-    if multiple_of == "auto":  # the latency model's choice (rank 0's; other ranks get its plan)
-        multiple_of = None
     if timed and lat is None:
         plan = None
     elif set(budget) == {"latency"} and latency_rounds > 1:  # closed loop: the plan is timed and corrected
         plan = select_to_latency(model, structures, scores, budget["latency"], lat, example, rounds=latency_rounds,
-                                 method=method, multiple_of=multiple_of)
+                                 method=method, multiple_of=chunk)
     else:
-        plan = select(structures, scores, Budget(**budget), method=method, multiple_of=multiple_of, latency=lat)
+        plan = select(structures, scores, Budget(**budget), method=method, multiple_of=chunk, latency=lat)
     if timed:  # the latency model is rank 0's own measurement: its plan goes to every rank
         plan = broadcast_plan(plan, src=0, structures=structures)
     pruned = materialize(model, plan, structures)
@@ -126,6 +122,17 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if test is not None:
         summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     return plan, pruned, summary
+
+
+def _selection_multiple(multiple_of: int | str, timed: bool) -> int | None:
+    """``select``'s ``multiple_of``: the number given, or for ``"auto"`` ``None`` (the latency model's
+    choice: rank 0's; the other ranks get its plan), refused without a latency model to choose it."""
+    if multiple_of != "auto":
+        return multiple_of
+    if not timed:
+        raise ValueError("--multiple-of auto chooses the multiple from timings on the device: give "
+                         "--budget-latency or --latency-batch, or a number")
+    return None
 
 
 def _rank0() -> bool:
