@@ -5,8 +5,9 @@ is measured (its cost recorded), L1 scores select per target one plan under
 ``Budget(latency=f)`` (open loop: the latency model's prediction), one with
 :func:`prunekit.select_to_latency` (closed loop: the plan is timed and the request
 corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
-``Budget(macs=f)``; per batch size, what ``LatencyModel.measure(multiple_of="auto")`` would choose
-(:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["steps"]``). Each materialized plan is then timed **in a pair with the dense model**
+``Budget(macs=f)``; per batch size, what ``LatencyModel.measure(multiple_of="auto")`` would
+choose (:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["steps"]``). Each
+materialized plan is then timed **in a pair with the dense model**
 (:func:`prunekit.core.measure.time_in_rounds`: alternating rounds, fastest pass per round,
 best of ``--rounds``), a timing independent of the loop's own, with its own dense reference
 taken at the same moment: the ``measured`` columns. The dense model and all plans of a batch

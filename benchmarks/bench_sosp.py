@@ -2,8 +2,10 @@
 
 Networks trained to convergence by ``benchmarks/sosp_dense.py``: CIFAR-style nets on Fashion-MNIST
 (full 60k / 10k), ``--model attention_gcn``, the skeleton GCN on SYNTHETIC SBU fold 1 (264 / 67
-sequences), or ``--model mlp``, an MLP on scikit-learn's digits (1,347 / 450; the fast sanity row). A flag left unset takes the data set's value (:data:`DEFAULTS`: for the GCN every
-training sequence prunes and fine-tunes, 6 epochs at batch 32, no iterative rows, no samples sweep).
+sequences), or ``--model mlp``, an MLP on scikit-learn's digits (1,347 / 450; the fast sanity row).
+A flag left unset takes the data set's value (:data:`DEFAULTS`: for the GCN every training sequence
+prunes and fine-tunes, 6 epochs at batch 32, no iterative rows, no samples sweep). ``--select JSON``
+passes options to ``prunekit.select`` for every row on prunekit's structures (recorded in the protocol).
 Per seed (= the dense network's seed), per budget (fraction of MACs removed), per method:
 
 * ``schedule="one-shot"``: score on ``--prune-samples`` training samples, ``prunekit.select``
