@@ -35,7 +35,7 @@ import prunekit  # noqa: E402
 from benchmarks.bench_criteria_accuracy import create as create_skeleton  # noqa: E402
 from benchmarks.store import Store, machine, merge  # noqa: E402
 from prunekit.pipeline.dataspec import load_data  # noqa: E402
-from prunekit.pipeline.train import fit  # noqa: E402
+from prunekit.pipeline.train import evaluate, fit  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 SBU = {"format": "synthetic-sbu", "seed": 0, "fold": 1}
@@ -125,8 +125,10 @@ def main(argv=None):
                           batch_size=r["batch_size"], seed=seed, progress=False)
             prunekit.save(model.eval(), path)
             curve = [round(a, 4) for a in history["eval_accuracy"]]
+            seconds = time.perf_counter() - t0
+            on_train = evaluate(model, (X, y))  # how close to zero the training loss went (what saliencies see)
             store.add({"model": name, "width": r["width"], "seed": seed, "curve": curve, "accuracy": curve[-1],
-                       "seconds": time.perf_counter() - t0})
+                       "train_accuracy": on_train["accuracy"], "train_loss": on_train["loss"], "seconds": seconds})
             print(name, seed, curve, flush=True)
 
 

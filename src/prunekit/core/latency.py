@@ -250,11 +250,7 @@ class LatencyModel:
         log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
                 len(structures.groups), len(classes), len(variants), b, n_threads, dev)
         if timer is None:
-            reps = repeats
-            if reps is None:
-                probe = time_in_rounds({"dense": variants["dense"]}, inputs, b, rounds=1, repeats=2, warmup=1,
-                                       threads=n_threads, device=dev)["dense"]
-                reps = int(min(15, max(3, math.ceil(250.0 / max(probe, 1e-3)))))
+            reps = repeats or _repeats_for(variants["dense"], inputs, b, n_threads, dev)
             settings_used = {"repeats_used": reps}
             ms = time_in_rounds(variants, inputs, b, rounds=rounds, repeats=reps, warmup=warmup,
                                 threads=n_threads, device=dev, statistic=statistic)
@@ -458,6 +454,13 @@ def _monotone(values: Sequence[float]) -> list[float]:
     return out
 
 
+def _repeats_for(model: nn.Module, inputs, batch_size: int, threads, device) -> int:
+    """Passes per model and round: about 0.25 s of the dense model's time, 3 to 15."""
+    probe = time_in_rounds({"dense": model}, inputs, batch_size, rounds=1, repeats=2, warmup=1, threads=threads,
+                           device=device)["dense"]
+    return int(min(15, max(3, math.ceil(250.0 / max(probe, 1e-3)))))
+
+
 def _group_classes(model: nn.Module, structures: Structures, share: str | None) -> list[list[int]]:
     """Groups that compute alike (same tensor shapes, same per-member param/MAC savings), in order of first id."""
     if share is None:
@@ -571,9 +574,7 @@ def probe_steps(model: nn.Module, structures: Structures, inputs, batch_size: in
             plan = PruningPlan.from_removed(structures, _thin(structures, gids, n - kept))
             variants[f"w{kept}"] = materialize(model, plan, structures).eval()
     if timer is None:
-        reps = repeats or int(min(15, max(3, math.ceil(250.0 / max(time_in_rounds(
-            {"dense": variants["dense"]}, inputs, batch_size, rounds=1, repeats=2, warmup=1, threads=threads,
-            device=device)["dense"], 1e-3)))))
+        reps = repeats or _repeats_for(variants["dense"], inputs, batch_size, threads, device)
         ms = time_in_rounds(variants, inputs, batch_size, rounds=rounds, repeats=reps, warmup=warmup, threads=threads,
                             device=device, statistic=statistic)
     else:
