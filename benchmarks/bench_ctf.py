@@ -251,7 +251,10 @@ def summarize(rows, dense_rows, methods, rates) -> dict:
                 if "accuracy_continued" in dense:
                     entry["within_1pt_of_dense_continued"] = cell["ctf"] >= dense["accuracy_continued"]["mean"] - 0.01
             goal[str(rate)] = entry
-    return {"table": table, "dense": dense, "goal": goal, "paired": paired_differences(rows, methods, rates)}
+    out = {"table": table, "dense": dense, "goal": goal, "paired": paired_differences(rows, methods, rates)}
+    for reference in (m for m in DIAGNOSTICS if m in methods):  # the diagnostic against everything else
+        out[f"paired_{reference}"] = paired_differences(rows, methods, rates, reference=reference)
+    return out
 
 
 def paired_differences(rows, methods, rates, reference="ctf") -> dict:
@@ -338,6 +341,17 @@ def markdown(result) -> str:  # noqa: C901
                 d = cells_p.get(m)
                 row.append("–" if d is None else f"{100 * d['mean']:+.1f} ± {100 * d['sem']:.1f} "
                                                  f"({d['wins']}/{d['ties']}/{d['losses']})")
+            lines.append(f"| {rate:g} | " + " | ".join(row) + " |")
+    for reference in (m for m in DIAGNOSTICS if s.get(f"paired_{m}")):
+        others = [m for m in methods if m != reference]
+        lines += ["", f"## {reference} (a diagnostic) minus each method, paired by fold and seed (points)", "",
+                  "| rate | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for rate in rates:
+            cells_p = s[f"paired_{reference}"].get(str(rate), {})
+            if not cells_p:  # the diagnostic was not run at this rate
+                continue
+            row = ["–" if cells_p.get(m) is None else f"{100 * cells_p[m]['mean']:+.1f} ± {100 * cells_p[m]['sem']:.1f} "
+                   f"({cells_p[m]['wins']}/{cells_p[m]['ties']}/{cells_p[m]['losses']})" for m in others]
             lines.append(f"| {rate:g} | " + " | ".join(row) + " |")
     if s["goal"]:
         lines += ["", "## Goal: CTF ≥ every baseline at rates ≥ 0.9, within 1 point of dense at 0.9", ""]
@@ -439,7 +453,7 @@ def main():  # noqa: C901
     parser.add_argument("--folds", type=int, nargs="+", default=[1], help="SBU folds (FPHA: the 1:1 split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS) + ["ctf-rewind"],
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS) + list(DIAGNOSTICS),
                         help="ctf-rewind (a diagnostic): CTF's learned plan applied to the dense weights, then the "
                              "one-shot baselines' fine-tuning (--epochs + --finetune)")
     parser.add_argument("--pretrain", type=int, default=30)
