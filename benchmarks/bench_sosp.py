@@ -311,6 +311,20 @@ def markdown(result) -> str:
                              f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}", f"{d['wins']}/{d['ties']}/{d['losses']}"])
     lines.append(markdown_table(["budget value", "SOSP-H (%)", "among", "best other", "its mean (%)",
                                  "SOSP-H − it", "W/T/L"], rows))
+    kept = {}  # mean kept structures per layer, one-shot rows on prunekit's structures (where criteria differ)
+    for r in result["rows"]:
+        if r["schedule"] == "one-shot" and r.get("kept_by_layer") and r["samples"] == r["base_samples"]:
+            for layer, (k, _) in r["kept_by_layer"].items():
+                kept.setdefault((r["budget"], r["method"]), {}).setdefault(layer, []).append(k)
+    if kept:
+        layers = list(dict.fromkeys(layer for per in kept.values() for layer in per))
+        totals = {layer: t for r in result["rows"] for layer, (_, t) in (r.get("kept_by_layer") or {}).items()}
+        lines += ["", "Mean structures kept per layer (one-shot), of " + ", ".join(f"{totals[lay]} in {lay}"
+                                                                                   for lay in layers) + ":", ""]
+        lines.append(markdown_table(["MACs removed", "method", *layers],
+                                    [[f"{b:.0%}", m, *(f"{sum(per[lay]) / len(per[lay]):.1f}" if lay in per else "–"
+                                                      for lay in layers)]
+                                     for (b, m), per in sorted(kept.items())]))
     failed = [r for r in result["rows"] if r.get("error")]
     lines += ["", "Rows that could not be run:", ""] if failed else []
     lines += [f"- seed {r['seed']} {r['schedule']} {r['method']} {r['budget']:.0%}: {r['error']}" for r in failed]
