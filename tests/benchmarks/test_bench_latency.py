@@ -19,7 +19,10 @@ def test_rows_are_timed_in_pairs_and_beyond_the_limits_are_reported():
         assert math.isclose(r["ratio_measured_requested"], r["measured_reduction"] / 0.5)
         assert r["dense_ms_rotation"] == rows["macs"]["dense_ms_rotation"]  # one dense reference per batch size
     steps = result["latency_models"]["mlp b1"]["steps"]   # what multiple_of="auto" would choose
-    assert steps["multiple_of"] in (1, 8) and steps["class"] is not None and len(steps["probes"]) == 2
+    # the 256-wide first hidden layer (the most MACs), probed at a quarter and half of its width
+    assert steps["width"] == 256 and [p["width"] for p in steps["probes"]] == [64, 128]
+    excess = max(p["excess"] for p in steps["probes"])
+    assert steps["multiple_of"] == (8 if excess > steps["threshold"] else 1)
     macs = summary(result["rows"])
     assert {c["budget"]: c["out_of_reach"] for c in macs}["latency-loop"] == 1
     assert "latency-loop (out of reach)" in markdown(result)
