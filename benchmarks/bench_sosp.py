@@ -28,7 +28,9 @@ each the mean over the structure's weight slices and consumer slices, as Torch-P
 reduction ``mean``; biases left out as Torch-Pruning does). Comparison (b) — library against
 library: ``tp-magnitude tp-taylor tp-hessian`` run through Torch-Pruning's own ``MetaPruner``
 (``bench_criteria_accuracy.tp_prune``: global pruning, ratio binary-searched to the MAC budget).
-``--samples-sweep`` adds SOSP-H one-shot rows with other numbers of pruning samples.
+``--samples-sweep`` adds SOSP-H one-shot rows with other numbers of pruning samples. A method
+``NAME@T<t>`` (``sosp-h@T4``) is prunekit's criterion on the cross-entropy at temperature ``t``
+(``prunekit.criteria.CrossEntropy(temperature=t)``: softened predictions, see docs/criteria.md).
 On the GCN, Torch-Pruning cannot remove attention heads (prunekit's structures include them), so
 the library rows (b) differ from (a) in their structures as well as their criterion; only (a)
 isolates the criterion.
@@ -57,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
 from benchmarks.sosp_dense import DIGITS, FASHION, SBU, dataset_of, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, merge, paired, stats  # noqa: E402
+from prunekit.criteria import CrossEntropy  # noqa: E402
 from prunekit.pipeline.dataspec import batches as make_batches  # noqa: E402
 from prunekit.pipeline.recalibrate import recalibrate_batchnorm  # noqa: E402
 from prunekit.pipeline.train import evaluate, fit  # noqa: E402
@@ -130,6 +133,10 @@ def tp_scores(model, structures, batches, method: str) -> torch.Tensor:
 
 
 def score(model, structures, batches, method: str, seed: int) -> torch.Tensor:
+    """``method@T<t>`` (e.g. ``sosp-h@T4``): prunekit's criterion on the cross-entropy at temperature ``t``."""
+    base, _, temperature = method.partition("@T")
+    if temperature:
+        return prunekit.saliency(model, structures, batches, base, loss=CrossEntropy(temperature=float(temperature)))
     if method in TP_ON_PK:
         return tp_scores(model, structures, batches, method)
     options = {"seed": seed} if method == "random" else {}
@@ -251,32 +258,45 @@ def summarize(rows) -> dict:
             sweep.setdefault(str(r["budget"]), {}).setdefault(r["samples"], []).append(r)
     samples = {b: {n: {v: stats([r[v] for r in rs]) for v in ("acc_oneshot", "accuracy")}
                    for n, rs in sorted(by.items())} for b, by in sweep.items() if len(by) > 1}
-    return {"table": table, "paired_sosp_h_minus": comparisons, "sosp_h_samples": samples, "best": best_others(rows)}
+    tempered = sorted({r["method"] for r in rows if r["method"].startswith("sosp-h@T")})
+    return {"table": table, "paired_sosp_h_minus": comparisons, "sosp_h_samples": samples, "best": best_others(rows),
+            **({"best_tempered": {m: best_others(rows, m) for m in tempered}} if tempered else {})}
 
 
-def best_others(rows) -> dict:
-    """Per budget and value: SOSP-H against the Torch-Pruning criterion with the highest mean (either
-    form: re-expressed on prunekit's structures or the library's own) and against the criterion with
-    the highest mean of all the others; paired by seed. The best is chosen after the fact. ``rows``
-    without failures."""
+def best_others(rows, reference: str = "sosp-h") -> dict:
+    """Per budget and value: ``reference`` (SOSP-H or a tempered ``sosp-h@T<t>``) against the
+    Torch-Pruning criterion with the highest mean (either form: re-expressed on prunekit's structures
+    or the library's own) and against the criterion with the highest mean of all the others but the
+    SOSP-H variants; paired by seed. The best is chosen after the fact. ``rows`` without failures."""
     base = [r for r in rows if r["schedule"] in ("one-shot", "library") and r["samples"] == r["base_samples"]]
     out = {}
     for budget in sorted({r["budget"] for r in base}):
         part = [r for r in base if r["budget"] == budget]
         methods = sorted({r["method"] for r in part})
-        if "sosp-h" not in methods:
+        if reference not in methods:
             continue
         for value in ("acc_oneshot", "accuracy"):
             means = {m: stats([r[value] for r in part if r["method"] == m])["mean"] for m in methods}
-            diffs = paired(part, value, "method", "sosp-h", match=("seed",))
-            cell = {"sosp-h": means["sosp-h"]}
+            diffs = paired(part, value, "method", reference, match=("seed",))
+            cell = {"sosp-h": means[reference], "reference": reference}
             for label, pool in (("torch-pruning", TP_ON_PK + TP_LIB), ("all", methods)):
-                others = [m for m in methods if m in pool and m != "sosp-h" and m in diffs]
+                others = [m for m in methods if m in pool and not m.startswith("sosp-h") and m in diffs]
                 if others:
                     best = max(others, key=means.get)
                     cell[label] = {"method": best, "accuracy": means[best], "sosp_h_minus": diffs[best]}
             out[f"{budget} {value}"] = cell
     return out
+
+
+def _best_rows(best: dict) -> list:
+    rows = []
+    for key, cell in best.items():
+        for label in ("torch-pruning", "all"):
+            if label in cell:
+                b, d = cell[label], cell[label]["sosp_h_minus"]
+                rows.append([key, f"{100 * cell['sosp-h']:.1f}", label, b["method"], f"{100 * b['accuracy']:.1f}",
+                             f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}", f"{d['wins']}/{d['ties']}/{d['losses']}"])
+    return rows
 
 
 def _pct(stat):
@@ -301,16 +321,11 @@ def markdown(result) -> str:
             rows.append([key, method, f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
                          f"{d['wins']}/{d['ties']}/{d['losses']}"])
     lines.append(markdown_table(["schedule budget value", "method", "SOSP-H − method", "W/T/L"], rows))
-    lines += ["", "SOSP-H against the best other criterion by mean (chosen after the fact), paired by seed:", ""]
-    rows = []
-    for key, cell in s.get("best", {}).items():
-        for label in ("torch-pruning", "all"):
-            if label in cell:
-                b, d = cell[label], cell[label]["sosp_h_minus"]
-                rows.append([key, f"{100 * cell['sosp-h']:.1f}", label, b["method"], f"{100 * b['accuracy']:.1f}",
-                             f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}", f"{d['wins']}/{d['ties']}/{d['losses']}"])
-    lines.append(markdown_table(["budget value", "SOSP-H (%)", "among", "best other", "its mean (%)",
-                                 "SOSP-H − it", "W/T/L"], rows))
+    for name, best in [("SOSP-H", s.get("best", {}))] + list(s.get("best_tempered", {}).items()):
+        lines += ["", f"{name} against the best other criterion (SOSP-H variants left out) by mean (chosen after "
+                  "the fact), paired by seed:", ""]
+        lines.append(markdown_table(["budget value", f"{name} (%)", "among", "best other", "its mean (%)",
+                                     f"{name} − it", "W/T/L"], _best_rows(best)))
     kept = {}  # mean kept structures per layer, one-shot rows on prunekit's structures (where criteria differ)
     for r in result["rows"]:
         if r["schedule"] == "one-shot" and r.get("kept_by_layer") and r["samples"] == r["base_samples"]:

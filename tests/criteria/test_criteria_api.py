@@ -120,3 +120,25 @@ def test_non_logit_output_is_a_clear_error():
     s = [Structure(0, "0", "channel", [("0.weight", 0, [0])])]
     with pytest.raises(ValueError, match="logits"):
         saliency(model, s, (torch.randn(2, 2, 3, 3), torch.zeros(2, dtype=torch.long)), "sosp-h")
+
+
+@pytest.mark.parametrize("method", DATA_METHODS)
+def test_cross_entropy_temperature_matches_the_autograd_loss(method):
+    """CrossEntropy(temperature=T): closed-form curvature Λ(softmax(f/T))/T² against CE(f/T) by autograd."""
+    from prunekit.criteria import CrossEntropy
+    import torch.nn.functional as F
+    model, structures, x, y, _ = cached("mlp")
+    x = x * 8  # confident logits (float64 like the model), so that the temperature matters
+    got = saliency(model, structures, batches(x, y, 4), method, loss=CrossEntropy(temperature=3.0))
+    want = saliency(model, structures, batches(x, y, 4), method, loss_fn=lambda f, t: F.cross_entropy(f / 3.0, t))
+    plain = saliency(model, structures, batches(x, y, 4), method)
+    assert torch.allclose(got, want, rtol=1e-8, atol=1e-12)
+    assert not torch.allclose(got, plain, rtol=1e-3)
+    assert torch.equal(saliency(model, structures, batches(x, y, 4), method, loss=CrossEntropy(temperature=1.0)), plain)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_cross_entropy_temperature_must_be_positive(bad):
+    from prunekit.criteria import CrossEntropy
+    with pytest.raises(ValueError, match="temperature"):
+        CrossEntropy(temperature=bad)

@@ -92,10 +92,16 @@ class CrossEntropy(Loss):
     Float targets of the logits' own shape are class probabilities (soft labels; every
     position counted). ``[N, C]`` logits with ``[N]`` targets is ``F.cross_entropy(f, y)``.
 
-    Curvature: with ``ℓ_{n,t} = −log softmax(f_{n,t})_{y}`` the Hessian of the batch sum
+    Curvature: with ``ℓ_{n,t} = −log softmax(f_{n,t} / T)_{y}`` the Hessian of the batch sum
     ``Σ_{counted} ℓ_{n,t}`` w.r.t. ``f`` is block diagonal with blocks
-    ``Λ_{n,t} = diag(p_{n,t}) − p_{n,t} p_{n,t}ᵀ`` (``p = softmax(f)``) on counted positions
-    and 0 on ignored ones; for soft labels the block is scaled by ``Σ_c y_{n,t,c}``.
+    ``Λ_{n,t} = (diag(p_{n,t}) − p_{n,t} p_{n,t}ᵀ) / T²`` (``p = softmax(f / T)``) on counted
+    positions and 0 on ignored ones; for soft labels the block is scaled by ``Σ_c y_{n,t,c}``.
+
+    ``temperature`` ``T`` (default 1, the plain loss) divides the logits before the softmax. On a
+    network trained to a near-zero loss most samples sit at a saturated softmax, where the
+    gradient and ``Λ`` vanish and the loss-based scores rest on the few unsaturated samples;
+    ``T > 1`` softens the predictions the scores are taken at (docs/criteria.md, "What the
+    loss-based scores estimate").
 
     Example:
         >>> import torch
@@ -109,11 +115,19 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
 
-    def __init__(self, ignore_index: int = -100):
+    def __init__(self, ignore_index: int = -100, temperature: float = 1.0):
         self.ignore_index = int(ignore_index)
+        temperature = float(temperature)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"cross_entropy: temperature must be a positive number, got {temperature}")
+        self.temperature = temperature
 
     def __repr__(self):
-        return f"CrossEntropy(ignore_index={self.ignore_index})"
+        extra = "" if self.temperature == 1.0 else f", temperature={self.temperature:g}"
+        return f"CrossEntropy(ignore_index={self.ignore_index}{extra})"
+
+    def _scaled(self, out):
+        return out if self.temperature == 1.0 else out / self.temperature
 
     @staticmethod
     def _soft(out_shape, targets) -> bool:
@@ -143,6 +157,7 @@ class CrossEntropy(Loss):
                              f"nor ignore_index={self.ignore_index}")
 
     def mean(self, out, targets):
+        out = self._scaled(out)
         if out.dim() == 2 and not self._soft(out.shape, targets):
             return F.cross_entropy(out, targets, ignore_index=self.ignore_index)
         classes = out.shape[-1]
@@ -157,7 +172,7 @@ class CrossEntropy(Loss):
 
     def curvature(self, out, targets, u, n):
         with torch.no_grad():
-            p = torch.softmax(out.detach(), dim=-1)
+            p = torch.softmax(self._scaled(out.detach()), dim=-1)
             if self._soft(out.shape, targets):
                 scale = targets.sum(-1, keepdim=True).to(p.dtype)
             else:
@@ -166,9 +181,10 @@ class CrossEntropy(Loss):
             if u.dim() == out.dim() + 1:  # u: [..., C, K], one column per K
                 p, scale, axis = p.unsqueeze(-1), scale.unsqueeze(-1), -2
             v = p * u - p * (p * u).sum(axis, keepdim=True)
-            return v * scale
+            return v * (scale / self.temperature ** 2)
 
     def sample_sum(self, out, targets):
+        out = self._scaled(out)
         classes = out.shape[-1]
         if self._soft(out.shape, targets):
             return F.cross_entropy(out.reshape(-1, classes), targets.reshape(-1, classes).to(out.dtype),
