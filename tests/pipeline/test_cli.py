@@ -39,6 +39,27 @@ def test_prune_a_saved_model_with_a_budget(tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
 
 
+def test_prune_with_a_temperature_scores_on_the_softened_loss():
+    """``prune_model(..., temperature=T)`` (``--temperature``) selects with the scores of
+    ``CrossEntropy(temperature=T)``; the data-free criteria refuse it."""
+    from prunekit.criteria import CrossEntropy
+    from prunekit.pipeline.commands import prune_model
+    torch.manual_seed(0)
+    model = prunekit.models.create("mlp", input_shape=(1, 8, 8), num_classes=10, width=0.25).eval()
+    x, y = torch.randn(64, 1, 8, 8) * 4, torch.randint(0, 10, (64,))
+    plans = {}
+    for t in (1.0, 4.0):
+        plans[t], _, _ = prune_model(model, x[:1], "sosp-h", {"macs": 0.5}, train=(x, y), num_samples=64,
+                                     temperature=t)
+    structures = prunekit.find_structures(model, x[:1])
+    scores = prunekit.saliency(model, structures, [(x[:32], y[:32]), (x[32:], y[32:])], "sosp-h",
+                               loss=CrossEntropy(temperature=4.0))
+    want = prunekit.select(structures, scores, prunekit.Budget(macs=0.5), method="sosp-h")
+    assert sorted(plans[4.0].removed) == sorted(want.removed) != sorted(plans[1.0].removed)
+    with pytest.raises(ValueError, match="--temperature applies to the loss-based criteria"):
+        prune_model(model, x[:1], "l1", {"macs": 0.5}, temperature=4.0)
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
@@ -313,6 +334,8 @@ def test_every_argument_has_help_text():
     (["demo", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
     (["data", "synth", "--format", "sbu", "--out", "x", "--difficulty", "nan"], "argument --difficulty"),
     (["prune", "resnet20", "--method", "l1", "--budget-macs", "0.5", "--epochs", "ten"], "expected an integer"),
+    (["prune", "resnet20", "--method", "sosp-h", "--budget-macs", "0.5", "--temperature", "0"],
+     "argument --temperature: must be a finite number > 0, got '0'"),
 ])
 def test_counts_and_fractions_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -105,6 +105,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _kwargs(items) -> dict:
     result = {}
     for item in items or []:
@@ -454,7 +461,8 @@ def cmd_prune(args) -> int:
         summary = prune_checkpoint(args.checkpoint, method=args.method, out=args.out, budget=_budget(args),
                                    data_config=args.config, num_samples=args.num_samples, rate=args.rate,
                                    epochs=args.epochs, finetune_epochs=args.finetune, cost=args.cost,
-                                   device=args.device, multiple_of=args.multiple_of, **_latency_options(args))
+                                   device=args.device, multiple_of=args.multiple_of,
+                                   temperature=args.temperature, **_latency_options(args))
         if _main_rank():
             print(json.dumps(summary, indent=1))
         return 0
@@ -484,7 +492,8 @@ def _prune_model(model, example, label: str, args) -> dict:
         plan, pruned, summary = prune_model(model, example, args.method, _budget(args), train=train, test=test,
                                             num_samples=args.num_samples, rate=args.rate, epochs=args.epochs,
                                             finetune_epochs=args.finetune, cost=args.cost, device=args.device,
-                                            multiple_of=args.multiple_of, **_latency_options(args), **options)
+                                            multiple_of=args.multiple_of, temperature=args.temperature,
+                                            **_latency_options(args), **options)
     except ValueError as error:
         raise CliError(str(error)) from None
     built = args.rebuild or (label if _split_reference(label) else None)
@@ -635,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--config", help="YAML config naming the data for data-driven criteria")
     prune.add_argument("--num-samples", type=_int_at_least(1), default=512,
                        help="training samples the data-driven criteria score on (default 512)")
+    prune.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
+                       help="taylor, obd, sosp-h, sosp-i: score on the cross-entropy of logits / T (default 1, "
+                            "the plain loss; > 1 softens the saturated predictions of a well-trained network)")
     prune.add_argument("--out", help="output folder (default runs/<source>_<method>)")
     _run_options(prune)
     prune.set_defaults(func=cmd_prune)

@@ -11,12 +11,15 @@ from ..core.materialize import materialize
 from ..core.latency_loop import select_to_latency
 from ..core.plan import Budget, broadcast_plan, select
 from ..core.structures import find_structures
-from ..criteria import saliency
+from ..criteria import CrossEntropy, saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import batches, load_data
 from .train import _resolve_device, _to, evaluate, fit, rank_shard
 
 __all__ = ["train_from_config", "prune_model", "prune_checkpoint", "write_summary"]
+
+#: the criteria whose scores come from the loss (``temperature`` applies to them)
+LOSS_BASED = ("taylor", "obd", "sosp-h", "sosp-i")
 log = logging.getLogger(__name__)
 
 
@@ -52,11 +55,13 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
                 cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
                 multiple_of: int | str = 1, latency_batch: int | None = None, latency_threads: int | None = None,
-                latency_rounds: int = 3):
+                latency_rounds: int = 3, temperature: float = 1.0):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
-    need none), :func:`select` under ``budget`` and materialize. ``method="ctf"`` learns the
+    need none), :func:`select` under ``budget`` and materialize; ``temperature`` ``T`` scores the
+    loss-based ones on the cross-entropy of ``logits / T`` (:class:`prunekit.criteria.CrossEntropy`;
+    1 = the plain loss). ``method="ctf"`` learns the
     masks for ``epochs`` (default 10) on ``train`` and fine-tunes ``finetune_epochs``
     (:func:`prunekit.ctf.run`, the protocol of every CTF benchmark). ``device`` moves the model and
     the data there first. Under ``torchrun`` each rank scores its share of the samples
@@ -80,6 +85,9 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         train, test = _to(train, dev), _to(test, dev)
     if method != "ctf" and train is None and method not in ("l1", "l2", "random"):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
+    if temperature != 1.0 and method not in LOSS_BASED:
+        raise ValueError(f"--temperature applies to the loss-based criteria ({', '.join(LOSS_BASED)}), "
+                         f"not to --method {method}")
     if method == "ctf":
         if multiple_of != 1:
             raise ValueError("--multiple-of applies to the criteria (select), not to --method ctf")
@@ -101,7 +109,8 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     model = model.eval()
     structures = find_structures(model, example)
     data = batches(*rank_shard(train[0][:num_samples], train[1][:num_samples]), 32) if train is not None else None
-    scores = saliency(model, structures, data, method)  # every rank: the criteria reduce over the ranks
+    loss = {"loss": CrossEntropy(temperature=temperature)} if temperature != 1.0 else {}
+    scores = saliency(model, structures, data, method, **loss)  # every rank: the criteria reduce over the ranks
     timed = "latency" in budget or latency_batch is not None or latency_threads is not None
     chunk = _selection_multiple(multiple_of, timed)
     lat = (_latency_model(model, example, structures, latency_batch, latency_threads, multiple_of)
@@ -201,7 +210,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
                      cost: str = "params", device: str | None = None, multiple_of: int | str = 1,
                      latency_batch: int | None = None, latency_threads: int | None = None,
-                     latency_rounds: int = 3) -> dict:
+                     latency_rounds: int = 3, temperature: float = 1.0) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
@@ -231,7 +240,8 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                                         num_samples=num_samples, rate=rate, epochs=epochs,
                                         finetune_epochs=finetune_epochs, cost=cost, device=device,
                                         multiple_of=multiple_of, latency_batch=latency_batch,
-                                        latency_threads=latency_threads, latency_rounds=latency_rounds, **options)
+                                        latency_threads=latency_threads, latency_rounds=latency_rounds,
+                                        temperature=temperature, **options)
     out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
     save(pruned, out, plan=plan)
     summary["saved"] = str(out)
