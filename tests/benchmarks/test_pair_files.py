@@ -1,0 +1,23 @@
+"""Pairing rows across results files of different protocols."""
+import json
+
+import pytest
+
+from benchmarks.pair_files import main, pair
+
+
+def test_pairs_a_method_with_its_namesake_in_the_other_file(tmp_path, capsys):
+    a = [{"method": "x", "seed": s, "rate": 0.9, "accuracy": 0.5 + 0.01 * s} for s in range(3)]
+    b = [{"method": "x", "seed": s, "rate": 0.9, "accuracy": 0.5} for s in range(3)]
+    b += [{"method": "y", "seed": s, "rate": 0.9, "accuracy": 0.52} for s in range(2)]
+    b += [{"method": "y", "seed": 0, "rate": 0.5, "accuracy": 0.9}]  # another rate: never paired
+    out = pair(a, b, "x", ["x", "y"], ["seed", "rate"], "accuracy")
+    assert out["x"]["mean"] == pytest.approx(0.01) and (out["x"]["wins"], out["x"]["ties"]) == (2, 1)
+    assert out["y"]["n"] == 2 and out["y"]["mean"] == pytest.approx(-0.015)
+    (tmp_path / "a.json").write_text(json.dumps({"rows": a}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": b}))
+    main([str(tmp_path / "a.json"), "--against", str(tmp_path / "b.json"), "--method", "x", "--reference", "y",
+          "--match", "seed", "rate"])
+    assert "| x (A) − y (B) | -1.50 ± 0.50 | 2 | 0/0/2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no pairs"):
+        main([str(tmp_path / "a.json"), "--against", str(tmp_path / "b.json"), "--method", "z", "--reference", "y"])
