@@ -111,6 +111,8 @@ class CrossEntropy(Loss):
         (1.3863, 1)
         >>> ce.curvature(f, y, torch.ones(1, 2, 4), 1).abs().sum().item()   # Λ 1 = 0 (rows sum to 0)
         0.0
+        >>> round(float(CrossEntropy(temperature=4).mean(torch.tensor([[8.0, 0.0]]), torch.tensor([0]))), 4)
+        0.1269
     """
 
     name = "cross_entropy"
