@@ -12,13 +12,16 @@ same fixed subset of the training set), per seed:
   through :func:`prunekit.criteria.scaling.scaled_parameters`);
 * per criterion: Spearman's ρ of its scores with ``ΔL_s`` and with ``|θ_s|²`` (``tp-magnitude@pk``);
   per budget (fraction of MACs removed, ``prunekit.select`` defaults) the loss of the network with the
-  plan's structures removed, on the pruning samples, and the test accuracy (one-shot, no fine-tuning);
+  plan's structures removed, on the pruning samples, and the test accuracy (one-shot, no fine-tuning).
+  BatchNorm keeps the dense network's statistics, stale after a large cut (``bench_sosp.py --bn``
+  recalibrates them): on a network with BatchNorm these two columns measure mostly the staleness;
 * ``exact-single``: the plan from the exact ``ΔL_s`` themselves — what a perfect single-removal criterion
   selects; if it is poor one-shot, the ranking by loss change at the dense point is, not the estimate;
 * SOSP-H's two terms (``θ_sᵀ g`` and ``½ θ_sᵀ G θ_P``, :func:`prunekit.criteria.sosp.sosp_h_terms`):
   the median share of the curvature term in ``|−θ_sᵀ g| + |½ θ_sᵀ G θ_P|``.
 
     python benchmarks/bench_sosp_fidelity.py --model mlp --seeds 0 1 2 3 4 5 6 7 8 9 --out benchmarks/results/sosp_digits_fidelity.json
+    python benchmarks/bench_sosp_fidelity.py --model attention_gcn --seeds 0 --methods sosp-h sosp-i taylor obd l1 tp-magnitude@pk tp-taylor@pk tp-hessian@pk sosp-h@T4 --out benchmarks/results/sosp_gcn_fidelity.json
 """
 from __future__ import annotations
 
