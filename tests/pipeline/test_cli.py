@@ -47,10 +47,11 @@ def test_prune_with_a_temperature_scores_on_the_softened_loss():
     torch.manual_seed(0)
     model = prunekit.models.create("mlp", input_shape=(1, 8, 8), num_classes=10, width=0.25).eval()
     x, y = torch.randn(64, 1, 8, 8) * 4, torch.randint(0, 10, (64,))
-    plans = {}
+    plans, summaries = {}, {}
     for t in (1.0, 4.0):
-        plans[t], _, _ = prune_model(model, x[:1], "sosp-h", {"macs": 0.5}, train=(x, y), num_samples=64,
-                                     temperature=t)
+        plans[t], _, summaries[t] = prune_model(model, x[:1], "sosp-h", {"macs": 0.5}, train=(x, y), num_samples=64,
+                                                temperature=t)
+    assert summaries[4.0]["temperature"] == 4.0 and "temperature" not in summaries[1.0]
     structures = prunekit.find_structures(model, x[:1])
     scores = prunekit.saliency(model, structures, [(x[:32], y[:32]), (x[32:], y[32:])], "sosp-h",
                                loss=CrossEntropy(temperature=4.0))

@@ -11,15 +11,12 @@ from ..core.materialize import materialize
 from ..core.latency_loop import select_to_latency
 from ..core.plan import Budget, broadcast_plan, select
 from ..core.structures import find_structures
-from ..criteria import CrossEntropy, saliency
+from ..criteria import CRITERIA, CrossEntropy, saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import batches, load_data
 from .train import _resolve_device, _to, evaluate, fit, rank_shard
 
 __all__ = ["train_from_config", "prune_model", "prune_checkpoint", "write_summary"]
-
-#: the criteria whose scores come from the loss (``temperature`` applies to them)
-LOSS_BASED = ("taylor", "obd", "sosp-h", "sosp-i")
 log = logging.getLogger(__name__)
 
 
@@ -85,9 +82,9 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         train, test = _to(train, dev), _to(test, dev)
     if method != "ctf" and train is None and method not in ("l1", "l2", "random"):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
-    if temperature != 1.0 and method not in LOSS_BASED:
-        raise ValueError(f"--temperature applies to the loss-based criteria ({', '.join(LOSS_BASED)}), "
-                         f"not to --method {method}")
+    if temperature != 1.0 and not (method in CRITERIA and CRITERIA[method].needs_data):
+        loss_based = ", ".join(sorted(name for name, c in CRITERIA.items() if c.needs_data))
+        raise ValueError(f"--temperature applies to the loss-based criteria ({loss_based}), not to --method {method}")
     if method == "ctf":
         if multiple_of != 1:
             raise ValueError("--multiple-of applies to the criteria (select), not to --method ctf")
@@ -125,7 +122,8 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if timed:  # the latency model is rank 0's own measurement: its plan goes to every rank
         plan = broadcast_plan(plan, src=0, structures=structures)
     pruned = materialize(model, plan, structures)
-    summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining}
+    summary = {"method": method, "achieved": plan.achieved, "remaining": plan.remaining,
+               **({"temperature": temperature} if temperature != 1.0 else {})}
     if lat is not None:
         summary["latency"] = _latency_report(lat, model, plan, example, structures)
     if test is not None:
