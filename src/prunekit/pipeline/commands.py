@@ -80,9 +80,9 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         dev = _resolve_device(device, model)
         model, example = model.to(dev), _to(example, dev)
         train, test = _to(train, dev), _to(test, dev)
-    if method != "ctf" and train is None and method not in ("l1", "l2", "random"):
+    if train is None and _needs_data(method):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
-    if temperature != 1.0 and not (method in CRITERIA and CRITERIA[method].needs_data):
+    if temperature != 1.0 and not _needs_data(method):
         loss_based = ", ".join(sorted(name for name, c in CRITERIA.items() if c.needs_data))
         raise ValueError(f"--temperature applies to the loss-based criteria ({loss_based}), not to --method {method}")
     if method == "ctf":
@@ -129,6 +129,11 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if test is not None:
         summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     return plan, pruned, summary
+
+
+def _needs_data(method: str) -> bool:
+    """Whether the registered criterion ``method`` scores the loss on data (taylor, obd, sosp-h, sosp-i)."""
+    return method in CRITERIA and CRITERIA[method].needs_data
 
 
 def _selection_multiple(multiple_of: int | str, timed: bool) -> int | None:
@@ -227,7 +232,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
     train = test = None
     if config is not None:
         train, test, _ = load_data(config.data)
-    elif method not in ("l1", "l2", "random"):
+    elif _needs_data(method):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
     model = config.build_model() if is_config else load(source)
     if is_config and epochs is None:
