@@ -190,27 +190,10 @@ def markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=["resnet56"], choices=prunekit.models.names())
-    parser.add_argument("--loop-rounds", type=int, default=4, help="closed loop: at most this many plans timed")
-    parser.add_argument("--multiple-of", type=int, nargs="*", default=[],
-                        help="also tables sampled at these channel multiples, and closed-loop plans on them")
-    parser.add_argument("--relax", type=float, default=None,
-                        help="where the closed loop reports the target out of reach: again with this max_group_ratio")
-    parser.add_argument("--out", default=str(RESULTS / "latency.json"))
-    args = parser.parse_args()
-    start = time.perf_counter()
-    parts = [run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name, loop_rounds=args.loop_rounds,
-                 multiples=args.multiple_of, relax=args.relax)
-             for name in args.models]
-    result = {**parts[0], "model": ", ".join(args.models), "rows": [r for p in parts for r in p["rows"]],
+def _write(parts, args, seconds) -> dict:
+    result = {**parts[0], "model": ", ".join(p["model"] for p in parts), "rows": [r for p in parts for r in p["rows"]],
               "latency_models": {k: v for p in parts for k, v in p["latency_models"].items()}}
-    result["seconds"] = time.perf_counter() - start
+    result["seconds"] = seconds
     result["command"] = "python benchmarks/bench_latency.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k != "out")
@@ -219,8 +202,31 @@ def main():
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result) + f"\nCommand: `{result['command']}` "
                                                          f"({result['seconds']:.0f} s).\n")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["resnet56"], choices=prunekit.models.names())
+    parser.add_argument("--loop-rounds", type=int, default=6, help="closed loop: at most this many plans timed")
+    parser.add_argument("--multiple-of", type=int, nargs="*", default=[],
+                        help="also tables sampled at these channel multiples, and closed-loop plans on them")
+    parser.add_argument("--relax", type=float, default=None,
+                        help="where the closed loop reports the target out of reach: again with this max_group_ratio")
+    parser.add_argument("--out", default=str(RESULTS / "latency.json"))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    parts = []
+    for name in args.models:  # the file is rewritten after each model: a later failure keeps the earlier ones
+        parts.append(run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name,
+                         loop_rounds=args.loop_rounds, multiples=args.multiple_of, relax=args.relax))
+        result = _write(parts, args, time.perf_counter() - start)
     print(markdown(result))
-    print(f"command: {result['command']}  ({result['seconds']:.0f} s) -> {out}")
+    print(f"command: {result['command']}  ({result['seconds']:.0f} s) -> {args.out}")
 
 
 if __name__ == "__main__":

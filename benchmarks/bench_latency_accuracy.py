@@ -134,7 +134,7 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--loop-rounds", type=int, default=4)
+    p.add_argument("--loop-rounds", type=int, default=6)
     p.add_argument("--match", type=float, default=0.02)
     p.add_argument("--match-steps", type=int, default=6)
     p.add_argument("--ft-samples", type=int, default=20000)

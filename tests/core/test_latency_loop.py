@@ -175,3 +175,87 @@ def test_rounds_that_run_out_below_the_limit_time_the_plan_at_the_limit(setup, c
         prunekit.select(s, scores, prunekit.Budget(latency=last["requested"] + 2e-3), latency=lat)
     assert (last["measured_fraction"] >= 0.5) is reachable and loop["reachable"] is reachable
     assert ("out of reach" in caplog.text) is not reachable
+
+
+def test_a_bracket_is_searched_inside_and_crossed_noise_gives_its_middle():
+    """Window [0.3, 0.33], aim 0.315: short at request 0.38 (0.21), over at 0.48 (0.38); the secant
+    through the last two rounds would leave the bracket, the bracket's interpolation does not."""
+    from prunekit.core.latency_loop import _next_request
+
+    history = [{"requested": r, "measured_fraction": m} for r, m in ((0.315, 0.08), (0.55, 0.43), (0.48, 0.38),
+                                                                     (0.38, 0.21))]
+    r = _next_request(history, 0.315, 1e-3, 0.999, 0.3, 0.03)
+    assert r == pytest.approx(0.38 + (0.315 - 0.21) / (0.38 - 0.21) * 0.10)  # 0.4418: inside (0.38, 0.48)
+    # kept 20 % off the bracket's ends when the interpolation points at one of them
+    history = [{"requested": 0.4, "measured_fraction": 0.299}, {"requested": 0.5, "measured_fraction": 0.9}]
+    assert _next_request(history, 0.315, 1e-3, 0.999, 0.3, 0.03) == pytest.approx(0.42)
+    # noise crossed the bracket (a larger request measured less): its middle
+    history = [{"requested": 0.45, "measured_fraction": 0.28}, {"requested": 0.40, "measured_fraction": 0.36}]
+    assert _next_request(history, 0.315, 1e-3, 0.999, 0.3, 0.03) == pytest.approx(0.425)
+    # no bracket yet: the secant through the last two rounds, as before
+    history = [{"requested": 0.315, "measured_fraction": 0.2}, {"requested": 0.4, "measured_fraction": 0.25}]
+    assert _next_request(history, 0.315, 1e-3, 0.999, 0.3, 0.03) == pytest.approx(0.4 + 0.065 * min(0.085 / 0.05, 4))
+
+
+class _Counting:
+    """The stub device, counting how many pruned models it timed."""
+
+    def __init__(self):
+        self.pruned = []
+
+    def __call__(self, named, inputs):
+        self.pruned.append(prunekit.count(named["pruned"], inputs)["macs"])
+        return _device(named, inputs)
+
+
+def test_coarse_plans_are_timed_once_and_the_loop_stops_between_two_of_them():
+    """Four hidden units: the plans are coarse, none lands in [0.3, 0.31]; the loop times each plan it
+    meets once, stops when no plan lies between a short and an overshooting one, and keeps the cheaper
+    miss (a shortfall counts double)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 64)).eval()
+    x = torch.randn(2, 64)
+    s = prunekit.find_structures(model, x)
+    lat = LatencyModel.measure(model, x, s, cache_dir=False, timer=_device)
+    timer = _Counting()
+    plan = prunekit.select_to_latency(model, s, torch.rand(len(s)), 0.3, lat, x, timer=timer, tolerance=0.01,
+                                      rounds=10, max_group_ratio=1.0)
+    loop = plan.meta["latency_loop"]
+    levels = []  # the saving of each plan the selection can make: 1, 2, 3 units removed
+    for k in (1, 2, 3):
+        pruned = prunekit.materialize(model, prunekit.PruningPlan.from_removed(s, list(range(k))), s)
+        ms = _device({"dense": model, "pruned": pruned}, x)
+        levels.append(1.0 - ms["pruned"] / ms["dense"])
+    assert levels[0] < 0.3 < 0.31 < levels[1]  # 26.9 % and 49.5 %: no plan in the window
+    measured = sorted(r["measured_fraction"] for r in loop["rounds"])
+    assert measured == pytest.approx(levels[:2])  # the two plans around the window, each timed once
+    assert len(timer.pruned) == len(set(timer.pruned)) == 2
+    chosen = loop["rounds"][loop["chosen"]]["measured_fraction"]
+    assert chosen == pytest.approx(levels[0]) and loop["reachable"]  # 2 x 3.1 short < 18.5 over
+
+
+def test_requests_that_close_in_on_the_limit_end_the_loop_at_it(setup, monkeypatch):
+    """A selection that accepts requests up to 0.49371 and a device that measures 0.9 of the request:
+    the loop's requests close in on the limit from both sides and it stops there, out of reach
+    (it used to raise once a refused request came within 1e-4 of an accepted one)."""
+    from prunekit.core import latency_loop
+
+    model, x, s, lat, scores = setup
+    n = len(s)
+
+    def fake_select(structures, scores, budget, latency=None, **options):
+        request = budget.targets()["latency"]
+        if request > 0.49371:
+            raise BudgetError("over the limit")
+        return prunekit.PruningPlan.from_removed(structures, list(range(int(request * 2 * (n - 1)))))
+
+    def fake_time(latency, model, plan, inputs, structures, check_rounds, timer):
+        saved = 0.9 * 0.5 * len(plan.removed) / (n - 1)
+        return {"predicted_fraction": saved, "measured_fraction": saved, "dense_ms": 1.0, "measured_ms": 1 - saved}
+
+    monkeypatch.setattr(latency_loop, "select", fake_select)
+    monkeypatch.setattr(latency_loop, "_time", fake_time)
+    plan = prunekit.select_to_latency(model, s, scores, 0.6, lat, x, rounds=12)
+    loop = plan.meta["latency_loop"]
+    assert not loop["reachable"] and max(r["requested"] for r in loop["rounds"]) > 0.48
+    assert loop["rounds"][loop["chosen"]]["measured_fraction"] == max(r["measured_fraction"] for r in loop["rounds"])

@@ -12,9 +12,13 @@ and corrects the request by the measured shortfall
 
 aiming at the middle of the acceptance window ``[f, f + tolerance]`` (a plan must deliver at
 least the saving asked for, and at most ``tolerance`` more), until a plan lands in it (or
-``rounds`` plans were timed). A plan that lands in the window is timed once more
-(``confirm``) and kept only if the mean of its two timings is still in it: at batch 1 two
-timings of one plan differ by several points on a shared CPU. A request the selection
+``rounds`` plans were timed). Once one round fell short of the window and another overshot it,
+the next request interpolates inside that bracket instead (measured savings are not monotone in
+the request at the resolution of one timing); a request whose plan was timed already narrows
+the bracket without being timed again, and the loop stops when no other plan lies between. A
+plan that lands in the window is timed once more (``confirm``) and kept only if the mean of its
+two timings is still in it: at batch 1 two timings of one plan differ by several points on a
+shared CPU. A request the selection
 cannot meet (group limits) is halved back towards the last one that could; a target still
 missed after a request within ``LIMIT_MARGIN`` of the lowest request the selection refused
 (an upper bound of its limit, reached by the halving) is out of reach, and reported
@@ -43,8 +47,21 @@ __all__ = ["select_to_latency"]
 LIMIT_MARGIN = 0.05
 
 
-def _next_request(history: list[dict], aim: float, lo: float, hi: float) -> float:
-    """The next requested fraction: fixed-point step, then secant through the last two rounds."""
+def _next_request(history: list[dict], aim: float, lo: float, hi: float, target: float, tolerance: float) -> float:
+    """The next requested fraction. Once one round fell short of the window and another overshot it,
+    interpolate inside that bracket (the largest short request, the smallest over one; kept off the
+    bracket's ends, its middle when timing noise crossed them); before that, a fixed-point step, then
+    the secant through the last two rounds."""
+    short = [h for h in history if h["measured_fraction"] < target - 1e-9]
+    over = [h for h in history if h["measured_fraction"] > target + tolerance + 1e-9]
+    if short and over:
+        below = max(short, key=lambda h: h["requested"])
+        above = min(over, key=lambda h: h["requested"])
+        r0, r1 = below["requested"], above["requested"]
+        if r0 >= r1:  # noise: a larger request measured less than a smaller one
+            return min(max((r0 + r1) / 2.0, lo), hi)
+        t = (aim - below["measured_fraction"]) / (above["measured_fraction"] - below["measured_fraction"])
+        return r0 + min(max(t, 0.2), 0.8) * (r1 - r0)
     last = history[-1]
     step = aim - last["measured_fraction"]
     if len(history) >= 2:
@@ -98,8 +115,63 @@ def _limit_request(structures, scores, latency, feasible: float, ceiling: float,
     return lo
 
 
+def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, tolerance, check_rounds, confirm,
+                timer, select_options) -> tuple[list[dict], list[PruningPlan], float, float, bool]:
+    """The loop's timed rounds: ``(history, plans, feasible, ceiling, at_limit)``. A request whose plan
+    was timed already is not timed again: it steers the next request with that plan's measurement
+    (so a bracket narrows to the plans between its ends) without spending a round."""
+    aim = fraction + tolerance / 2.0
+    history: list[dict] = []
+    plans: list[PruningPlan] = []
+    steering: list[dict] = []  # the timed rounds, and requests that gave a plan already timed
+    timed: dict[frozenset, int] = {}
+    request, feasible, ceiling, at_limit = float(aim), 0.0, 0.999, False
+    for _ in range(8 * rounds + 8):  # selections are cheap, timings are not: the cap only stops a cycle
+        if len(history) >= rounds:
+            break
+        try:
+            plan = select(structures, scores, Budget(latency=request), latency=latency, **select_options)
+        except BudgetError:
+            if feasible <= 0.0 and request <= 1e-4:
+                raise  # not even the smallest request can be met
+            ceiling = request  # the selection's limits stop below this request
+            if request - feasible <= 1e-4:  # ... and at or above the largest one accepted: at the limit
+                at_limit = True
+                break
+            request = (feasible + request) / 2.0
+            continue
+        feasible = max(feasible, request)
+        key = frozenset(plan.removed)
+        if key in timed:
+            steering.append({"requested": request, "measured_fraction": history[timed[key]]["measured_fraction"]})
+        else:
+            row = {"requested": request, **_time(latency, model, plan, inputs, structures, check_rounds, timer)}
+            if confirm and _in_window(row["measured_fraction"], fraction, tolerance):
+                again = _time(latency, model, plan, inputs, structures, check_rounds, timer)
+                row["timings"] = [row["measured_fraction"], again["measured_fraction"]]
+                row["measured_fraction"] = sum(row["timings"]) / 2.0
+            history.append(row)
+            plans.append(plan)
+            timed[key] = len(history) - 1
+            steering.append(row)
+            log.info("latency loop round %d: requested %.3f, predicted %.3f, measured %.3f (target %.3f)",
+                     len(history), request, row["predicted_fraction"], row["measured_fraction"], fraction)
+            if _in_window(row["measured_fraction"], fraction, tolerance):
+                break
+        following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
+        if abs(following - request) < 1e-4:
+            # no request left to try: at the selection's limit, or no other plan between two timed ones
+            at_limit = following >= ceiling - 2e-4
+            if not at_limit:
+                log.info("latency loop: no plan between the timed ones around %.3f (the selection's granularity)",
+                         request)
+            break
+        request = following
+    return history, plans, feasible, ceiling, at_limit
+
+
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
-                      example_inputs, *, rounds: int = 4, tolerance: float = 0.03, check_rounds: int = 3,
+                      example_inputs, *, rounds: int = 6, tolerance: float = 0.03, check_rounds: int = 3,
                       confirm: bool = True, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                       **select_options) -> PruningPlan:
     """A plan whose **measured** latency saving lies in ``[fraction, fraction + tolerance]`` (closed loop).
@@ -143,36 +215,9 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         raise ValueError(f"select_to_latency: rounds must be an int >= 1, got {rounds!r}")
     if not tolerance >= 0.0:
         raise ValueError(f"select_to_latency: tolerance must be >= 0, got {tolerance!r}")
-    aim = fraction + tolerance / 2.0
-    history: list[dict] = []
-    plans: list[PruningPlan] = []
-    request, feasible, ceiling, at_limit = float(aim), 0.0, 0.999, False
-    while len(history) < rounds:
-        try:
-            plan = select(structures, scores, Budget(latency=request), latency=latency, **select_options)
-        except BudgetError:
-            if request <= feasible + 1e-4:
-                raise
-            ceiling = request  # the selection's limits stop below this request
-            request = (feasible + request) / 2.0
-            continue
-        feasible = max(feasible, request)
-        row = {"requested": request, **_time(latency, model, plan, example_inputs, structures, check_rounds, timer)}
-        if confirm and _in_window(row["measured_fraction"], fraction, tolerance):
-            again = _time(latency, model, plan, example_inputs, structures, check_rounds, timer)
-            row["timings"] = [row["measured_fraction"], again["measured_fraction"]]
-            row["measured_fraction"] = sum(row["timings"]) / 2.0
-        history.append(row)
-        plans.append(plan)
-        log.info("latency loop round %d: requested %.3f, predicted %.3f, measured %.3f (target %.3f)",
-                 len(history), request, row["predicted_fraction"], row["measured_fraction"], fraction)
-        if _in_window(row["measured_fraction"], fraction, tolerance):
-            break
-        following = _next_request(history, aim, 1e-3, ceiling - 1e-4)
-        if abs(following - request) < 1e-4:
-            at_limit = True
-            break  # no request left to try (at the selection's limit)
-        request = following
+    history, plans, feasible, ceiling, at_limit = _run_rounds(
+        model, structures, scores, fraction, latency, example_inputs, rounds, tolerance, check_rounds, confirm, timer,
+        select_options)
     near_limit = at_limit or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
     if not near_limit and max(h["measured_fraction"] for h in history) < fraction:
         # the rounds ran out short of the target below the limit: time the most the limits allow, once

@@ -36,7 +36,7 @@ Example:
     >>> scores.shape, scores.dtype
     (torch.Size([6]), torch.float64)
 """
-from .registry import CRITERIA, Criterion, available_methods, register_criterion, saliency
+from .registry import CRITERIA, Criterion, available_methods, needs_data, register_criterion, saliency
 from .losses import MSE, CallableLoss, CrossEntropy, Loss, resolve_loss, select_output
 from .scaling import StructureScaling, scaled_parameters
 from .magnitude import l1, l2, random_scores
@@ -45,7 +45,7 @@ from .sosp import (DEFAULT_MAX_MEMORY_BYTES, SaliencyMemoryError, SOSPIPairwise,
                    sosp_i_pairwise)
 
 __all__ = [
-    "saliency", "available_methods", "register_criterion", "CRITERIA", "Criterion",
+    "saliency", "available_methods", "needs_data", "register_criterion", "CRITERIA", "Criterion",
     "Loss", "CrossEntropy", "MSE", "CallableLoss", "resolve_loss", "select_output",
     "StructureScaling", "scaled_parameters",
     "l1", "l2", "random_scores", "taylor", "gradient_terms", "obd", "fisher_diagonal",

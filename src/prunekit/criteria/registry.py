@@ -88,6 +88,17 @@ def register_criterion(name: str, *, needs_data: bool, summary: str = "", overwr
     return decorate
 
 
+def needs_data(method: str) -> bool:
+    """Whether the registered criterion ``method`` scores the loss on data (``False`` for unknown names).
+
+    Example:
+        >>> needs_data("sosp-h"), needs_data("l1"), needs_data("ctf")
+        (True, False, False)
+    """
+    criterion = CRITERIA.get(method.lower())
+    return criterion is not None and criterion.needs_data
+
+
 def available_methods() -> dict[str, str]:
     """``{name: summary}`` of every registered saliency method.
 

@@ -555,9 +555,9 @@ def _budget_options(prune: argparse.ArgumentParser) -> None:
     prune.add_argument("--latency-batch", type=_int_at_least(1), metavar="B",
                        help="batch size the latency is measured at (default: the example input's); with another "
                             "budget alone, still measures and reports predicted and measured latency")
-    prune.add_argument("--latency-rounds", type=_int_at_least(1), metavar="N", default=3,
+    prune.add_argument("--latency-rounds", type=_int_at_least(1), metavar="N", default=6,
                        help="--budget-latency alone: time up to N plans and correct the request by the measured "
-                            "shortfall (default 3; 1: the latency model's plan as predicted)")
+                            "shortfall (default 6; 1: the latency model's plan as predicted)")
     prune.add_argument("--latency-threads", type=_int_at_least(1), metavar="T",
                        help="CPU threads the latency is measured with (default: torch's current count); as "
                             "--latency-batch, also reports latency with another budget")

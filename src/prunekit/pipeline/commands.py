@@ -11,7 +11,7 @@ from ..core.materialize import materialize
 from ..core.latency_loop import select_to_latency
 from ..core.plan import Budget, broadcast_plan, select
 from ..core.structures import find_structures
-from ..criteria import CRITERIA, CrossEntropy, saliency
+from ..criteria import CRITERIA, CrossEntropy, needs_data, saliency
 from ..ctf.protocol import run as run_ctf
 from .dataspec import batches, load_data
 from .train import _resolve_device, _to, evaluate, fit, rank_shard
@@ -52,7 +52,7 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
                 cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
                 multiple_of: int | str = 1, latency_batch: int | None = None, latency_threads: int | None = None,
-                latency_rounds: int = 3, temperature: float = 1.0):
+                latency_rounds: int = 6, temperature: float = 1.0):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
@@ -80,9 +80,9 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         dev = _resolve_device(device, model)
         model, example = model.to(dev), _to(example, dev)
         train, test = _to(train, dev), _to(test, dev)
-    if train is None and _needs_data(method):
+    if train is None and needs_data(method):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
-    if temperature != 1.0 and not _needs_data(method):
+    if temperature != 1.0 and not needs_data(method):
         loss_based = ", ".join(sorted(name for name, c in CRITERIA.items() if c.needs_data))
         raise ValueError(f"--temperature applies to the loss-based criteria ({loss_based}), not to --method {method}")
     if method == "ctf":
@@ -129,11 +129,6 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if test is not None:
         summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     return plan, pruned, summary
-
-
-def _needs_data(method: str) -> bool:
-    """Whether the registered criterion ``method`` scores the loss on data (taylor, obd, sosp-h, sosp-i)."""
-    return method in CRITERIA and CRITERIA[method].needs_data
 
 
 def _selection_multiple(multiple_of: int | str, timed: bool) -> int | None:
@@ -213,7 +208,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
                      cost: str = "params", device: str | None = None, multiple_of: int | str = 1,
                      latency_batch: int | None = None, latency_threads: int | None = None,
-                     latency_rounds: int = 3, temperature: float = 1.0) -> dict:
+                     latency_rounds: int = 6, temperature: float = 1.0) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
@@ -232,7 +227,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
     train = test = None
     if config is not None:
         train, test, _ = load_data(config.data)
-    elif _needs_data(method):
+    elif needs_data(method):
         raise ValueError(f"method {method!r} needs data: pass --config naming the training data")
     model = config.build_model() if is_config else load(source)
     if is_config and epochs is None:

@@ -9,7 +9,7 @@ from ..core.materialize import materialize
 from ..core.measure import count
 from ..core.latency_loop import select_to_latency
 from ..core.plan import Budget, select
-from ..criteria import saliency
+from ..criteria import needs_data, saliency
 from .dataspec import batches
 from .train import evaluate, fit
 
@@ -27,7 +27,7 @@ def prune_and_finetune(model, structures, train, test, method: str, budget: Budg
     ``select_options`` go to :func:`select` (``group_norm``, ``max_group_ratio``, …)."""
     xtr, ytr = train
     start = time.perf_counter()
-    data = batches(xtr[:num_samples], ytr[:num_samples], batch_size) if method not in ("l1", "l2", "random") else None
+    data = batches(xtr[:num_samples], ytr[:num_samples], batch_size) if needs_data(method) else None
     options = {"seed": seed} if method == "random" else {}
     scores = saliency(model, structures, data, method, **options)
     targets = budget.targets()
