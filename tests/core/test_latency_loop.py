@@ -43,6 +43,7 @@ def test_closed_loop_reaches_the_measured_target_the_open_loop_misses(setup, tar
     assert chosen["measured_fraction"] == pytest.approx(_measured(model, x, s, plan))
     assert loop["rounds"][0]["requested"] == target + 0.015 and 2 <= len(loop["rounds"]) <= 4  # the window's middle
     assert loop["reachable"] and loop["rounds"][loop["chosen"]]["timings"] == [chosen["measured_fraction"]] * 2
+    assert loop["stopped"] == "window"
     # the first round is the open-loop plan aimed at the window's middle
     first = prunekit.select(s, scores, prunekit.Budget(latency=target + 0.015), latency=lat)
     assert loop["rounds"][0]["measured_fraction"] == pytest.approx(_measured(model, x, s, first))
@@ -229,7 +230,7 @@ def test_coarse_plans_are_timed_once_and_the_loop_stops_between_two_of_them():
     assert levels[0] < 0.3 < 0.31 < levels[1]  # 26.9 % and 49.5 %: no plan in the window
     measured = sorted(r["measured_fraction"] for r in loop["rounds"])
     assert measured == pytest.approx(levels[:2])  # the two plans around the window, each timed once
-    assert len(timer.pruned) == len(set(timer.pruned)) == 2
+    assert len(timer.pruned) == len(set(timer.pruned)) == 2 and loop["stopped"] == "granularity"
     chosen = loop["rounds"][loop["chosen"]]["measured_fraction"]
     assert chosen == pytest.approx(levels[0]) and loop["reachable"]  # 2 x 3.1 short < 18.5 over
 
@@ -257,5 +258,29 @@ def test_requests_that_close_in_on_the_limit_end_the_loop_at_it(setup, monkeypat
     monkeypatch.setattr(latency_loop, "_time", fake_time)
     plan = prunekit.select_to_latency(model, s, scores, 0.6, lat, x, rounds=12)
     loop = plan.meta["latency_loop"]
-    assert not loop["reachable"] and max(r["requested"] for r in loop["rounds"]) > 0.48
+    assert not loop["reachable"] and max(r["requested"] for r in loop["rounds"]) > 0.48 and loop["stopped"] == "limit"
     assert loop["rounds"][loop["chosen"]]["measured_fraction"] == max(r["measured_fraction"] for r in loop["rounds"])
+
+
+class _Drifting:
+    """The stub device whose speed moves by ``swing`` from call to call (dense and pruned alike)."""
+
+    def __init__(self, swing):
+        self.swing, self.calls = swing, 0
+
+    def __call__(self, named, inputs):
+        self.calls += 1
+        scale = 1.0 + (self.swing if self.calls % 2 else 0.0)
+        return {k: v * scale for k, v in _device(named, inputs).items()}
+
+
+@pytest.mark.parametrize("swing, steady", [(0.0, True), (0.1, True), (0.3, False)])
+def test_a_machine_whose_speed_moves_under_the_loop_is_flagged(setup, caplog, swing, steady):
+    model, x, s, lat, scores = setup
+    with caplog.at_level("WARNING", logger="prunekit.core.latency_loop"):
+        plan = prunekit.select_to_latency(model, s, scores, 0.4, lat, x, timer=_Drifting(swing), rounds=6)
+    loop = plan.meta["latency_loop"]
+    assert len(loop["rounds"]) >= 2  # the dense model was timed more than once
+    dense = [r["dense_ms"] for r in loop["rounds"]]
+    assert loop["dense_spread"] == pytest.approx((max(dense) - min(dense)) / sorted(dense)[len(dense) // 2])
+    assert loop["steady"] is steady and ("not steady" in caplog.text) is not steady

@@ -18,11 +18,10 @@ the request at the resolution of one timing); a request whose plan was timed alr
 the bracket without being timed again, and the loop stops when no other plan lies between. A
 plan that lands in the window is timed once more (``confirm``) and kept only if the mean of its
 two timings is still in it: at batch 1 two timings of one plan differ by several points on a
-shared CPU. A request the selection
-cannot meet (group limits) is halved back towards the last one that could; a target still
-missed after a request within ``LIMIT_MARGIN`` of the lowest request the selection refused
-(an upper bound of its limit, reached by the halving) is out of reach, and reported
-(``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
+shared CPU. A request the selection cannot meet (group limits) is halved back towards the last
+one that could; a target still missed after a request within ``LIMIT_MARGIN`` of the lowest
+request the selection refused (an upper bound of its limit, reached by the halving) is out of
+reach, and reported (``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
 the target below that limit, the plan at the limit (found by bisection on the request, without
 timing) is timed once more (a round marked ``limit``) and decides. The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
@@ -45,6 +44,10 @@ __all__ = ["select_to_latency"]
 
 #: a request this close below the lowest one the selection refused counts as "at the limit"
 LIMIT_MARGIN = 0.05
+#: the dense model's time moving by more than this (max − min over median, across the rounds) flags
+#: the machine as unsteady: on steady and slowly drifting 2-core CPUs it stayed ≤ 0.145 over 48 loops,
+#: on an overloaded one it reached 0.53 (``benchmarks/RESULTS.md`` §12.0d)
+UNSTEADY_SPREAD = 0.15
 
 
 def _next_request(history: list[dict], aim: float, lo: float, hi: float, target: float, tolerance: float) -> float:
@@ -91,6 +94,14 @@ def _best(history: list[dict], target: float, tolerance: float) -> dict:
     return min(history, key=miss)
 
 
+def _dense_spread(history: list[dict]) -> float:
+    """How far the dense model's time moved across the rounds: ``(max − min) / median`` (the upper one)."""
+    dense = sorted(h["dense_ms"] for h in history)
+    if len(dense) < 2 or dense[len(dense) // 2] <= 0:
+        return 0.0
+    return (dense[-1] - dense[0]) / dense[len(dense) // 2]
+
+
 def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
     checked = latency.check(model, plan, inputs, structures, rounds=check_rounds, timer=timer)
     return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms")}
@@ -117,7 +128,8 @@ def _limit_request(structures, scores, latency, feasible: float, ceiling: float,
 
 def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, tolerance, check_rounds, confirm,
                 timer, select_options) -> tuple[list[dict], list[PruningPlan], float, float, bool]:
-    """The loop's timed rounds: ``(history, plans, feasible, ceiling, at_limit)``. A request whose plan
+    """The loop's timed rounds: ``(history, plans, feasible, ceiling, stopped)``, ``stopped`` why they
+    ended (``"window"``, ``"rounds"``, ``"limit"``, ``"granularity"``). A request whose plan
     was timed already is not timed again: it steers the next request with that plan's measurement
     (so a bracket narrows to the plans between its ends) without spending a round."""
     aim = fraction + tolerance / 2.0
@@ -125,7 +137,7 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
     plans: list[PruningPlan] = []
     steering: list[dict] = []  # the timed rounds, and requests that gave a plan already timed
     timed: dict[frozenset, int] = {}
-    request, feasible, ceiling, at_limit = float(aim), 0.0, 0.999, False
+    request, feasible, ceiling, stopped = float(aim), 0.0, 0.999, "rounds"
     for _ in range(8 * rounds + 8):  # selections are cheap, timings are not: the cap only stops a cycle
         if len(history) >= rounds:
             break
@@ -136,7 +148,7 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
                 raise  # not even the smallest request can be met
             ceiling = request  # the selection's limits stop below this request
             if request - feasible <= 1e-4:  # ... and at or above the largest one accepted: at the limit
-                at_limit = True
+                stopped = "limit"
                 break
             request = (feasible + request) / 2.0
             continue
@@ -157,17 +169,18 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             log.info("latency loop round %d: requested %.3f, predicted %.3f, measured %.3f (target %.3f)",
                      len(history), request, row["predicted_fraction"], row["measured_fraction"], fraction)
             if _in_window(row["measured_fraction"], fraction, tolerance):
+                stopped = "window"
                 break
         following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if abs(following - request) < 1e-4:
             # no request left to try: at the selection's limit, or no other plan between two timed ones
-            at_limit = following >= ceiling - 2e-4
-            if not at_limit:
+            stopped = "limit" if following >= ceiling - 2e-4 else "granularity"
+            if stopped == "granularity":
                 log.info("latency loop: no plan between the timed ones around %.3f (the selection's granularity)",
                          request)
             break
         request = following
-    return history, plans, feasible, ceiling, at_limit
+    return history, plans, feasible, ceiling, stopped
 
 
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
@@ -194,9 +207,13 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         The chosen :class:`PruningPlan`; ``plan.meta["latency_loop"]`` holds ``target``,
         ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
         ``dense_ms``, ``measured_ms`` per round; ``timings`` when confirmed), ``chosen`` (index of
-        the round returned) and ``reachable`` (``False`` when the selection's limits stopped
+        the round returned), ``stopped`` (why the rounds ended: ``"window"``, ``"rounds"`` run
+        out, at the selection's ``"limit"``, or ``"granularity"``: no other plan between two timed
+        ones), ``reachable`` (``False`` when the selection's limits stopped
         below the target; a round with ``limit: True`` is the plan at those limits, timed after the
-        rounds ran out short).
+        rounds ran out short), ``dense_spread`` (the dense model's time across the rounds, max − min
+        over median) and ``steady`` (``dense_spread <= UNSTEADY_SPREAD``; else a warning: the
+        machine's speed moved under the loop).
 
     Example:
         >>> import torch, prunekit
@@ -215,10 +232,10 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         raise ValueError(f"select_to_latency: rounds must be an int >= 1, got {rounds!r}")
     if not tolerance >= 0.0:
         raise ValueError(f"select_to_latency: tolerance must be >= 0, got {tolerance!r}")
-    history, plans, feasible, ceiling, at_limit = _run_rounds(
+    history, plans, feasible, ceiling, stopped = _run_rounds(
         model, structures, scores, fraction, latency, example_inputs, rounds, tolerance, check_rounds, confirm, timer,
         select_options)
-    near_limit = at_limit or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
+    near_limit = stopped == "limit" or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
     if not near_limit and max(h["measured_fraction"] for h in history) < fraction:
         # the rounds ran out short of the target below the limit: time the most the limits allow, once
         top = _limit_request(structures, scores, latency, feasible, ceiling, select_options)
@@ -238,6 +255,12 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
                     or "defaults", 100 * max(h["measured_fraction"] for h in history))
     index = history.index(chosen)
     plan = plans[index]
+    spread = _dense_spread(history)
+    if spread > UNSTEADY_SPREAD:
+        log.warning("select_to_latency: the dense model's time moved by %.0f%% across the loop's rounds (more than "
+                    "%.0f%%): the machine's speed is not steady, so the measured savings, and the plan chosen on them, "
+                    "are unreliable; time on an idle machine", 100 * spread, 100 * UNSTEADY_SPREAD)
     plan.meta["latency_loop"] = {"target": float(fraction), "tolerance": tolerance, "rounds": history,
-                                 "chosen": index, "reachable": reachable}
+                                 "chosen": index, "reachable": reachable, "stopped": stopped, "dense_spread": spread,
+                                 "steady": spread <= UNSTEADY_SPREAD}
     return plan
