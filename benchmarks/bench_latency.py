@@ -196,7 +196,7 @@ def _write(parts, args, seconds) -> dict:
     result["seconds"] = seconds
     result["command"] = "python benchmarks/bench_latency.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k != "out")
+        for k, v in vars(args).items() if k != "out" and v not in (None, []))  # what the parser would refuse
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
