@@ -277,3 +277,33 @@ def test_measure_auto_samples_multiples_and_select_keeps_them(wide, tmp_path):
                                            if t["size"] == 40)
     with pytest.raises(LatencyModelError, match="'auto'"):
         LatencyModel.measure(model, x, s, cache_dir=False, timer=_smooth, multiple_of="eight")
+
+
+@pytest.mark.parametrize("swing, warned", [(0.0, False), (0.1, False), (0.4, True)])
+def test_measure_records_how_far_the_dense_time_moved_and_warns_when_unsteady(mlp, monkeypatch, caplog, swing,
+                                                                             warned):
+    """The wall-clock path, with ``measure_latency`` replaced by a clock on which the dense model takes
+    10 ms in rounds 1 and 3 and 10·(1 + swing) ms in round 2 (the others: 1 ms per kept parameter / 100)."""
+    from prunekit.core import measure as measure_module
+
+    model, x, s = mlp
+    calls = {"dense": 0}
+    dense_params = sum(p.numel() for p in model.parameters())
+
+    def clock(m, inputs, batch_sizes=None, warmup=0, repeats=1, threads=None, device=None):
+        if sum(p.numel() for p in m.parameters()) == dense_params:  # the dense model (a copy of it)
+            calls["dense"] += 1
+            ms = 10.0 * (1 + swing if calls["dense"] % 3 == 0 else 1.0)  # the 1st call sets the repeats
+        else:
+            ms = sum(p.numel() for p in m.parameters()) / 100.0
+        b = batch_sizes[0]
+        return {"batches": {b: {"min_ms": ms, "median_ms": ms}}}
+
+    monkeypatch.setattr(measure_module, "measure_latency", clock)
+    with caplog.at_level("WARNING", logger="prunekit.core.latency"):
+        lat = LatencyModel.measure(model, x, s, rounds=3, cache_dir=False)
+    assert calls["dense"] == 4  # the repeats probe, then once per round
+    moved = lat.measured["settings_used"]["dense_spread"]
+    assert moved == pytest.approx(swing / 1.0)  # (max − min) / the upper median (10 ms)
+    assert ("not steady" in caplog.text) is warned
+    assert lat.dense_ms == pytest.approx(10.0)  # the best round still counts

@@ -87,6 +87,25 @@ def default_cache_dir() -> Path:
     return Path(root) / "latency" if root else Path.home() / ".cache" / "prunekit" / "latency"
 
 
+#: a dense model whose time moves by more than this across timing rounds (:func:`spread`) marks the
+#: machine as unsteady: on steady and slowly drifting 2-core CPUs the closed loop's rounds stayed
+#: ≤ 0.145 over 48 loops, on an overloaded one they reached 0.53 (``benchmarks/RESULTS.md`` §12.0d)
+UNSTEADY_SPREAD = 0.15
+
+
+def spread(times: Iterable[float]) -> float:
+    """How far repeated timings of one model moved: ``(max − min) / median`` (the upper median; 0 for < 2).
+
+    Example:
+        >>> spread([10.0, 11.0, 13.0])
+        0.2727272727272727
+    """
+    values = sorted(times)
+    if len(values) < 2 or values[len(values) // 2] <= 0:
+        return 0.0
+    return (values[-1] - values[0]) / values[len(values) // 2]
+
+
 def _interp(xs: Sequence[float], ys: Sequence[float], k: float) -> float:
     """Piecewise-linear ``y(k)``, the last segment extended beyond ``xs[-1]`` (``y(0) = ys[0] = 0``)."""
     if len(xs) == 1 or k <= 0:
@@ -250,10 +269,7 @@ class LatencyModel:
         log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
                 len(structures.groups), len(classes), len(variants), b, n_threads, dev)
         if timer is None:
-            reps = repeats or _repeats_for(variants["dense"], inputs, b, n_threads, dev)
-            settings_used = {"repeats_used": reps}
-            ms = time_in_rounds(variants, inputs, b, rounds=rounds, repeats=reps, warmup=warmup,
-                                threads=n_threads, device=dev, statistic=statistic)
+            ms, settings_used = _time_variants(variants, inputs, b, rounds, repeats, warmup, n_threads, dev, statistic)
         else:
             settings_used = {}
             ms = dict(timer(variants, inputs))
@@ -452,6 +468,22 @@ def _monotone(values: Sequence[float]) -> list[float]:
         out += [max(total / weight, 0.0)] * n
     out[0] = 0.0
     return out
+
+
+def _time_variants(variants: dict, inputs, b: int, rounds: int, repeats: int | None, warmup: int, threads: int,
+                   device, statistic: str) -> tuple[dict, dict]:
+    """Wall-clock timing of the variants in alternating rounds: ``(ms, settings_used)``; warns when the
+    dense model's time moved by more than :data:`UNSTEADY_SPREAD` across the rounds."""
+    reps = repeats or _repeats_for(variants["dense"], inputs, b, threads, device)
+    per_round: list[dict] = []
+    ms = time_in_rounds(variants, inputs, b, rounds=rounds, repeats=reps, warmup=warmup, threads=threads,
+                        device=device, statistic=statistic, per_round=per_round)
+    moved = spread(r["dense"] for r in per_round)
+    if moved > UNSTEADY_SPREAD:
+        log.warning("LatencyModel.measure: the dense model's time moved by %.0f%% across the %d rounds (more than "
+                    "%.0f%%): the machine's speed is not steady and the tables may be wrong; measure on an idle "
+                    "machine (refresh=True)", 100 * moved, rounds, 100 * UNSTEADY_SPREAD)
+    return ms, {"repeats_used": reps, "dense_spread": moved}
 
 
 def _repeats_for(model: nn.Module, inputs, batch_size: int, threads, device) -> int:

@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 
 from torch import nn
 
-from .latency import LatencyModel
+from .latency import UNSTEADY_SPREAD, LatencyModel, spread
 from .plan import Budget, BudgetError, PruningPlan, select
 from .structures import Structures
 
@@ -44,10 +44,6 @@ __all__ = ["select_to_latency"]
 
 #: a request this close below the lowest one the selection refused counts as "at the limit"
 LIMIT_MARGIN = 0.05
-#: the dense model's time moving by more than this (max − min over median, across the rounds) flags
-#: the machine as unsteady: on steady and slowly drifting 2-core CPUs it stayed ≤ 0.145 over 48 loops,
-#: on an overloaded one it reached 0.53 (``benchmarks/RESULTS.md`` §12.0d)
-UNSTEADY_SPREAD = 0.15
 
 
 def _next_request(history: list[dict], aim: float, lo: float, hi: float, target: float, tolerance: float) -> float:
@@ -92,14 +88,6 @@ def _best(history: list[dict], target: float, tolerance: float) -> dict:
         short, over = target - h["measured_fraction"], h["measured_fraction"] - target - tolerance
         return 2.0 * short if short > 0 else over
     return min(history, key=miss)
-
-
-def _dense_spread(history: list[dict]) -> float:
-    """How far the dense model's time moved across the rounds: ``(max − min) / median`` (the upper one)."""
-    dense = sorted(h["dense_ms"] for h in history)
-    if len(dense) < 2 or dense[len(dense) // 2] <= 0:
-        return 0.0
-    return (dense[-1] - dense[0]) / dense[len(dense) // 2]
 
 
 def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
@@ -255,12 +243,12 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
                     or "defaults", 100 * max(h["measured_fraction"] for h in history))
     index = history.index(chosen)
     plan = plans[index]
-    spread = _dense_spread(history)
-    if spread > UNSTEADY_SPREAD:
+    moved = spread(h["dense_ms"] for h in history)
+    if moved > UNSTEADY_SPREAD:
         log.warning("select_to_latency: the dense model's time moved by %.0f%% across the loop's rounds (more than "
                     "%.0f%%): the machine's speed is not steady, so the measured savings, and the plan chosen on them, "
-                    "are unreliable; time on an idle machine", 100 * spread, 100 * UNSTEADY_SPREAD)
+                    "are unreliable; time on an idle machine", 100 * moved, 100 * UNSTEADY_SPREAD)
     plan.meta["latency_loop"] = {"target": float(fraction), "tolerance": tolerance, "rounds": history,
-                                 "chosen": index, "reachable": reachable, "stopped": stopped, "dense_spread": spread,
-                                 "steady": spread <= UNSTEADY_SPREAD}
+                                 "chosen": index, "reachable": reachable, "stopped": stopped, "dense_spread": moved,
+                                 "steady": moved <= UNSTEADY_SPREAD}
     return plan

@@ -567,7 +567,8 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
 
 def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_size: int | None = None,
                    rounds: int = 3, repeats: int = 10, warmup: int = 3, threads: int | None = None,
-                   device: str | torch.device | None = None, statistic: str = "median_ms") -> dict:
+                   device: str | torch.device | None = None, statistic: str = "median_ms",
+                   per_round: list | None = None) -> dict:
     """Median latency (ms) of each model at one batch size, best of ``rounds`` rounds taken in alternation.
 
     Every round times every model once (:func:`measure_latency`: ``warmup`` untimed
@@ -577,6 +578,7 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
     the demo, the latency model and the benchmarks use it).
     ``statistic="min_ms"`` keeps the fastest pass instead of the median (more stable on a
     machine shared with other jobs; any key of :func:`measure_latency`'s per-batch stats).
+    ``per_round``: a list that receives each round's ``{name: ms}`` (to see how the times moved).
 
     Example:
         >>> ms = time_in_rounds({"a": nn.Linear(8, 8), "b": nn.Linear(8, 2)}, torch.randn(1, 8), repeats=2)
@@ -588,10 +590,14 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
     b = _reference_batch(example_inputs) if batch_size is None else int(batch_size)
     best = {name: float("inf") for name in named_models}
     for _ in range(rounds):
+        this_round = {}
         for name, model in named_models.items():
             stats = measure_latency(model, example_inputs, batch_sizes=[b], warmup=warmup, repeats=repeats,
                                     threads=threads, device=device)["batches"][b]
+            this_round[name] = stats[statistic]
             best[name] = min(best[name], stats[statistic])
+        if per_round is not None:
+            per_round.append(this_round)
     return best
 
 
