@@ -304,6 +304,6 @@ def test_measure_records_how_far_the_dense_time_moved_and_warns_when_unsteady(ml
         lat = LatencyModel.measure(model, x, s, rounds=3, cache_dir=False)
     assert calls["dense"] == 4  # the repeats probe, then once per round
     moved = lat.measured["settings_used"]["dense_spread"]
-    assert moved == pytest.approx(swing / 1.0)  # (max − min) / the upper median (10 ms)
+    assert moved == pytest.approx(10.0 * swing / 10.0)  # (max − min) / the upper median (10 ms)
     assert ("not steady" in caplog.text) is warned
     assert lat.dense_ms == pytest.approx(10.0)  # the best round still counts

@@ -115,7 +115,7 @@ def _limit_request(structures, scores, latency, feasible: float, ceiling: float,
 
 
 def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, tolerance, check_rounds, confirm,
-                timer, select_options) -> tuple[list[dict], list[PruningPlan], float, float, bool]:
+                timer, select_options) -> tuple[list[dict], list[PruningPlan], float, float, str]:
     """The loop's timed rounds: ``(history, plans, feasible, ceiling, stopped)``, ``stopped`` why they
     ended (``"window"``, ``"rounds"``, ``"limit"``, ``"granularity"``). A request whose plan
     was timed already is not timed again: it steers the next request with that plan's measurement

@@ -90,9 +90,10 @@ def _latency_part(model, structures, data, s: dict, seed: int, dense_row: dict, 
 
     A :class:`~prunekit.LatencyModel` of the dense model is measured at batch 1 (the table's) with the
     current threads (not cached: the cost is part of the story); the latency plan comes from the
-    closed loop (:func:`prunekit.select_to_latency`, at most 3 plans timed: fewer than the command line's 6, to keep the demo short)
-    and is fine-tuned like the others; then the dense model and both plans are timed in alternation with the latency
-    model's own statistic (fastest pass, best of 3 rounds), so ``measured / predicted`` is its error.
+    closed loop (:func:`prunekit.select_to_latency`, at most 3 plans timed: fewer than the command
+    line's 6, to keep the demo short) and is fine-tuned like the others; then the dense model and
+    both plans are timed in alternation with the latency model's own statistic (fastest pass, best
+    of 3 rounds), so ``measured / predicted`` is its error.
     """
     start, x = time.perf_counter(), data[0][0][:1]
     lat = LatencyModel.measure(model, x, structures, batch_size=1, cache_dir=False)
