@@ -7,14 +7,13 @@ is measured (its cost recorded), L1 scores select per target one plan under
 corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
 ``Budget(macs=f)``; per batch size, what ``LatencyModel.measure(multiple_of="auto")`` would
 choose (:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["steps"]``). Each
-materialized plan is then timed **in a pair with the dense model**
-(:func:`prunekit.core.measure.time_in_rounds`: alternating rounds, fastest pass per round,
-best of ``--rounds``), a timing independent of the loop's own, with its own dense reference
-taken at the same moment: the ``measured`` columns. The dense model and all plans of a batch
-size are also timed together in one rotation (``*_rotation`` fields; one dense reference for
+materialized plan is then timed **pass by pass against the dense model**
+(:func:`prunekit.core.measure.time_paired`: ``max(30, 2 × rounds × repeats)`` pairs, the median
+of the pairs' time ratios), a timing independent of the loop's own: the ``measured`` columns.
+The dense model and all plans of a batch size are also timed together in one rotation (``*_rotation`` fields; one dense reference for
 every plan, so a drift of the dense model's time moves every row of the batch size alike).
 Reported per row: the requested fraction, the measured latency reduction
-``1 − t_pruned / t_dense``, their ratio, the latency model's predicted reduction and its
+``1 − median(t_pruned / t_dense)``, their ratio, the latency model's predicted reduction and its
 error (predicted − measured, and predicted ms / measured ms − 1).
 
 Command:
@@ -33,7 +32,7 @@ import torch
 
 import prunekit
 from prunekit.core.latency import probe_steps
-from prunekit.core.measure import time_in_rounds, with_batch
+from prunekit.core.measure import time_in_rounds, time_paired, with_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,7 +69,7 @@ def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax):
 
 def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
     """One row; ``pair`` is the plan's own timing against the dense model, ``ms`` the rotation's."""
-    measured = 1.0 - pair["plan"] / pair["dense"]
+    measured = 1.0 - pair["ratio"]
     rotation = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
     predicted = lat.saved_fraction(plan.removed)
     counted = prunekit.count(pruned, x)
@@ -78,8 +77,9 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
     row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
            "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
            "prediction_error": predicted - measured,
-           "prediction_error_ms_rel": lat.predict(plan.removed) / pair["plan"] - 1.0,
-           "dense_ms_now": pair["dense"], "pruned_ms": pair["plan"],
+           "prediction_error_ms_rel": lat.predict(plan.removed) / pair["candidate_ms"] - 1.0,
+           "dense_ms_now": pair["reference_ms"], "pruned_ms": pair["candidate_ms"], "pairs": pair["pairs"],
+           "ratio_iqr": pair["ratio_iqr"],
            "measured_reduction_rotation": rotation, "ratio_rotation": rotation / f,
            "dense_ms_rotation": ms["dense"], "pruned_ms_rotation": ms[f"{kind}{f}"],
            "macs_removed": plan.achieved["macs"], "params_removed": plan.achieved["params"],
@@ -132,7 +132,8 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
         ms = time_in_rounds(named, x, b, **timing)
         for (kind, f), plan in plans.items():
             k = plan.meta["selection"]["multiple_of"]
-            pair = time_in_rounds({"dense": model, "plan": named[f"{kind}{f}"]}, x, b, **timing)
+            pair = time_paired(model, named[f"{kind}{f}"], x, b, pairs=max(30, 2 * rounds * timing["repeats"]),
+                               warmup=2, threads=threads)
             row = _row(name, b, kind, f, plan, lats.get(k, lat), ms, pair, named[f"{kind}{f}"], structures, x)
             rows.append(row)
             print(f"{name} b{b} {kind}={f}: measured -{row['measured_reduction']:.1%} (ratio "
@@ -140,9 +141,9 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                   f"MACs -{plan.achieved['macs']:.1%}", flush=True)
     return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads,
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-            "timing": f"fastest pass per round, best of {rounds} alternating rounds, each plan in a pair with the "
-                      "dense model (the *_rotation fields: dense and all plans of a batch size timed in turn); "
-                      "2-core machine",
+            "timing": "each plan pass by pass against the dense model, median of the pairs' time ratios "
+                      f"(time_paired); the *_rotation fields: dense and all plans of a batch size timed in turn, "
+                      f"fastest pass per round, best of {rounds} rounds; 2-core machine",
             "latency_models": {f"{name} {b}": m for b, m in models_info.items()}, "rows": rows}
 
 

@@ -307,3 +307,59 @@ def test_measure_records_how_far_the_dense_time_moved_and_warns_when_unsteady(ml
     assert moved == pytest.approx(10.0 * swing / 10.0)  # (max − min) / the upper median (10 ms)
     assert ("not steady" in caplog.text) is warned
     assert lat.dense_ms == pytest.approx(10.0)  # the best round still counts
+
+
+class _DriftingClock:
+    """A fake clock for ``prunekit.core.measure`` (its ``time`` module and ``call_model``): a forward
+    pass takes one ms per 100 parameters of the model times the machine's speed factor, which
+    changes every second pass (``speeds``, cycled); the ``slow`` passes (by index) take ten times longer."""
+
+    def __init__(self, speeds, slow=()):
+        self.now, self.order, self.speeds, self.slow = 0.0, [], list(speeds), set(slow)
+
+    def perf_counter(self):
+        return self.now
+
+    def call_model(self, model, inputs):
+        n = len(self.order)
+        factor = self.speeds[(n // 2) % len(self.speeds)] * (10.0 if n in self.slow else 1.0)
+        params = sum(p.numel() for p in model.parameters())
+        self.now += factor * params / 100.0 / 1e3
+        self.order.append(params)
+
+    def install(self, monkeypatch):
+        from prunekit.core import measure as measure_module
+        monkeypatch.setattr(measure_module, "time", self)
+        monkeypatch.setattr(measure_module, "call_model", self.call_model)
+        return measure_module
+
+
+def test_time_paired_cancels_a_drifting_machine_and_ignores_an_interrupted_pair(monkeypatch):
+    big, small = nn.Linear(30, 30), nn.Linear(30, 15)  # 930 and 465 parameters: ratio 0.5
+    clock = _DriftingClock([1.0, 1.6, 0.7, 2.5], slow={7})
+    measure_module = clock.install(monkeypatch)
+    r = measure_module.time_paired(big, small, torch.randn(1, 30), batch_size=4, pairs=7, warmup=1)
+    assert clock.order == [930, 465] + [930, 465, 465, 930] * 3 + [930, 465]  # AB, then AB BA AB ...
+    # pass 7 (pair 3's 2nd pass, after warm-up) was interrupted: one ratio of 5, the median is still exact
+    assert r["pairs"] == 7 and r["ratio"] == pytest.approx(0.5) and r["ratios"][-1] == pytest.approx(5.0)
+    assert r["ratios"][:6] == [pytest.approx(0.5)] * 6 and r["ratio_iqr"] == pytest.approx(0.0, abs=1e-12)
+    assert r["reference_ms"] == pytest.approx(9.30 * 1.6)  # the median pass of a model sees the machine's speed
+    assert r["reference_min_ms"] == pytest.approx(9.30 * 0.7) and r["candidate_min_ms"] == pytest.approx(4.65 * 0.7)
+    with pytest.raises(ValueError, match="pairs >= 1"):
+        measure_module.time_paired(big, small, torch.randn(1, 30), pairs=0)
+
+
+def test_check_measures_the_saving_pass_by_pass(mlp, monkeypatch):
+    """On a machine whose speed changes between pairs of passes, the measured saving is exactly the
+    fraction of parameters removed (the fake clock's cost), whatever the absolute times."""
+    model, x, s = mlp
+    lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())
+    clock = _DriftingClock([1.0, 3.0, 0.5])
+    clock.install(monkeypatch)
+    check = lat.check(model, s.groups[1].members[:4], x, s, rounds=1, repeats=3)
+    dense_params = sum(p.numel() for p in model.parameters())
+    pruned_params = dense_params - 4 * (10 + 1) - 4 * 10  # four neurons: their row + bias, and a column of the next
+    assert check["measured_fraction"] == pytest.approx(1 - pruned_params / dense_params)
+    assert check["ratio_iqr"] == pytest.approx(0.0, abs=1e-12)
+    d, p = dense_params, pruned_params
+    assert clock.order[-30:] == [d, p, p, d] * 7 + [d, p]  # max(15, rounds × repeats) = 15 pairs, alternating

@@ -60,7 +60,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .measure import _reference_batch, time_in_rounds
+from .measure import _reference_batch, time_in_rounds, time_paired
 from .measure import device_name as _device_name
 from .structures import Structures
 
@@ -365,13 +365,18 @@ class LatencyModel:
     def check(self, model: nn.Module, removed, example_inputs, structures: Structures | None = None, *,
               rounds: int = 3, repeats: int | None = None, warmup: int = 2,
               timer: Callable[[dict, object], Mapping[str, float]] | None = None) -> dict:
-        """Measured against predicted: time the dense ``model`` and the materialized plan, alternating.
+        """Measured against predicted: time the dense ``model`` and the materialized plan, pass by pass.
 
-        Returns ``{"dense_ms" (measured now), "measured_ms", "predicted_ms", "measured_fraction",
-        "predicted_fraction", "error" (predicted / measured − 1), "fraction_error"
-        (predicted_fraction − measured_fraction)}``. Fractions use the dense latency measured now,
-        so a machine that got slower or faster since :meth:`measure` shifts ``error`` but not
-        ``fraction_error`` much.
+        :func:`~prunekit.core.measure.time_paired` runs the two in alternation for
+        ``max(15, rounds × repeats)`` pairs (``repeats``: the table's passes per round); the
+        measured saving is one minus the median of the pairs' time ratios, so a machine whose
+        speed moves from second to second shifts both times of a pair, not the saving.
+        Returns ``{"dense_ms", "measured_ms" (measured now, with the tables' statistic: the
+        fastest pass by default), "predicted_ms",
+        "measured_fraction", "predicted_fraction", "error" (predicted / measured − 1),
+        "fraction_error" (predicted_fraction − measured_fraction), "ratio_iqr" (spread of the
+        pairs' ratios; 0 with a ``timer``)}``. A machine that got slower or faster since
+        :meth:`measure` shifts ``error`` but not ``fraction_error`` much.
         """
         from .materialize import materialize
         from .measure import with_batch
@@ -387,17 +392,20 @@ class LatencyModel:
         named = {"dense": model, "pruned": pruned}
         if timer is None:
             reps = repeats or int((self.measured.get("settings_used") or {}).get("repeats_used", 10))
-            ms = time_in_rounds(named, example_inputs, b, rounds=rounds, repeats=reps, warmup=warmup,
-                                threads=self.threads, device=self.device,
-                                statistic=self.settings.get("statistic", "min_ms"))
+            paired = time_paired(model, pruned, example_inputs, b, pairs=max(15, rounds * reps), warmup=warmup,
+                                 threads=self.threads, device=self.device)
+            fastest = self.settings.get("statistic", "min_ms") == "min_ms"  # the statistic the tables were fitted on
+            ms = {"dense": paired["reference_min_ms" if fastest else "reference_ms"],
+                  "pruned": paired["candidate_min_ms" if fastest else "candidate_ms"]}
+            meas_frac, iqr = 1.0 - paired["ratio"], paired["ratio_iqr"]
         else:
             ms = dict(timer(named, with_batch(example_inputs, b)))
+            meas_frac, iqr = 1.0 - ms["pruned"] / ms["dense"], 0.0
         predicted = self.predict(plan.removed)
         pred_frac = self.saved_fraction(plan.removed)
-        meas_frac = 1.0 - ms["pruned"] / ms["dense"]
         return {"dense_ms": ms["dense"], "measured_ms": ms["pruned"], "predicted_ms": predicted,
                 "measured_fraction": meas_frac, "predicted_fraction": pred_frac,
-                "error": predicted / ms["pruned"] - 1.0, "fraction_error": pred_frac - meas_frac}
+                "error": predicted / ms["pruned"] - 1.0, "fraction_error": pred_frac - meas_frac, "ratio_iqr": iqr}
 
     # ------------------------------------------------------------------ persistence
 

@@ -4,7 +4,7 @@ A :class:`~prunekit.core.latency.LatencyModel` predicts from per-group tables an
 what they do not model (groups that shrink one convolution together, kernels that change
 with width, timing noise at small batches). :func:`select_to_latency` closes the loop on
 the target itself: it asks :func:`prunekit.select` for ``Budget(latency=r_i)``, times the
-materialized plan against the dense model (:meth:`LatencyModel.check`, alternating rounds),
+materialized plan against the dense model (:meth:`LatencyModel.check`, pass by pass),
 and corrects the request by the measured shortfall
 
 .. math:: r_{i+1} = r_i + (f - m_i) \\quad\\text{(first step)}, \\qquad
@@ -92,7 +92,8 @@ def _best(history: list[dict], target: float, tolerance: float) -> dict:
 
 def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
     checked = latency.check(model, plan, inputs, structures, rounds=check_rounds, timer=timer)
-    return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms")}
+    return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms",
+                                          "ratio_iqr")}
 
 
 def _limit_request(structures, scores, latency, feasible: float, ceiling: float, select_options: dict) -> float:
@@ -186,7 +187,8 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         rounds: at most this many plans are materialized and timed (``1``: open loop, timed), and
             one more, the plan at the selection's limit, when all fall short of ``fraction`` below it.
         tolerance: width of the acceptance window above ``fraction``.
-        check_rounds: alternating timing rounds per plan (:meth:`LatencyModel.check`).
+        check_rounds: sets the pairs of passes timed per plan, ``max(15, check_rounds × repeats)``
+            (:meth:`LatencyModel.check`; ``repeats``: the latency model's passes per round).
         confirm: time a plan that lands in the window a second time and keep the mean.
         timer: replaces the wall-clock timer (tests), as in :meth:`LatencyModel.measure`.
         **select_options: passed to :func:`prunekit.select` (``group_norm``, ``max_group_ratio``, …).
@@ -194,7 +196,7 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
     Returns:
         The chosen :class:`PruningPlan`; ``plan.meta["latency_loop"]`` holds ``target``,
         ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
-        ``dense_ms``, ``measured_ms`` per round; ``timings`` when confirmed), ``chosen`` (index of
+        ``dense_ms``, ``measured_ms``, ``ratio_iqr`` per round; ``timings`` when confirmed), ``chosen`` (index of
         the round returned), ``stopped`` (why the rounds ended: ``"window"``, ``"rounds"`` run
         out, at the selection's ``"limit"``, or ``"granularity"``: no other plan between two timed
         ones), ``reachable`` (``False`` when the selection's limits stopped

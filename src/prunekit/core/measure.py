@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["count", "count_params", "measure_latency", "time_in_rounds", "peak_memory", "compare", "with_batch",
+__all__ = ["count", "count_params", "measure_latency", "time_in_rounds", "time_paired", "peak_memory", "compare", "with_batch",
            "MAC_FORMULAS"]
 
 aten = torch.ops.aten
@@ -599,6 +599,59 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
         if per_round is not None:
             per_round.append(this_round)
     return best
+
+
+def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batch_size: int | None = None,
+                pairs: int = 15, warmup: int = 2, threads: int | None = None,
+                device: str | torch.device | None = None) -> dict:
+    """Speed of ``candidate`` relative to ``reference``, pass by pass: the median of per-pair ratios.
+
+    The two models run in alternation, one pass each per pair (order swapped every pair:
+    AB BA AB ...), and each pair gives the ratio of their times:
+
+    .. math:: \\rho = \\operatorname{median}_i \\; t^{\\text{candidate}}_i \\,/\\, t^{\\text{reference}}_i
+
+    Two passes a few milliseconds apart see the same machine, so a machine whose speed moves
+    by tens of percent from second to second (a shared CPU) moves both times of a pair
+    together and cancels in the ratio; the median ignores the pairs an interruption hit.
+    Returns ``{"ratio", "reference_ms", "candidate_ms" (medians), "reference_min_ms",
+    "candidate_min_ms" (fastest passes), "ratio_iqr" (spread of the pairs' ratios, p75 − p25),
+    "pairs", "ratios"}``; ``1 - ratio`` is the saving.
+
+    Example:
+        >>> r = time_paired(nn.Linear(64, 64), nn.Linear(64, 8), torch.randn(1, 64), pairs=3)
+        >>> r["pairs"], r["ratio"] > 0
+        (3, True)
+    """
+    if pairs < 1 or warmup < 0:
+        raise ValueError("time_paired: need pairs >= 1 and warmup >= 0")
+    dev = torch.device(device) if device is not None else _model_device(reference)
+    inputs = _map_tensors(example_inputs, lambda t: t.to(dev))
+    x = with_batch(inputs, _reference_batch(inputs) if batch_size is None else int(batch_size))
+    old_threads = torch.get_num_threads()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        with _OnDevice(reference, dev), _OnDevice(candidate, dev), _EvalNoGrad(reference), _EvalNoGrad(candidate):
+            models = (reference, candidate)
+            for _ in range(warmup):
+                for model in models:
+                    call_model(model, x)
+            for i in range(pairs):
+                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    call_model(models[k], x)
+                    _sync(dev)
+                    times[k].append(1e3 * (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(old_threads)
+    ratios = sorted(c / r for r, c in zip(times[0], times[1]))
+    return {"ratio": statistics.median(ratios), "reference_ms": statistics.median(times[0]),
+            "candidate_ms": statistics.median(times[1]), "reference_min_ms": min(times[0]),
+            "candidate_min_ms": min(times[1]), "pairs": pairs,
+            "ratio_iqr": _percentile(ratios, 75) - _percentile(ratios, 25), "ratios": ratios}
 
 
 # --------------------------------------------------------------------------------------

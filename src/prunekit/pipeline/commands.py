@@ -164,8 +164,10 @@ def _latency_model(model, example, structures, batch: int | None, threads: int |
 def _latency_report(lat, model, plan, example, structures) -> dict:
     """Predicted against measured latency of the dense model and ``plan`` (:meth:`LatencyModel.check`).
 
-    Both are timed now, in alternating rounds, at the latency model's batch size, threads and
-    device, with its statistic (fastest pass by default, the one its tables are fitted on):
+    Both are timed now, pass by pass, at the latency model's batch size, threads and device;
+    ``measured_fraction`` is one minus the median of the pairs' time ratios (``ratio_iqr``: their
+    spread), the times use the latency model's statistic (fastest pass by default, the one its
+    tables are fitted on):
 
         measured_over_predicted = T_pruned / T̂_pruned,   error = T̂_pruned / T_pruned − 1
 
@@ -179,7 +181,7 @@ def _latency_report(lat, model, plan, example, structures) -> dict:
               "dense_predicted_ms": lat.dense_ms, "predicted_ms": predicted,
               "dense_measured_ms": check["dense_ms"], "measured_ms": measured,
               "predicted_fraction": check["predicted_fraction"], "measured_fraction": check["measured_fraction"],
-              "fraction_error": check["fraction_error"], "error": check["error"],
+              "fraction_error": check["fraction_error"], "error": check["error"], "ratio_iqr": check["ratio_iqr"],
               "measured_over_predicted": measured / predicted if predicted else float("inf"),
               "multiple_of": lat.multiple_of}
     if "steps" in lat.measured:  # --multiple-of auto: the step probe that chose it
