@@ -87,8 +87,10 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
            "max_group_ratio": plan.meta["selection"]["max_group_ratio"],
            "multiple_of": plan.meta["selection"]["multiple_of"]}
     if "latency_loop" in plan.meta:
-        row["loop_rounds"] = plan.meta["latency_loop"]["rounds"]
-        row["reachable"] = plan.meta["latency_loop"]["reachable"]
+        loop = plan.meta["latency_loop"]
+        row["loop_rounds"] = loop["rounds"]
+        row.update({f"loop_{k}": loop[k] for k in ("chosen", "stopped", "dense_spread", "steady")})
+        row["reachable"] = loop["reachable"]
     return row
 
 
