@@ -19,7 +19,8 @@ on their own), kernel choices that change with width in steps finer than the sam
 points, and channel multiples. The model with every group at its last measured point
 is timed too (``floor_ms``), so the additivity error at that extreme is recorded
 (``additivity_error``), and :meth:`LatencyModel.check` compares a prediction with the
-measured latency of the materialized model.
+measured latency of the materialized model (timed pass by pass against the dense model,
+:func:`prunekit.core.measure.time_paired`).
 
 Cheap by construction: groups whose tensors have the same shapes and whose members save
 the same parameters and MACs (the 8–9 identical blocks of a ResNet stage) form a *class*

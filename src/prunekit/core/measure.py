@@ -434,6 +434,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timing_device(device, model: nn.Module) -> torch.device:
+    """Where to time: ``device``, else the model's; a bare ``"cuda"`` becomes the current CUDA device."""
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _timed_pass(model: nn.Module, x, dev: torch.device) -> float:
+    """Seconds of one forward pass (bracketed by ``torch.cuda.synchronize`` on CUDA)."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    call_model(model, x)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
 def _percentile(sorted_xs: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default), ``q`` in [0, 100]."""
     if len(sorted_xs) == 1:
@@ -534,9 +551,7 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("measure_latency: need repeats >= 1 and warmup >= 0")
-    dev = torch.device(device) if device is not None else _model_device(model)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _timing_device(device, model)
     inputs = _map_tensors(example_inputs, lambda t: t.to(dev))
     sizes = [_reference_batch(inputs)] if batch_sizes is None else [int(b) for b in batch_sizes]
     old_threads = torch.get_num_threads()
@@ -552,13 +567,7 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
                 for _ in range(warmup):
                     call_model(model, x)
                 _sync(dev)
-                times = []
-                for _ in range(repeats):
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    call_model(model, x)
-                    _sync(dev)
-                    times.append(time.perf_counter() - t0)
+                times = [_timed_pass(model, x, dev) for _ in range(repeats)]
                 result["batches"][b] = _summary(times, b)
     finally:
         torch.set_num_threads(old_threads)
@@ -617,7 +626,7 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
     Returns ``{"ratio", "reference_ms", "candidate_ms" (medians), "reference_min_ms",
     "candidate_min_ms" (fastest passes), "fastest_ratio" (``candidate_min_ms / reference_min_ms``:
     the fastest passes, both from the same stretch of time), "ratio_iqr" (spread of the pairs'
-    ratios, p75 − p25), "pairs", "ratios"}``; ``1 - ratio`` is the saving.
+    ratios, p75 − p25), "pairs", "ratios" (sorted)}``; ``1 - ratio`` is the saving.
 
     Example:
         >>> r = time_paired(nn.Linear(64, 64), nn.Linear(64, 8), torch.randn(1, 64), pairs=3)
@@ -626,7 +635,7 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
     """
     if pairs < 1 or warmup < 0:
         raise ValueError("time_paired: need pairs >= 1 and warmup >= 0")
-    dev = torch.device(device) if device is not None else _model_device(reference)
+    dev = _timing_device(device, reference)
     inputs = _map_tensors(example_inputs, lambda t: t.to(dev))
     x = with_batch(inputs, _reference_batch(inputs) if batch_size is None else int(batch_size))
     old_threads = torch.get_num_threads()
@@ -641,11 +650,7 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
                     call_model(model, x)
             for i in range(pairs):
                 for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    call_model(models[k], x)
-                    _sync(dev)
-                    times[k].append(1e3 * (time.perf_counter() - t0))
+                    times[k].append(1e3 * _timed_pass(models[k], x, dev))
     finally:
         torch.set_num_threads(old_threads)
     ratios = sorted(c / r for r, c in zip(times[0], times[1]))
@@ -728,9 +733,7 @@ def peak_memory(model: nn.Module, example_inputs, device: str | torch.device | N
         >>> mem["activation_bytes"]          # one [8, 256] float32 output
         8192
     """
-    dev = torch.device(device) if device is not None else _model_device(model)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _timing_device(device, model)
     inputs = _map_tensors(example_inputs, lambda t: t.to(dev))
     with _OnDevice(model, dev), _EvalNoGrad(model):
         if dev.type == "cuda":
