@@ -301,7 +301,7 @@ def test_measure_records_how_far_the_dense_time_moved_and_warns_when_unsteady(ml
 
     monkeypatch.setattr(measure_module, "measure_latency", clock)
     with caplog.at_level("WARNING", logger="prunekit.core.latency"):
-        lat = LatencyModel.measure(model, x, s, rounds=3, cache_dir=False)
+        lat = LatencyModel.measure(model, x, s, rounds=3, cache_dir=False, timing="rounds")
     assert calls["dense"] == 4  # the repeats probe, then once per round
     moved = lat.measured["settings_used"]["dense_spread"]
     assert moved == pytest.approx(10.0 * swing / 10.0)  # (max − min) / the upper median (10 ms)
@@ -363,3 +363,28 @@ def test_check_measures_the_saving_pass_by_pass(mlp, monkeypatch):
     assert check["ratio_iqr"] == pytest.approx(0.0, abs=1e-12)
     d, p = dense_params, pruned_params
     assert clock.order[-30:] == [d, p, p, d] * 7 + [d, p]  # max(15, rounds × repeats) = 15 pairs, alternating
+
+
+def test_measure_times_the_tables_pass_by_pass_so_a_drifting_machine_scales_them(mlp, monkeypatch, caplog):
+    """With ``timing="pairs"`` (the default) the tables measured on a machine whose speed changes between
+    pairs of passes are the steady machine's scaled by the dense model's fastest pass (one factor for all),
+    so every predicted fraction is the same; in rounds, the same drift distorts them."""
+    model, x, s = mlp
+    tables = {}
+    for name, speeds, timing in (("steady", [1.0], "pairs"), ("drifting", [1.0, 3.0, 0.5], "pairs"),
+                                 ("rounds", [1.0, 3.0, 0.5], "rounds")):
+        clock = _DriftingClock(speeds)
+        with monkeypatch.context() as patch:
+            clock.install(patch)
+            with caplog.at_level("WARNING", logger="prunekit.core.latency"):
+                tables[name] = LatencyModel.measure(model, x, s, rounds=1, repeats=3, warmup=1, cache_dir=False,
+                                                    timing=timing)
+    steady, drifting = tables["steady"], tables["drifting"]
+    assert drifting.settings["timing"] == "pairs" and drifting.measured["settings_used"]["pairs"] == 3
+    assert drifting.dense_ms == pytest.approx(0.5 * steady.dense_ms)  # the fastest pass saw the fastest machine
+    removals = [s.groups[0].members[:3], s.groups[1].members[:6], s.groups[2].members[:9] + s.groups[0].members[:1]]
+    for removed in removals:
+        assert drifting.saved_fraction(removed) == pytest.approx(steady.saved_fraction(removed))
+    assert max(abs(tables["rounds"].saved_fraction(r) - steady.saved_fraction(r)) for r in removals) > 0.05
+    with pytest.raises(LatencyModelError, match="timing must be"):
+        LatencyModel.measure(model, x, s, cache_dir=False, timing="best")

@@ -25,10 +25,10 @@ measured latency of the materialized model (timed pass by pass against the dense
 Cheap by construction: groups whose tensors have the same shapes and whose members save
 the same parameters and MACs (the 8–9 identical blocks of a ResNet stage) form a *class*
 and are thinned **together** (the saving is shared evenly among them: more signal, fewer
-timings); all variants are timed in alternating rounds against the dense model
-(:func:`prunekit.core.measure.time_in_rounds`), best median of ``rounds``. ResNet-56 on CPU
-(one thread) has 30 groups in 9 classes: 29 timed models, about 10 s at batch 1 and
-about 1.5 min at batch 64.
+timings); every variant is timed pass by pass against the dense model
+(:func:`prunekit.core.measure.time_paired`; ``timing="rounds"``: all in alternating rounds,
+half the passes). ResNet-56 on CPU (one thread) has 30 groups in 9 classes: 29 timed models,
+about 10 s at batch 1 and 1.5 min at batch 64 in rounds on an idle 2-core machine.
 
 The tables are cached on disk (JSON, one file per model signature, device, batch size,
 threads and dtype; the measurement settings are checked on load), in ``cache_dir``
@@ -187,7 +187,7 @@ class LatencyModel:
                 batch_size: int | None = None, threads: int | None = None, device: str | torch.device = "cpu", *,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS, rounds: int = 3, repeats: int | None = None,
                 warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", multiple_of: int | str = 1,
-                cache_dir: str | Path | bool | None = None,
+                timing: str = "pairs", cache_dir: str | Path | bool | None = None,
                 refresh: bool = False, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                 verbose: bool = False) -> "LatencyModel":
         """Time ``model`` with each group thinned to ``fractions`` of its width and fit the tables.
@@ -202,12 +202,18 @@ class LatencyModel:
             device: where to time.
             fractions: kept fractions to sample (each in (0, 1)); the removed counts are
                 ``round((1 − f)·n)`` clipped to ``[1, n − 1]``.
-            rounds, repeats, warmup: every timed model gets ``warmup`` untimed passes and the
-                median of ``repeats`` passes, in each of ``rounds`` alternating rounds; the best
-                round counts. ``repeats=None``: about 0.25 s of passes per model and round
-                (3 to 15 passes).
-            statistic: per round, ``"min_ms"`` (fastest pass, default: stable on a shared
-                machine) or ``"median_ms"``.
+            rounds, repeats, warmup: ``timing="pairs"``: every variant is timed pass by pass
+                against the dense model (:func:`prunekit.core.measure.time_paired`, ``rounds ×
+                repeats`` pairs after ``warmup``), and its time is the dense model's times the
+                median of the pairs' ratios. ``timing="rounds"`` (before 2026-12-03): every model
+                gets ``warmup`` untimed passes and ``repeats`` timed ones in each of ``rounds``
+                alternating rounds; the best round counts. ``repeats=None``: about 0.25 s of
+                the dense model's passes (3 to 15 passes).
+            statistic: the dense model's time, from its fastest pass (``"min_ms"``, default:
+                stable on a shared machine) or its median pass (``"median_ms"``; with
+                ``timing="rounds"``: every model's, per round).
+            timing: ``"pairs"`` (default: 1.5–4× steadier savings on a loaded machine,
+                ``benchmarks/RESULTS.md`` §12.0e; twice the passes) or ``"rounds"``.
             share: ``"shape"``: groups with identical tensor shapes and per-member savings are
                 thinned together and share the measured saving evenly; ``None``: every group
                 is timed alone (slower, and small groups' savings drown in timing noise).
@@ -238,6 +244,8 @@ class LatencyModel:
         if multiple_of != "auto" and (isinstance(multiple_of, bool) or not isinstance(multiple_of, int)
                                       or multiple_of < 1):
             raise LatencyModelError(f"multiple_of must be an int >= 1 or 'auto', got {multiple_of!r}")
+        if timing not in ("pairs", "rounds"):
+            raise LatencyModelError(f"timing must be 'pairs' or 'rounds', got {timing!r}")
         dev = torch.device(device)
         if structures is None:
             structures = find_structures(model, example_inputs)
@@ -245,7 +253,7 @@ class LatencyModel:
         n_threads = int(threads) if threads is not None else torch.get_num_threads()
         dtype = _model_dtype(model)
         settings = {"fractions": [float(f) for f in sorted(fractions, reverse=True)], "share": share,
-                    "statistic": statistic, "multiple_of": multiple_of,
+                    "statistic": statistic, "multiple_of": multiple_of, "timing": timing,
                     "rounds": rounds, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
                     "timer": "wall-clock" if timer is None else "custom"}
         path = None
@@ -270,7 +278,8 @@ class LatencyModel:
         log.log(log_level, "latency model: %d groups in %d classes, %d models to time at batch %d, %d thread(s) on %s",
                 len(structures.groups), len(classes), len(variants), b, n_threads, dev)
         if timer is None:
-            ms, settings_used = _time_variants(variants, inputs, b, rounds, repeats, warmup, n_threads, dev, statistic)
+            time_variants = _time_variants_paired if timing == "pairs" else _time_variants
+            ms, settings_used = time_variants(variants, inputs, b, rounds, repeats, warmup, n_threads, dev, statistic)
         else:
             settings_used = {}
             ms = dict(timer(variants, inputs))
@@ -493,6 +502,37 @@ def _time_variants(variants: dict, inputs, b: int, rounds: int, repeats: int | N
                     "%.0f%%): the machine's speed is not steady and the tables may be wrong; measure on an idle "
                     "machine (refresh=True)", 100 * moved, rounds, 100 * UNSTEADY_SPREAD)
     return ms, {"repeats_used": reps, "dense_spread": moved}
+
+
+def _time_variants_paired(variants: dict, inputs, b: int, rounds: int, repeats: int | None, warmup: int,
+                          threads: int, device, statistic: str) -> tuple[dict, dict]:
+    """Every variant timed pass by pass against the dense model: ``(ms, settings_used)``, a variant's
+    time the dense model's times the median of its pairs' ratios; the dense model's time its fastest
+    (``statistic="min_ms"``) or median pass over all pairs. Warns as :func:`_time_variants` when the
+    dense model's time moved by more than :data:`UNSTEADY_SPREAD` from one variant to the next."""
+    dense = variants["dense"]
+    reps = repeats or _repeats_for(dense, inputs, b, threads, device)
+    pairs = max(3, rounds * reps)
+    ratios, references = {}, []
+    for name, model in variants.items():
+        if name == "dense":
+            continue
+        paired = time_paired(dense, model, inputs, b, pairs=pairs, warmup=warmup, threads=threads, device=device)
+        ratios[name] = paired["ratio"]
+        references.append(paired["reference_min_ms" if statistic == "min_ms" else "reference_ms"])
+    if not references:  # nothing to prune: the dense model alone
+        ms = time_in_rounds({"dense": dense}, inputs, b, rounds=rounds, repeats=reps, warmup=warmup, threads=threads,
+                            device=device, statistic=statistic)
+        return ms, {"repeats_used": reps, "pairs": 0, "dense_spread": 0.0}
+    dense_ms = min(references) if statistic == "min_ms" else sorted(references)[len(references) // 2]
+    moved = spread(references)
+    if moved > UNSTEADY_SPREAD:
+        log.warning("LatencyModel.measure: the dense model's time moved by %.0f%% across the %d variants' timings "
+                    "(more than %.0f%%): the machine's speed is not steady; the savings are timed pass by pass, but "
+                    "a load that slows the models unequally still moves them (re-measure on an idle machine, "
+                    "refresh=True)", 100 * moved, len(references), 100 * UNSTEADY_SPREAD)
+    return ({"dense": dense_ms, **{name: dense_ms * r for name, r in ratios.items()}},
+            {"repeats_used": reps, "pairs": pairs, "dense_spread": moved})
 
 
 def _repeats_for(model: nn.Module, inputs, batch_size: int, threads, device) -> int:
