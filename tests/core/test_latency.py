@@ -366,7 +366,7 @@ def test_check_measures_the_saving_pass_by_pass(mlp, monkeypatch):
 
 
 def test_measure_times_the_tables_pass_by_pass_so_a_drifting_machine_scales_them(mlp, monkeypatch, caplog):
-    """With ``timing="pairs"`` (the default) the tables measured on a machine whose speed changes between
+    """With ``timing="pairs"`` the tables measured on a machine whose speed changes between
     pairs of passes are the steady machine's scaled by the dense model's fastest pass (one factor for all),
     so every predicted fraction is the same; in rounds, the same drift distorts them."""
     model, x, s = mlp

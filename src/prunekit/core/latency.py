@@ -25,10 +25,10 @@ measured latency of the materialized model (timed pass by pass against the dense
 Cheap by construction: groups whose tensors have the same shapes and whose members save
 the same parameters and MACs (the 8–9 identical blocks of a ResNet stage) form a *class*
 and are thinned **together** (the saving is shared evenly among them: more signal, fewer
-timings); every variant is timed pass by pass against the dense model
-(:func:`prunekit.core.measure.time_paired`; ``timing="rounds"``: all in alternating rounds,
-half the passes). ResNet-56 on CPU (one thread) has 30 groups in 9 classes: 29 timed models,
-about 10 s at batch 1 and 1.5 min at batch 64 in rounds on an idle 2-core machine.
+timings); all variants are timed in alternating rounds against the dense model
+(:func:`prunekit.core.measure.time_in_rounds`), best of ``rounds`` (``timing="pairs"``: each
+pass by pass against it). ResNet-56 on CPU (one thread) has 30 groups in 9 classes: 29 timed
+models, about 10 s at batch 1 and 1.5 min at batch 64 on an idle 2-core machine.
 
 The tables are cached on disk (JSON, one file per model signature, device, batch size,
 threads and dtype; the measurement settings are checked on load), in ``cache_dir``
@@ -187,7 +187,7 @@ class LatencyModel:
                 batch_size: int | None = None, threads: int | None = None, device: str | torch.device = "cpu", *,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS, rounds: int = 3, repeats: int | None = None,
                 warmup: int = 2, statistic: str = "min_ms", share: str | None = "shape", multiple_of: int | str = 1,
-                timing: str = "pairs", cache_dir: str | Path | bool | None = None,
+                timing: str = "rounds", cache_dir: str | Path | bool | None = None,
                 refresh: bool = False, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
                 verbose: bool = False) -> "LatencyModel":
         """Time ``model`` with each group thinned to ``fractions`` of its width and fit the tables.
@@ -202,18 +202,18 @@ class LatencyModel:
             device: where to time.
             fractions: kept fractions to sample (each in (0, 1)); the removed counts are
                 ``round((1 − f)·n)`` clipped to ``[1, n − 1]``.
-            rounds, repeats, warmup: ``timing="pairs"``: every variant is timed pass by pass
-                against the dense model (:func:`prunekit.core.measure.time_paired`, ``rounds ×
-                repeats`` pairs after ``warmup``), and its time is the dense model's times the
-                median of the pairs' ratios. ``timing="rounds"`` (before 2026-12-03): every model
-                gets ``warmup`` untimed passes and ``repeats`` timed ones in each of ``rounds``
-                alternating rounds; the best round counts. ``repeats=None``: about 0.25 s of
-                the dense model's passes (3 to 15 passes).
+            rounds, repeats, warmup: ``timing="rounds"``: every model gets ``warmup`` untimed
+                passes and ``repeats`` timed ones in each of ``rounds`` alternating rounds; the
+                best round counts. ``timing="pairs"``: every variant is timed pass by pass against
+                the dense model (:func:`prunekit.core.measure.time_paired`, ``rounds × repeats``
+                pairs after ``warmup``), its time the dense model's times the median of the pairs'
+                ratios. ``repeats=None``: about 0.25 s of the dense model's passes (3 to 15).
             statistic: the dense model's time, from its fastest pass (``"min_ms"``, default:
                 stable on a shared machine) or its median pass (``"median_ms"``; with
                 ``timing="rounds"``: every model's, per round).
-            timing: ``"pairs"`` (default: 1.5–4× steadier savings on a loaded machine,
-                ``benchmarks/RESULTS.md`` §12.0e; twice the passes) or ``"rounds"``.
+            timing: ``"rounds"`` (default) or ``"pairs"`` (twice the passes; on a loaded machine
+                its tables were steadier but no more accurate, and at batch 64 less:
+                ``benchmarks/RESULTS.md`` §12.0f).
             share: ``"shape"``: groups with identical tensor shapes and per-member savings are
                 thinned together and share the measured saving evenly; ``None``: every group
                 is timed alone (slower, and small groups' savings drown in timing noise).
