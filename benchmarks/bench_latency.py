@@ -10,8 +10,9 @@ choose (:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["ste
 materialized plan is then timed **pass by pass against the dense model**
 (:func:`prunekit.core.measure.time_paired`: ``max(30, 2 × rounds × repeats)`` pairs, the median
 of the pairs' time ratios), a timing independent of the loop's own: the ``measured`` columns.
-The dense model and all plans of a batch size are also timed together in one rotation (``*_rotation`` fields; one dense reference for
-every plan, so a drift of the dense model's time moves every row of the batch size alike).
+The dense model and all plans of a batch size are also timed together in one rotation
+(``*_rotation`` fields; one dense reference for every plan, so a drift of the dense model's
+time moves every row of the batch size alike).
 Reported per row: the requested fraction, the measured latency reduction
 ``1 − median(t_pruned / t_dense)``, their ratio, the latency model's predicted reduction and its
 error (predicted − measured, and predicted ms / measured ms − 1).
@@ -77,7 +78,7 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
     row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
            "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
            "prediction_error": predicted - measured,
-           "prediction_error_ms_rel": lat.predict(plan.removed) / pair["candidate_ms"] - 1.0,
+           "prediction_error_ms_rel": lat.predict(plan.removed) / pair["candidate_min_ms"] - 1.0,  # tables: fastest
            "dense_ms_now": pair["reference_ms"], "pruned_ms": pair["candidate_ms"], "pairs": pair["pairs"],
            "ratio_iqr": pair["ratio_iqr"],
            "measured_reduction_rotation": rotation, "ratio_rotation": rotation / f,
