@@ -284,3 +284,34 @@ def test_a_machine_whose_speed_moves_under_the_loop_is_flagged(setup, caplog, sw
     dense = [r["dense_ms"] for r in loop["rounds"]]
     assert loop["dense_spread"] == pytest.approx((max(dense) - min(dense)) / sorted(dense)[len(dense) // 2])
     assert loop["steady"] is steady and ("not steady" in caplog.text) is not steady
+
+
+def test_the_plan_at_the_limit_is_not_timed_again_when_a_round_timed_it(setup, monkeypatch):
+    """Coarse structures: every request from 0.2 up to the limit (0.49371) gives the same plan. The one round
+    allowed times it (asked 0.3075: the first request, 0.615, was refused and halved) short of the target,
+    well below the limit, so the loop looks up the plan at the limit: the one already timed, not timed again."""
+    from prunekit.core import latency_loop
+
+    model, x, s, lat, scores = setup
+    n = len(s)
+    timed = []
+
+    def fake_select(structures, scores, budget, latency=None, **options):
+        request = budget.targets()["latency"]
+        if request > 0.49371:
+            raise BudgetError("over the limit")
+        return prunekit.PruningPlan.from_removed(structures, list(range(4 if request < 0.2 else 8)))
+
+    def fake_time(latency, model, plan, inputs, structures, check_rounds, timer):
+        timed.append(len(plan.removed))
+        saved = 0.03 * len(plan.removed)
+        return {"predicted_fraction": saved, "measured_fraction": saved, "dense_ms": 1.0, "measured_ms": 1 - saved,
+                "ratio_iqr": 0.0}
+
+    monkeypatch.setattr(latency_loop, "select", fake_select)
+    monkeypatch.setattr(latency_loop, "_time", fake_time)
+    plan = prunekit.select_to_latency(model, s, scores, 0.6, lat, x, rounds=1)
+    loop = plan.meta["latency_loop"]
+    assert n > 8 and timed == [8] and loop["stopped"] == "rounds"  # the plan timed once
+    assert not any(r.get("limit") for r in loop["rounds"]) and not loop["reachable"]
+    assert loop["rounds"][loop["chosen"]]["measured_fraction"] == pytest.approx(0.24)

@@ -23,7 +23,7 @@ one that could; a target still missed after a request within ``LIMIT_MARGIN`` of
 request the selection refused (an upper bound of its limit, reached by the halving) is out of
 reach, and reported (``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
 the target below that limit, the plan at the limit (found by bisection on the request, without
-timing) is timed once more (a round marked ``limit``) and decides. The plan returned is the
+timing) is timed once more (a round marked ``limit``; not when a round timed that plan) and decides. The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
 double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``.
 """
@@ -231,9 +231,10 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         top = _limit_request(structures, scores, latency, feasible, ceiling, select_options)
         if top > max(h["requested"] for h in history) + 1e-3:
             plan = select(structures, scores, Budget(latency=top), latency=latency, **select_options)
-            history.append({"requested": top, "limit": True,
-                            **_time(latency, model, plan, example_inputs, structures, check_rounds, timer)})
-            plans.append(plan)
+            if all(set(plan.removed) != set(p.removed) for p in plans):  # else a round timed it already
+                history.append({"requested": top, "limit": True,
+                                **_time(latency, model, plan, example_inputs, structures, check_rounds, timer)})
+                plans.append(plan)
         near_limit = True
     chosen = _best(history, fraction, tolerance)
     # out of reach: short of the target although the loop asked for (nearly) the most the limits allow
