@@ -399,7 +399,6 @@ class LatencyModel:
         plan = removed if isinstance(removed, PruningPlan) else PruningPlan.from_removed(structures, removed)
         pruned = materialize(model, plan, structures).eval()
         b = self.batch_size or _reference_batch(example_inputs)
-        named = {"dense": model, "pruned": pruned}
         if timer is None:
             reps = repeats or int((self.measured.get("settings_used") or {}).get("repeats_used", 10))
             paired = time_paired(model, pruned, example_inputs, b, pairs=max(15, rounds * reps), warmup=warmup,
@@ -409,7 +408,7 @@ class LatencyModel:
                   "pruned": paired["candidate_min_ms" if fastest else "candidate_ms"]}
             meas_frac, iqr = 1.0 - paired["ratio"], paired["ratio_iqr"]
         else:
-            ms = dict(timer(named, with_batch(example_inputs, b)))
+            ms = dict(timer({"dense": model, "pruned": pruned}, with_batch(example_inputs, b)))
             meas_frac, iqr = 1.0 - ms["pruned"] / ms["dense"], 0.0
         predicted = self.predict(plan.removed)
         pred_frac = self.saved_fraction(plan.removed)
@@ -497,19 +496,23 @@ def _time_variants(variants: dict, inputs, b: int, rounds: int, repeats: int | N
     ms = time_in_rounds(variants, inputs, b, rounds=rounds, repeats=reps, warmup=warmup, threads=threads,
                         device=device, statistic=statistic, per_round=per_round)
     moved = spread(r["dense"] for r in per_round)
-    if moved > UNSTEADY_SPREAD:
-        log.warning("LatencyModel.measure: the dense model's time moved by %.0f%% across the %d rounds (more than "
-                    "%.0f%%): the machine's speed is not steady and the tables may be wrong; measure on an idle "
-                    "machine (refresh=True)", 100 * moved, rounds, 100 * UNSTEADY_SPREAD)
+    _warn_if_unsteady(moved, f"the {rounds} rounds")
     return ms, {"repeats_used": reps, "dense_spread": moved}
+
+
+def _warn_if_unsteady(moved: float, across: str) -> None:
+    if moved > UNSTEADY_SPREAD:
+        log.warning("LatencyModel.measure: the dense model's time moved by %.0f%% across %s (more than %.0f%%): "
+                    "the machine's speed is not steady and the tables may be wrong; measure on an idle machine "
+                    "(refresh=True)", 100 * moved, across, 100 * UNSTEADY_SPREAD)
 
 
 def _time_variants_paired(variants: dict, inputs, b: int, rounds: int, repeats: int | None, warmup: int,
                           threads: int, device, statistic: str) -> tuple[dict, dict]:
     """Every variant timed pass by pass against the dense model: ``(ms, settings_used)``, a variant's
     time the dense model's times the median of its pairs' ratios; the dense model's time its fastest
-    (``statistic="min_ms"``) or median pass over all pairs. Warns as :func:`_time_variants` when the
-    dense model's time moved by more than :data:`UNSTEADY_SPREAD` from one variant to the next."""
+    (``statistic="min_ms"``) or median pass over all pairs. Warns when the dense model's time moved by
+    more than :data:`UNSTEADY_SPREAD` from one variant to the next."""
     dense = variants["dense"]
     reps = repeats or _repeats_for(dense, inputs, b, threads, device)
     pairs = max(3, rounds * reps)
@@ -526,11 +529,7 @@ def _time_variants_paired(variants: dict, inputs, b: int, rounds: int, repeats: 
         return ms, {"repeats_used": reps, "pairs": 0, "dense_spread": 0.0}
     dense_ms = min(references) if statistic == "min_ms" else sorted(references)[len(references) // 2]
     moved = spread(references)
-    if moved > UNSTEADY_SPREAD:
-        log.warning("LatencyModel.measure: the dense model's time moved by %.0f%% across the %d variants' timings "
-                    "(more than %.0f%%): the machine's speed is not steady; the savings are timed pass by pass, but "
-                    "a load that slows the models unequally still moves them (re-measure on an idle machine, "
-                    "refresh=True)", 100 * moved, len(references), 100 * UNSTEADY_SPREAD)
+    _warn_if_unsteady(moved, f"the {len(references)} variants' timings")
     return ({"dense": dense_ms, **{name: dense_ms * r for name, r in ratios.items()}},
             {"repeats_used": reps, "pairs": pairs, "dense_spread": moved})
 
