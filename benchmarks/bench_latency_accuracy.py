@@ -9,7 +9,8 @@ ResNet-20 (width 0.5) trained to a plateau on full Fashion-MNIST (the checkpoint
 3. The **MAC plan of the same measured speed**: ``Budget(macs=g)`` with ``g`` found by bisection
    on the measured saving until it is within ``--match`` of ``m`` (at most ``--match-steps`` timed
    plans).
-4. The dense model and both plans timed together in alternating rounds (the reported speeds),
+4. Each plan timed against the dense model pass by pass (:func:`prunekit.core.measure.time_paired`,
+   ``--pairs`` pairs; the reported saving is one minus the median of the pairs' time ratios),
    then both plans fine-tuned alike (``bench_sosp.finetune``: 1 epoch on a fixed 20k subset,
    lr 0.01) and evaluated on the 10k test images.
 
@@ -17,7 +18,8 @@ Summary: per target, mean ± std over seeds of accuracy, measured saving and MAC
 and the paired difference latency − MAC plan (win / tie / loss). Goal: the latency plan no
 worse than the MAC plan of the same measured speed.
 
-    python benchmarks/bench_latency_accuracy.py --seeds 0 1 2 --targets 0.3 0.5
+    python benchmarks/bench_latency_accuracy.py --seeds 0 1 2 --targets 0.3 0.5 0.7 \
+        --out benchmarks/results/latency_accuracy_v2.json
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import prunekit  # noqa: E402
 from benchmarks.bench_sosp import finetune  # noqa: E402
 from benchmarks.sosp_dense import FASHION, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
-from prunekit.core.measure import time_in_rounds  # noqa: E402
+from prunekit.core.measure import time_paired  # noqa: E402
 from prunekit.pipeline.train import evaluate  # noqa: E402
 
 KEY = ("seed", "target", "plan")
@@ -42,7 +44,8 @@ KEY = ("seed", "target", "plan")
 
 def matched_mac_plan(model, structures, scores, lat, x, goal: float, args) -> tuple:
     """``Budget(macs=g)`` whose measured latency saving is within ``args.match`` of ``goal`` (bisection on g)."""
-    lo, hi, g, tried = 0.0, 0.95, goal, []
+    lo, hi, tried = 0.0, 0.95, []
+    g = min(max(goal, lo), hi)  # a plan measured slower than dense (goal < 0) starts from no MAC cut
     for _ in range(args.match_steps):
         plan = prunekit.select(structures, scores, prunekit.Budget(macs=g))
         measured = lat.check(model, plan, x, structures, rounds=args.rounds)["measured_fraction"]
@@ -53,6 +56,11 @@ def matched_mac_plan(model, structures, scores, lat, x, goal: float, args) -> tu
         g = (lo + hi) / 2
     best = min(tried, key=lambda t: abs(t["measured_fraction"] - goal))
     return prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"])), tried
+
+
+def tried_best(tried: list[dict], goal: float) -> float:
+    """The measured saving of the bisection's kept MAC budget (the one closest to ``goal``)."""
+    return min((t["measured_fraction"] for t in tried), key=lambda m: abs(m - goal))
 
 
 def run_seed(seed, data, store, args):
@@ -72,22 +80,24 @@ def run_seed(seed, data, store, args):
         loop = plan_lat.meta["latency_loop"]
         goal = loop["rounds"][loop["chosen"]]["measured_fraction"]
         plan_mac, tried = matched_mac_plan(dense, structures, scores, lat, x, goal, args)
-        named = {"dense": dense, "latency": prunekit.materialize(dense, plan_lat, structures).eval(),
+        named = {"latency": prunekit.materialize(dense, plan_lat, structures).eval(),
                  "macs": prunekit.materialize(dense, plan_mac, structures).eval()}
-        ms = time_in_rounds(named, x, args.batch, rounds=args.rounds, repeats=5, warmup=2, threads=1,
-                            statistic="min_ms")
+        timed = {kind: time_paired(dense, pruned, x, args.batch, pairs=args.pairs, warmup=2, threads=1)
+                 for kind, pruned in named.items()}
         for kind, plan in (("latency", plan_lat), ("macs", plan_mac)):
-            pruned = named[kind]
+            pruned, t = named[kind], timed[kind]
             acc_oneshot = evaluate(pruned, data["test"])["accuracy"]
             acc = evaluate(finetune(pruned, data, args, seed), data["test"])["accuracy"]
             counted = prunekit.count(pruned, x)
             store.add({"seed": seed, "target": f, "plan": kind, "accuracy": acc, "acc_oneshot": acc_oneshot,
-                       "dense_accuracy": dense_acc, "measured_saving": 1 - ms[kind] / ms["dense"],
-                       "dense_ms": ms["dense"], "ms": ms[kind], "macs": counted["macs"], "params": counted["params"],
-                       "macs_removed": plan.achieved["macs"],
+                       "dense_accuracy": dense_acc, "measured_saving": 1 - t["ratio"], "ratio_iqr": t["ratio_iqr"],
+                       "pairs": t["pairs"], "dense_ms": t["reference_ms"], "ms": t["candidate_ms"],
+                       "search_saving": goal if kind == "latency" else tried_best(tried, goal),
+                       "macs": counted["macs"], "params": counted["params"], "macs_removed": plan.achieved["macs"],
                        "search": loop["rounds"] if kind == "latency" else tried,
+                       "loop_steady": loop.get("steady") if kind == "latency" else None,
                        "seconds": time.perf_counter() - t0})
-            print(f"seed {seed} target {f} {kind}: saving {1 - ms[kind] / ms['dense']:.3f}, MACs removed "
+            print(f"seed {seed} target {f} {kind}: saving {1 - t['ratio']:.3f}, MACs removed "
                   f"{plan.achieved['macs']:.3f}, acc {acc_oneshot:.3f} -> {acc:.3f}", flush=True)
 
 
@@ -137,6 +147,7 @@ def main(argv=None):
     p.add_argument("--loop-rounds", type=int, default=6)
     p.add_argument("--match", type=float, default=0.02)
     p.add_argument("--match-steps", type=int, default=6)
+    p.add_argument("--pairs", type=int, default=30, help="passes per model in the final timing of each plan")
     p.add_argument("--ft-samples", type=int, default=20000)
     p.add_argument("--ft-epochs", type=int, default=1)
     p.add_argument("--ft-lr", type=float, default=0.01)
@@ -149,8 +160,8 @@ def main(argv=None):
     (X, y), test, _ = load_dataset("resnet20", args.data)
     ft_idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(1234))[:args.ft_samples]
     data = {"train": (X, y), "ft": (X[ft_idx], y[ft_idx]), "test": test}  # bench_sosp's fixed subset
-    protocol = {k: getattr(args, k) for k in ("width", "batch", "rounds", "loop_rounds", "match", "ft_samples",
-                                              "ft_epochs", "ft_lr", "batch_size")}
+    protocol = {k: getattr(args, k) for k in ("width", "batch", "rounds", "loop_rounds", "match", "pairs",
+                                              "ft_samples", "ft_epochs", "ft_lr", "batch_size")}
     store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": "l1"},
                   resume=True, must_match=("protocol",))
     ft_args = SimpleNamespace(**vars(args))

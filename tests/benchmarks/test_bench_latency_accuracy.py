@@ -1,0 +1,42 @@
+"""The accuracy-at-equal-latency benchmark end to end on a tiny ResNet-20 and random images."""
+import json
+
+import pytest
+import torch
+
+import prunekit
+from benchmarks import bench_latency_accuracy as bench
+from benchmarks.sosp_dense import dense_path
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = prunekit.models.create("resnet20", in_channels=1, num_classes=10, width=0.25)
+    prunekit.save(model.eval(), dense_path(tmp_path / "cache", "resnet20", 0.25, 0))
+    g = torch.Generator().manual_seed(0)
+    train = (torch.randn(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g))
+    test = (torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
+    monkeypatch.setattr(bench, "load_dataset", lambda model, root: (train, test, None))
+    return tmp_path
+
+
+def test_both_plans_are_timed_pass_by_pass_tuned_and_paired(tiny_setup):
+    out = tiny_setup / "acc.json"
+    bench.main(["--seeds", "0", "--targets", "0.3", "--width", "0.25", "--batch", "2", "--rounds", "1",
+                "--loop-rounds", "2", "--match-steps", "2", "--pairs", "5", "--ft-samples", "64",
+                "--batch-size", "32", "--cache", str(tiny_setup / "cache"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["plan"]: r for r in result["rows"]}
+    assert set(rows) == {"latency", "macs"}
+    for kind, row in rows.items():
+        assert row["pairs"] == 5 and row["ratio_iqr"] >= 0
+        assert row["measured_saving"] < 1 and 0 <= row["accuracy"] <= 1 and row["dense_ms"] > 0
+        assert 0 < row["macs_removed"] < 1
+    assert rows["latency"]["search"], "the loop's rounds are stored"
+    assert len(rows["macs"]["search"]) <= 2
+    assert rows["macs"]["search_saving"] in [t["measured_fraction"] for t in rows["macs"]["search"]]
+    assert result["meta"]["protocol"]["pairs"] == 5
+    cell = result["summary"]["0.3"]
+    assert cell["latency_minus_macs_accuracy"]["n"] == 1
+    assert (tiny_setup / "acc.md").exists()
