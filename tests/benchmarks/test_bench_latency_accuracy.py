@@ -29,7 +29,7 @@ def test_both_plans_are_timed_pass_by_pass_tuned_and_paired(tiny_setup):
     result = json.loads(out.read_text())
     rows = {r["plan"]: r for r in result["rows"]}
     assert set(rows) == {"latency", "macs"}
-    for kind, row in rows.items():
+    for row in rows.values():
         assert row["pairs"] == 5 and row["ratio_iqr"] >= 0
         assert row["measured_saving"] < 1 and 0 <= row["accuracy"] <= 1 and row["dense_ms"] > 0
         assert 0 < row["macs_removed"] < 1

@@ -388,3 +388,20 @@ def test_measure_times_the_tables_pass_by_pass_so_a_drifting_machine_scales_them
     assert max(abs(tables["rounds"].saved_fraction(r) - steady.saved_fraction(r)) for r in removals) > 0.05
     with pytest.raises(LatencyModelError, match="timing must be"):
         LatencyModel.measure(model, x, s, cache_dir=False, timing="best")
+
+
+@pytest.mark.parametrize("timing", ["rounds", "pairs"])
+def test_a_model_with_nothing_to_thin_gets_the_dense_time_alone(timing, monkeypatch):
+    """No group to thin (one output layer): the tables are empty and the dense time is timed alone,
+    in either timing (exact on the fake clock: 36 parameters cost 0.36 ms)."""
+    model, x = nn.Sequential(nn.Linear(8, 4)), torch.randn(1, 8)
+    s = prunekit.find_structures(model, x)
+    assert not s.groups
+    clock = _DriftingClock([1.0])
+    clock.install(monkeypatch)
+    lat = LatencyModel.measure(model, x, s, rounds=2, repeats=3, warmup=1, cache_dir=False, timing=timing)
+    assert lat.dense_ms == pytest.approx(0.36) and lat.saved_fraction([]) == 0.0
+    assert set(clock.order) == {36}
+    assert lat.measured["settings_used"]["dense_spread"] == pytest.approx(0.0, abs=1e-12)
+    if timing == "pairs":
+        assert lat.measured["settings_used"]["pairs"] == 0
