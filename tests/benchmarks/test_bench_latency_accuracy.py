@@ -39,4 +39,5 @@ def test_both_plans_are_timed_pass_by_pass_tuned_and_paired(tiny_setup):
     assert result["meta"]["protocol"]["pairs"] == 5
     cell = result["summary"]["0.3"]
     assert cell["latency_minus_macs_accuracy"]["n"] == 1
+    assert cell["latency"]["measured_over_requested"] == [round(rows["latency"]["measured_saving"] / 0.3, 3)]
     assert (tiny_setup / "acc.md").exists()
