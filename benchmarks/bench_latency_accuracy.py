@@ -95,6 +95,7 @@ def run_seed(seed, data, store, args):
                        "pairs": t["pairs"], "dense_ms": t["reference_ms"], "ms": t["candidate_ms"],
                        "search_saving": goal if kind == "latency" else tried_best(tried, goal),
                        "macs": counted["macs"], "params": counted["params"], "macs_removed": plan.achieved["macs"],
+                       "widths": [len(g.members) - len(set(g.members) & set(plan.removed)) for g in structures.groups],
                        "search": loop["rounds"] if kind == "latency" else tried,
                        "loop_steady": loop.get("steady") if kind == "latency" else None,
                        "seconds": time.perf_counter() - t0})
