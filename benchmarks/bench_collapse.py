@@ -80,8 +80,8 @@ def train_dense(seed, train, test, epochs, lr):
 
 
 def layer_widths(structures, removed) -> dict:
-    gone = set(removed)
-    return {g.root: len(g.members) - len(gone & set(g.members)) for g in structures.groups}
+    kept = prunekit.PruningPlan.from_removed(structures, removed).kept_widths(structures)
+    return {g.root: kept[g.id] for g in structures.groups}
 
 
 def run_task(task):

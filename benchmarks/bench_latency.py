@@ -74,7 +74,7 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
     rotation = 1.0 - ms[f"{kind}{f}"] / ms["dense"]
     predicted = lat.saved_fraction(plan.removed)
     counted = prunekit.count(pruned, x)
-    widths = [len(g.members) - len(set(g.members) & set(plan.removed)) for g in structures.groups]
+    widths = plan.kept_widths(structures).values()
     row = {"model": name, "batch_size": b, "budget": kind, "requested": f, "measured_reduction": measured,
            "ratio_measured_requested": measured / f, "predicted_reduction": predicted,
            "prediction_error": predicted - measured,

@@ -43,7 +43,8 @@ KEY = ("seed", "target", "plan")
 
 
 def matched_mac_plan(model, structures, scores, lat, x, goal: float, args) -> tuple:
-    """``Budget(macs=g)`` whose measured latency saving is within ``args.match`` of ``goal`` (bisection on g)."""
+    """``(plan, tried, measured)``: ``Budget(macs=g)`` whose measured latency saving is within ``args.match``
+    of ``goal`` (bisection on g), every budget tried, and the kept one's measured saving."""
     lo, hi, tried = 0.0, 0.95, []
     g = min(max(goal, lo), hi)  # a plan measured slower than dense (goal < 0) starts from no MAC cut
     for _ in range(args.match_steps):
@@ -55,12 +56,7 @@ def matched_mac_plan(model, structures, scores, lat, x, goal: float, args) -> tu
         lo, hi = (g, hi) if measured < goal else (lo, g)
         g = (lo + hi) / 2
     best = min(tried, key=lambda t: abs(t["measured_fraction"] - goal))
-    return prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"])), tried
-
-
-def tried_best(tried: list[dict], goal: float) -> float:
-    """The measured saving of the bisection's kept MAC budget (the one closest to ``goal``)."""
-    return min((t["measured_fraction"] for t in tried), key=lambda m: abs(m - goal))
+    return prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"])), tried, best["measured_fraction"]
 
 
 def run_seed(seed, data, store, args):
@@ -79,7 +75,7 @@ def run_seed(seed, data, store, args):
                                               check_rounds=args.rounds)
         loop = plan_lat.meta["latency_loop"]
         goal = loop["rounds"][loop["chosen"]]["measured_fraction"]
-        plan_mac, tried = matched_mac_plan(dense, structures, scores, lat, x, goal, args)
+        plan_mac, tried, mac_measured = matched_mac_plan(dense, structures, scores, lat, x, goal, args)
         named = {"latency": prunekit.materialize(dense, plan_lat, structures).eval(),
                  "macs": prunekit.materialize(dense, plan_mac, structures).eval()}
         timed = {kind: time_paired(dense, pruned, x, args.batch, pairs=args.pairs, warmup=2, threads=1)
@@ -93,9 +89,9 @@ def run_seed(seed, data, store, args):
                        "dense_accuracy": dense_acc, "measured_saving": 1 - t["ratio"],
                        "measured_over_requested": (1 - t["ratio"]) / f, "ratio_iqr": t["ratio_iqr"],
                        "pairs": t["pairs"], "dense_ms": t["reference_ms"], "ms": t["candidate_ms"],
-                       "search_saving": goal if kind == "latency" else tried_best(tried, goal),
+                       "search_saving": goal if kind == "latency" else mac_measured,
                        "macs": counted["macs"], "params": counted["params"], "macs_removed": plan.achieved["macs"],
-                       "widths": [len(g.members) - len(set(g.members) & set(plan.removed)) for g in structures.groups],
+                       "widths": list(plan.kept_widths(structures).values()),
                        "search": loop["rounds"] if kind == "latency" else tried,
                        "loop_steady": loop.get("steady") if kind == "latency" else None,
                        "seconds": time.perf_counter() - t0})
@@ -113,7 +109,7 @@ def summarize(rows) -> dict:
             if mine:
                 cell[kind] = {k: stats([r[k] for r in mine])
                               for k in ("accuracy", "acc_oneshot", "measured_saving", "macs_removed")}
-                cell[kind]["measured_over_requested"] = [round(r["measured_saving"] / f, 3) for r in mine]
+                cell[kind]["measured_over_requested"] = [round(r["measured_over_requested"], 3) for r in mine]
         for value in ("accuracy", "acc_oneshot", "measured_saving"):
             cell[f"latency_minus_macs_{value}"] = paired(part, value, "plan", "latency", match=("seed",)).get("macs")
         out[str(f)] = cell

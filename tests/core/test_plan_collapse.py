@@ -206,3 +206,10 @@ def test_packed_qkv_projection_is_three_layers_for_the_guard():
     assert len(set(plan.removed) & set(v_dims)) == 7  # the guard keeps one value dim: v is not emptied
     pruned = prunekit.materialize(model, plan, s)
     assert pruned.mha.v_proj.weight.shape[0] == 2  # 1 dim × 2 heads
+
+
+def test_kept_widths_count_each_groups_surviving_members(mlp):
+    s = mlp
+    a, b = s.groups[0].id, s.groups[1].id
+    assert PruningPlan.from_removed(s, [0, 1, 2, 12, 13]).kept_widths(s) == {a: 1, b: 8}
+    assert PruningPlan.from_removed(s, []).kept_widths(s) == {a: 4, b: 10}

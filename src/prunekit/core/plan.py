@@ -130,6 +130,19 @@ class PruningPlan:
                    removed_desc=[structures.describe(i) for i in removed], method=method,
                    entry_masks=dict(entry_masks or {}), ignore=list(getattr(structures, "ignore", [])))
 
+    def kept_widths(self, structures: Structures) -> dict[int, int]:
+        """Members each group keeps, ``{group id: n_g − |removed ∩ g|}``.
+
+        Example:
+            >>> import torch, torch.nn as nn, prunekit
+            >>> m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+            >>> s = prunekit.find_structures(m, torch.randn(1, 4))
+            >>> PruningPlan.from_removed(s, s.groups[0].members[:2]).kept_widths(s)
+            {0: 4}
+        """
+        gone = set(self.removed)
+        return {g.id: len(g.members) - len(gone.intersection(g.members)) for g in structures.groups}
+
     def to_dict(self) -> dict:
         """JSON-serialisable form; entry masks are stored as flat indices of the removed entries."""
         masks = {name: {"shape": list(mask.shape), "zeros": torch.nonzero(~mask.flatten()).flatten().tolist()}
