@@ -1,5 +1,6 @@
 """The accuracy-at-equal-latency benchmark end to end on a tiny ResNet-20 and random images."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,9 +36,35 @@ def test_both_plans_are_timed_pass_by_pass_tuned_and_paired(tiny_setup):
         assert 0 < row["macs_removed"] < 1 and row["widths"] and min(row["widths"]) >= 1
     assert rows["latency"]["search"], "the loop's rounds are stored"
     assert len(rows["macs"]["search"]) <= 2
-    assert rows["macs"]["search_saving"] in [t["measured_fraction"] for t in rows["macs"]["search"]]
+    assert rows["macs"]["search_ratio"] in [t["ratio_to_latency_plan"] for t in rows["macs"]["search"]]
+    assert rows["macs"]["search_saving"] is None and rows["latency"]["search_saving"] is not None
+    assert rows["macs"]["macs_over_latency_ms"] == rows["latency"]["macs_over_latency_ms"] > 0
     assert result["meta"]["protocol"]["pairs"] == 5
     cell = result["summary"]["0.3"]
     assert cell["latency_minus_macs_accuracy"]["n"] == 1
+    assert cell["macs_over_latency_ms"]["mean"] == pytest.approx(rows["latency"]["macs_over_latency_ms"])
     assert cell["latency"]["measured_over_requested"] == [round(rows["latency"]["measured_saving"] / 0.3, 3)]
     assert (tiny_setup / "acc.md").exists()
+
+
+def test_the_mac_plan_is_matched_to_the_latency_plan_timed_against_it(monkeypatch):
+    """On a fake clock (time proportional to MACs) the bisection lands the MAC plan's time within
+    ``match`` of the rival's, and moves g the right way on each side."""
+    torch.manual_seed(0)
+    model = prunekit.models.create("resnet20", in_channels=1, num_classes=10, width=0.25).eval()
+    x = torch.randn(1, 1, 28, 28)
+    s = prunekit.find_structures(model, x)
+    scores = prunekit.saliency(model, s, None, method="l1")
+    rival = prunekit.materialize(model, prunekit.select(s, scores, prunekit.Budget(macs=0.4)), s).eval()
+
+    def fake_paired(reference, candidate, *args, **kwargs):
+        return {"ratio": prunekit.count(candidate, x)["macs"] / prunekit.count(reference, x)["macs"]}
+    monkeypatch.setattr(bench, "time_paired", fake_paired)
+    args = SimpleNamespace(match=0.03, match_steps=10, batch=2, pairs=3)
+    for goal in (0.1, 0.4, 0.8):  # the bisection starts below, at and above the rival's cut
+        plan, tried, ratio = bench.matched_mac_plan(model, s, scores, rival, x, goal, args)
+        assert abs(ratio - 1) <= 0.03 and len(tried) <= 10
+        assert prunekit.count(prunekit.materialize(model, plan, s), x)["macs"] == pytest.approx(
+            ratio * prunekit.count(rival, x)["macs"])
+        for before, after in zip(tried, tried[1:]):  # slower than the rival: more MACs cut next
+            assert (after["macs"] > before["macs"]) == (before["ratio_to_latency_plan"] > 1)
