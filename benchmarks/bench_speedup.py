@@ -22,19 +22,7 @@ from pathlib import Path
 import torch
 
 import prunekit
-
-
-def time_in_rounds(named_models: dict, x, batch_sizes, repeats, threads, rounds=3) -> dict:
-    """Median latency per model and batch size, best of ``rounds`` rounds taken in alternation."""
-    best = {name: {b: None for b in batch_sizes} for name in named_models}
-    for _ in range(rounds):
-        for name, model in named_models.items():
-            result = prunekit.measure_latency(model, x, batch_sizes=batch_sizes, repeats=repeats, threads=threads)
-            for b in batch_sizes:
-                stats = result["batches"][b]
-                if best[name][b] is None or stats["median_ms"] < best[name][b]["median_ms"]:
-                    best[name][b] = stats
-    return best
+from prunekit.core.measure import time_in_rounds
 
 
 def run(models=("resnet56", "vgg16"), fractions=(0.3, 0.5, 0.7), batch_sizes=(1, 64), repeats=10, threads=None):
@@ -60,7 +48,9 @@ def run(models=("resnet56", "vgg16"), fractions=(0.3, 0.5, 0.7), batch_sizes=(1,
                          "macs_dense": dense_count["macs"], "macs": counted["macs"],
                          "mac_reduction": dense_count["macs"] / counted["macs"], "find_structures_s": find_s,
                          "select_and_materialize_s": time.perf_counter() - start, "batches": {}})
-        timings = time_in_rounds(pruned, x, batch_sizes, repeats, threads)
+        per_batch = {b: time_in_rounds(pruned, x, b, rounds=3, repeats=repeats, threads=threads, full=True)
+                     for b in batch_sizes}
+        timings = {key: {b: per_batch[b][key] for b in batch_sizes} for key in pruned}
         for row in rows:
             if row["model"] != name:
                 continue

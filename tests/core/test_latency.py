@@ -195,6 +195,18 @@ def test_time_in_rounds_statistic():
     assert set(ms) == {"a"} and ms["a"] > 0
 
 
+def test_time_in_rounds_keeps_each_models_best_round_whole(monkeypatch):
+    """``full=True`` returns the stats of the round with the lowest statistic, per model; without it, that number."""
+    medians = iter([5.0, 9.0, 4.0, 11.0, 6.0, 10.0])  # rounds of (a, b): a is best in round 2, b in round 1
+    monkeypatch.setattr(prunekit.core.measure, "measure_latency", lambda model, x, batch_sizes, **kw: {
+        "batches": {batch_sizes[0]: (lambda m: {"median_ms": m, "iqr_ms": m / 10})(next(medians))}})
+    models = {"a": nn.Linear(4, 4), "b": nn.Linear(4, 2)}
+    full = prunekit.core.measure.time_in_rounds(models, torch.randn(3, 4), batch_size=2, rounds=3, full=True)
+    assert full == {"a": {"median_ms": 4.0, "iqr_ms": 0.4}, "b": {"median_ms": 9.0, "iqr_ms": 0.9}}
+    medians = iter([5.0, 9.0, 4.0, 11.0, 6.0, 10.0])
+    assert prunekit.core.measure.time_in_rounds(models, torch.randn(3, 4), rounds=3) == {"a": 4.0, "b": 9.0}
+
+
 def test_a_family_of_latency_plans_from_one_set_of_scores_is_nested_and_meets_each_target(mlp):
     _, _, s = mlp
     lat = LatencyModel.from_tables(s, dense_ms=10.0, tables=_tables())

@@ -577,7 +577,7 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
 def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_size: int | None = None,
                    rounds: int = 3, repeats: int = 10, warmup: int = 3, threads: int | None = None,
                    device: str | torch.device | None = None, statistic: str = "median_ms",
-                   per_round: list | None = None) -> dict:
+                   per_round: list | None = None, full: bool = False) -> dict:
     """Median latency (ms) of each model at one batch size, best of ``rounds`` rounds taken in alternation.
 
     Every round times every model once (:func:`measure_latency`: ``warmup`` untimed
@@ -588,6 +588,8 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
     ``statistic="min_ms"`` keeps the fastest pass instead of the median (more stable on a
     machine shared with other jobs; any key of :func:`measure_latency`'s per-batch stats).
     ``per_round``: a list that receives each round's ``{name: ms}`` (to see how the times moved).
+    ``full=True``: each model's whole stats dict of its best round (median, IQR, percentiles…)
+    instead of the one number.
 
     Example:
         >>> ms = time_in_rounds({"a": nn.Linear(8, 8), "b": nn.Linear(8, 2)}, torch.randn(1, 8), repeats=2)
@@ -597,17 +599,18 @@ def time_in_rounds(named_models: Mapping[str, nn.Module], example_inputs, batch_
     if rounds < 1:
         raise ValueError("time_in_rounds: need rounds >= 1")
     b = _reference_batch(example_inputs) if batch_size is None else int(batch_size)
-    best = {name: float("inf") for name in named_models}
+    best: dict = {name: None for name in named_models}
     for _ in range(rounds):
         this_round = {}
         for name, model in named_models.items():
             stats = measure_latency(model, example_inputs, batch_sizes=[b], warmup=warmup, repeats=repeats,
                                     threads=threads, device=device)["batches"][b]
             this_round[name] = stats[statistic]
-            best[name] = min(best[name], stats[statistic])
+            if best[name] is None or stats[statistic] < best[name][statistic]:
+                best[name] = stats
         if per_round is not None:
             per_round.append(this_round)
-    return best
+    return best if full else {name: stats[statistic] for name, stats in best.items()}
 
 
 def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batch_size: int | None = None,
