@@ -315,3 +315,35 @@ def test_the_plan_at_the_limit_is_not_timed_again_when_a_round_timed_it(setup, m
     assert n > 8 and timed == [8] and loop["stopped"] == "rounds"  # the plan timed once
     assert not any(r.get("limit") for r in loop["rounds"]) and not loop["reachable"]
     assert loop["rounds"][loop["chosen"]]["measured_fraction"] == pytest.approx(0.24)
+
+
+def _stepped(named, inputs):
+    """The stub device with a kernel switch the tables do not see: 40 % faster once the second layer is down
+    to 24 outputs (the tables are measured on the smooth ``_device``)."""
+    out = _device(named, inputs)
+    return {k: t * (0.6 if named[k][2].out_features <= 24 else 1.0) for k, t in out.items()}
+
+
+@pytest.mark.parametrize("target", [0.45, 0.5, 0.55])
+def test_a_step_the_tables_miss_is_held_and_the_search_goes_on_with_the_other_groups(setup, target):
+    model, x, s, lat, scores = setup
+
+    def measured(plan):
+        ms = _stepped({"dense": model, "pruned": prunekit.materialize(model, plan, s)}, x)
+        return 1.0 - ms["pruned"] / ms["dense"]
+    step_group = s[next(iter(s.groups[1].members))].group
+    # without the hold the window lies inside the jump: the loop ends on one side of it
+    stuck = prunekit.select_to_latency(model, s, scores, target, lat, x, timer=_stepped, rounds=8, avoid_steps=False)
+    assert not target <= measured(stuck) <= target + 0.03 and stuck.meta["latency_loop"]["steps"] == []
+    plan = prunekit.select_to_latency(model, s, scores, target, lat, x, timer=_stepped, rounds=8)
+    loop = plan.meta["latency_loop"]
+    assert target <= measured(plan) <= target + 0.03 and loop["stopped"] == "window"
+    (step,) = loop["steps"]
+    assert step["groups"] == [step_group] and step["measured_gap"] > 0.2 > 4 * step["predicted_gap"]
+    below, above = loop["rounds"][step["below"]], loop["rounds"][step["above"]]
+    assert below["measured_fraction"] < target < target + 0.03 < above["measured_fraction"]
+    # the group is held at its width below the step (above the switch), the others were thinned further
+    widths = plan.kept_widths(s)
+    assert widths[step_group] == 25 and sum(widths.values()) < sum(stuck.kept_widths(s).values())
+    assert plan.meta["selection"]["max_removed"] == {step_group: 7}
+    assert loop["rounds"][loop["chosen"]]["held_groups"] == [step_group]

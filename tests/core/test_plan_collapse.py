@@ -126,6 +126,37 @@ def test_infeasible_budget_names_the_limit(mlp):
             prunekit.select(mlp, SCORES, prunekit.Budget(structures=0.1), **bad)
 
 
+def test_max_removed_holds_named_groups_and_the_budget_is_met_from_the_others(mlp):
+    keys = SCORES  # raw: layer 0 goes first
+    free = prunekit.select(mlp, keys, prunekit.Budget(structures=0.5), group_norm=None, max_group_ratio=None)
+    assert _widths(mlp, free.removed) == [1, 6]
+    held = prunekit.select(mlp, keys, prunekit.Budget(structures=0.5), group_norm=None, max_group_ratio=None,
+                           max_removed={0: 1})
+    assert _widths(mlp, held.removed) == [3, 4] and len(held.removed) == 7  # the rest from group 1
+    assert held.meta["selection"]["max_removed"] == {0: 1}
+    whole = prunekit.select(mlp, keys, prunekit.Budget(structures=0.3), group_norm=None, max_removed={0: 0})
+    assert _widths(mlp, whole.removed)[0] == 4
+    # on top of the other limits, whatever the order (latency chunks use the same caps)
+    chunks = prunekit.select(mlp, keys, prunekit.Budget(structures=0.5), group_norm=None, multiple_of=2)
+    assert _widths(mlp, chunks.removed) == [2, 4]
+    assert _widths(mlp, prunekit.select(mlp, keys, prunekit.Budget(structures=0.4), group_norm=None, multiple_of=2,
+                                        max_removed={1: 5}).removed) == [2, 6]  # 5 allowed, a multiple of 2 kept
+    with pytest.raises(prunekit.BudgetError, match="max_removed"):
+        prunekit.select(mlp, keys, prunekit.Budget(structures=0.5), group_norm=None, multiple_of=2,
+                        max_removed={1: 5})
+    # a hold on the plan's own widths keeps the plan a prefix: larger budgets contain it
+    small = prunekit.select(mlp, keys, prunekit.Budget(structures=0.2), group_norm=None)
+    cap = {0: len(set(small.removed) & {0, 1, 2, 3})}
+    for target in (0.2, 0.3, 0.5):
+        bigger = prunekit.select(mlp, keys, prunekit.Budget(structures=target), group_norm=None, max_removed=cap)
+        assert set(small.removed) <= set(bigger.removed)
+    with pytest.raises(prunekit.BudgetError, match=r"max_removed on 2 group\(s\).*raise max_removed"):
+        prunekit.select(mlp, keys, prunekit.Budget(structures=0.3), max_removed={0: 0, 1: 2})
+    for bad in ({7: 1}, {0: -1}, {0: 1.5}, {0: True}):
+        with pytest.raises(ValueError, match="max_removed"):
+            prunekit.select(mlp, keys, prunekit.Budget(structures=0.1), max_removed=bad)
+
+
 def test_cost_normalisation_after_group_normalisation(mlp):
     """normalize='macs' divides the group-normalised score by the structure's MACs."""
     plan = prunekit.select(mlp, SCORES, prunekit.Budget(structures=0.25), normalize="macs", group_norm="mean",

@@ -45,6 +45,10 @@ __all__ = ["select_to_latency"]
 #: a request this close below the lowest one the selection refused counts as "at the limit"
 LIMIT_MARGIN = 0.05
 
+#: a bracket is a latency *step* when its measured gap exceeds both twice the window and this
+#: many times the gap the latency model predicts between its two plans
+STEP_RATIO = 4.0
+
 
 def _next_request(history: list[dict], aim: float, lo: float, hi: float, target: float, tolerance: float) -> float:
     """The next requested fraction. Once one round fell short of the window and another overshot it,
@@ -90,6 +94,54 @@ def _best(history: list[dict], target: float, tolerance: float) -> dict:
     return min(history, key=miss)
 
 
+def _find_step(history: list[dict], plans: list[PruningPlan], regime: list[int], target: float,
+               tolerance: float) -> tuple[int, int] | None:
+    """``(below, above)``: the tightest bracket of the window among the rounds ``regime`` (indices
+    into ``history``) when it is a **step**: the plan above contains the plan below, and the measured
+    saving jumps between them by more than ``2 × tolerance`` and more than :data:`STEP_RATIO` times
+    the jump the latency model predicts (a kernel that changes with width, which the tables'
+    sampled widths miss). ``None`` otherwise."""
+    short = [i for i in regime if history[i]["measured_fraction"] < target - 1e-9]
+    over = [i for i in regime if history[i]["measured_fraction"] > target + tolerance + 1e-9]
+    if not short or not over:
+        return None
+    below = max(short, key=lambda i: history[i]["requested"])
+    above = min(over, key=lambda i: history[i]["requested"])
+    if history[below]["requested"] >= history[above]["requested"]:
+        return None
+    measured_gap = history[above]["measured_fraction"] - history[below]["measured_fraction"]
+    predicted_gap = history[above]["predicted_fraction"] - history[below]["predicted_fraction"]
+    if (measured_gap > 2.0 * tolerance and measured_gap > STEP_RATIO * max(predicted_gap, 0.0)
+            and set(plans[below].removed) <= set(plans[above].removed)):
+        return below, above
+    return None
+
+
+def _hold_step(history, plans, regime, target, tolerance, structures, held: dict, steps: list,
+               single_group: bool) -> bool:
+    """When the rounds ``regime`` bracket the window with a step (:func:`_find_step`), hold each group
+    the step thins at its width in the plan below it (``held``: group id -> most members removed) and
+    record the step in ``steps``; with ``single_group``, only when the step thins one group (else the
+    bracket is narrowed first, so that no group is held that the step does not need). True if held."""
+    step = _find_step(history, plans, regime, target, tolerance)
+    if step is None:
+        return False
+    below, above = step
+    removed_below = set(plans[below].removed)
+    groups = sorted({structures[sid].group for sid in set(plans[above].removed) - removed_below})
+    if single_group and len(groups) > 1:
+        return False
+    for gid in groups:
+        held[gid] = sum(1 for sid in removed_below if structures[sid].group == gid)
+    steps.append({"below": below, "above": above, "groups": groups,
+                  "measured_gap": history[above]["measured_fraction"] - history[below]["measured_fraction"],
+                  "predicted_gap": history[above]["predicted_fraction"] - history[below]["predicted_fraction"]})
+    log.info("latency loop: a step between rounds %d and %d (measured %+.3f, predicted %+.3f): groups %s held at "
+             "their widths in round %d", below + 1, above + 1, steps[-1]["measured_gap"], steps[-1]["predicted_gap"],
+             groups, below + 1)
+    return True
+
+
 def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
     checked = latency.check(model, plan, inputs, structures, rounds=check_rounds, timer=timer)
     return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms",
@@ -116,22 +168,32 @@ def _limit_request(structures, scores, latency, feasible: float, ceiling: float,
 
 
 def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, tolerance, check_rounds, confirm,
-                timer, select_options) -> tuple[list[dict], list[PruningPlan], float, float, str]:
-    """The loop's timed rounds: ``(history, plans, feasible, ceiling, stopped)``, ``stopped`` why they
+                timer, select_options, avoid_steps: bool = True
+                ) -> tuple[list[dict], list[PruningPlan], float, float, str, list[dict]]:
+    """The loop's timed rounds: ``(history, plans, feasible, ceiling, stopped, steps)``, ``stopped`` why they
     ended (``"window"``, ``"rounds"``, ``"limit"``, ``"granularity"``). A request whose plan
     was timed already is not timed again: it steers the next request with that plan's measurement
-    (so a bracket narrows to the plans between its ends) without spending a round."""
+    (so a bracket narrows to the plans between its ends) without spending a round. When a bracket is
+    a step (:func:`_find_step`), the groups the step thins are held at the widths of the plan below it
+    (``select(max_removed=…)``) and the search goes on from that plan, with the other groups."""
     aim = fraction + tolerance / 2.0
     history: list[dict] = []
     plans: list[PruningPlan] = []
     steering: list[dict] = []  # the timed rounds, and requests that gave a plan already timed
+    regime: list[int] = []  # the timed rounds under the present group holds
+    held: dict[int, int] = {}  # group id -> most members removed (the steps' holds)
+    steps: list[dict] = []
     timed: dict[frozenset, int] = {}
     request, feasible, ceiling, stopped = float(aim), 0.0, 0.999, "rounds"
     for _ in range(8 * rounds + 8):  # selections are cheap, timings are not: the cap only stops a cycle
         if len(history) >= rounds:
             break
+        options = select_options
+        if held:  # the steps' holds, within any limit of the caller's own
+            mine = dict(select_options.get("max_removed") or {})
+            options = dict(select_options, max_removed={**mine, **{g: min(n, mine.get(g, n)) for g, n in held.items()}})
         try:
-            plan = select(structures, scores, Budget(latency=request), latency=latency, **select_options)
+            plan = select(structures, scores, Budget(latency=request), latency=latency, **options)
         except BudgetError:
             if feasible <= 0.0 and request <= 1e-4:
                 raise  # not even the smallest request can be met
@@ -147,6 +209,8 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             steering.append({"requested": request, "measured_fraction": history[timed[key]]["measured_fraction"]})
         else:
             row = {"requested": request, **_time(latency, model, plan, inputs, structures, check_rounds, timer)}
+            if held:
+                row["held_groups"] = sorted(held)
             if confirm and _in_window(row["measured_fraction"], fraction, tolerance):
                 again = _time(latency, model, plan, inputs, structures, check_rounds, timer)
                 row["timings"] = [row["measured_fraction"], again["measured_fraction"]]
@@ -154,13 +218,24 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             history.append(row)
             plans.append(plan)
             timed[key] = len(history) - 1
+            regime.append(len(history) - 1)
             steering.append(row)
             log.info("latency loop round %d: requested %.3f, predicted %.3f, measured %.3f (target %.3f)",
                      len(history), request, row["predicted_fraction"], row["measured_fraction"], fraction)
             if _in_window(row["measured_fraction"], fraction, tolerance):
                 stopped = "window"
                 break
+            if avoid_steps and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps,
+                                          single_group=True):
+                regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]  # go on from below the step
+                feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
         following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
+        if (abs(following - request) < 1e-4 and following < ceiling - 2e-4 and avoid_steps
+                and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps, single_group=False)):
+            # no plan between the two ends of a step: hold what it thins, go on from below it
+            regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]
+            feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
+            following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if abs(following - request) < 1e-4:
             # no request left to try: at the selection's limit, or no other plan between two timed ones
             stopped = "limit" if following >= ceiling - 2e-4 else "granularity"
@@ -169,13 +244,13 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
                          request)
             break
         request = following
-    return history, plans, feasible, ceiling, stopped
+    return history, plans, feasible, ceiling, stopped, steps
 
 
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
                       example_inputs, *, rounds: int = 6, tolerance: float = 0.03, check_rounds: int = 3,
                       confirm: bool = True, timer: Callable[[dict, object], Mapping[str, float]] | None = None,
-                      **select_options) -> PruningPlan:
+                      avoid_steps: bool = True, **select_options) -> PruningPlan:
     """A plan whose **measured** latency saving lies in ``[fraction, fraction + tolerance]`` (closed loop).
 
     Args:
@@ -191,6 +266,9 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
             (:meth:`LatencyModel.check`; ``repeats``: the latency model's passes per round).
         confirm: time a plan that lands in the window a second time and keep the mean.
         timer: replaces the wall-clock timer (tests), as in :meth:`LatencyModel.measure`.
+        avoid_steps: when the window lies inside a jump of the measured saving between two plans
+            that the latency model predicts to be close (a step: :func:`_find_step`), hold the
+            groups the jump thins at their widths below it and go on with the others.
         **select_options: passed to :func:`prunekit.select` (``group_norm``, ``max_group_ratio``, …).
 
     Returns:
@@ -222,9 +300,9 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         raise ValueError(f"select_to_latency: rounds must be an int >= 1, got {rounds!r}")
     if not tolerance >= 0.0:
         raise ValueError(f"select_to_latency: tolerance must be >= 0, got {tolerance!r}")
-    history, plans, feasible, ceiling, stopped = _run_rounds(
+    history, plans, feasible, ceiling, stopped, steps = _run_rounds(
         model, structures, scores, fraction, latency, example_inputs, rounds, tolerance, check_rounds, confirm, timer,
-        select_options)
+        select_options, avoid_steps)
     near_limit = stopped == "limit" or (ceiling < 0.999 and max(h["requested"] for h in history) >= ceiling - LIMIT_MARGIN)
     if not near_limit and max(h["measured_fraction"] for h in history) < fraction:
         # the rounds ran out short of the target below the limit: time the most the limits allow, once
@@ -253,5 +331,5 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
                     "are unreliable; time on an idle machine", 100 * moved, 100 * UNSTEADY_SPREAD)
     plan.meta["latency_loop"] = {"target": float(fraction), "tolerance": tolerance, "rounds": history,
                                  "chosen": index, "reachable": reachable, "stopped": stopped, "dense_spread": moved,
-                                 "steady": moved <= UNSTEADY_SPREAD}
+                                 "steady": moved <= UNSTEADY_SPREAD, "steps": steps}
     return plan

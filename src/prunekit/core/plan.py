@@ -36,7 +36,7 @@ import heapq
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
@@ -245,20 +245,23 @@ def group_normalize(structures: Structures, scores, mode: str | None) -> torch.T
     return scores
 
 
-def _group_caps(structures: Structures, max_group_ratio: float | None, min_group_width: int) -> dict[int, int]:
-    """How many members of each group may go: ``min(⌊r·n⌋, n − min_group_width)`` (never below 0)."""
+def _group_caps(structures: Structures, max_group_ratio: float | None, min_group_width: int,
+                max_removed: Mapping[int, int] | None = None) -> dict[int, int]:
+    """How many members of each group may go: ``min(⌊r·n⌋, n − min_group_width, max_removed[g])`` (never below 0)."""
     caps = {}
     for group in structures.groups:
         n = len(group.members)
         cap = n - min_group_width
         if max_group_ratio is not None:
             cap = min(cap, math.floor(max_group_ratio * n + 1e-9))
+        if max_removed and group.id in max_removed:
+            cap = min(cap, int(max_removed[group.id]))
         caps[group.id] = max(cap, 0)
     return caps
 
 
 def _admissible_order(structures: Structures, scores: torch.Tensor, max_group_ratio: float | None = None,
-                      min_group_width: int = 1) -> list[int]:
+                      min_group_width: int = 1, max_removed: Mapping[int, int] | None = None) -> list[int]:
     """Ascending-score order (stable on ties), filtered by :func:`collapse_guard` and the group caps.
 
     With the defaults (no ratio, width 1) this is the collapse guard alone. A structure
@@ -266,9 +269,9 @@ def _admissible_order(structures: Structures, scores: torch.Tensor, max_group_ra
     ``min_group_width`` (see :func:`select`).
     """
     order = sorted(range(len(structures)), key=lambda i: (float(scores[i]), i))
-    if max_group_ratio is None and min_group_width <= 1:
+    if max_group_ratio is None and min_group_width <= 1 and not max_removed:
         return collapse_guard(structures, order)
-    caps = _group_caps(structures, max_group_ratio, min_group_width)
+    caps = _group_caps(structures, max_group_ratio, min_group_width, max_removed)
     checker = structures.collapse_checker()
     out = []
     for sid in order:
@@ -284,7 +287,8 @@ _MIN_GAIN_MS = 1e-12
 
 
 def _latency_order(structures: Structures, keys: torch.Tensor, latency: "LatencyModel",
-                   max_group_ratio: float | None, min_group_width: int) -> list[int]:
+                   max_group_ratio: float | None, min_group_width: int,
+                   max_removed: Mapping[int, int] | None = None) -> list[int]:
     """Greedy order on score per predicted millisecond saved, filtered like :func:`_admissible_order`.
 
     Within a group, members go in ascending score. Across groups, the next structure is
@@ -294,7 +298,7 @@ def _latency_order(structures: Structures, keys: torch.Tensor, latency: "Latency
     collapse guard or the group caps refuse are skipped; the order is the same whatever the
     budget, so plans for larger fractions contain those for smaller ones.
     """
-    caps = _group_caps(structures, max_group_ratio, min_group_width)
+    caps = _group_caps(structures, max_group_ratio, min_group_width, max_removed)
     checker = structures.collapse_checker()
     queues = {g.id: sorted(g.members, key=lambda i: (float(keys[i]), i)) for g in structures.groups}
     pos = {gid: 0 for gid in queues}
@@ -349,7 +353,8 @@ def _admit_chunk(checker, chunk: Sequence[int]) -> bool:
 
 
 def _chunk_order(structures: Structures, keys: torch.Tensor, multiple_of: int, max_group_ratio: float | None,
-                 min_group_width: int, latency: "LatencyModel | None" = None) -> list[list[int]]:
+                 min_group_width: int, latency: "LatencyModel | None" = None,
+                 max_removed: Mapping[int, int] | None = None) -> list[list[int]]:
     """The removal order over chunks (:func:`_group_chunks`), filtered by the collapse guard and the caps.
 
     Without ``latency``, chunks go by the ascending **sum** of their members' keys (a chunk is
@@ -362,7 +367,7 @@ def _chunk_order(structures: Structures, keys: torch.Tensor, multiple_of: int, m
     ``n mod k`` one, which the others need first). With ``k = 1`` this is
     :func:`_admissible_order` (or :func:`_latency_order`), one structure per chunk.
     """
-    caps = _group_caps(structures, max_group_ratio, min_group_width)
+    caps = _group_caps(structures, max_group_ratio, min_group_width, max_removed)
     caps = {g.id: min(caps[g.id], len(g.members) - multiple_of) for g in structures.groups}  # k stay
     queues = {g.id: _group_chunks(sorted(g.members, key=lambda i: (float(keys[i]), i)), multiple_of)
               for g in structures.groups}
@@ -399,15 +404,16 @@ def _chunk_order(structures: Structures, keys: torch.Tensor, multiple_of: int, m
 
 
 def _removal_chunks(structures: Structures, keys: torch.Tensor, targets: dict, latency, max_group_ratio,
-                    min_group_width: int, multiple_of: int) -> list[list[int]]:
+                    min_group_width: int, multiple_of: int,
+                    max_removed: Mapping[int, int] | None = None) -> list[list[int]]:
     """:func:`select`'s order as chunks removed together (one structure each when ``multiple_of`` is 1)."""
     if multiple_of > 1:
         return _chunk_order(structures, keys, multiple_of, max_group_ratio, min_group_width,
-                            latency if "latency" in targets else None)
+                            latency if "latency" in targets else None, max_removed)
     if "latency" in targets:
-        order = _latency_order(structures, keys, latency, max_group_ratio, min_group_width)
+        order = _latency_order(structures, keys, latency, max_group_ratio, min_group_width, max_removed)
     else:
-        order = _admissible_order(structures, keys, max_group_ratio, min_group_width)
+        order = _admissible_order(structures, keys, max_group_ratio, min_group_width, max_removed)
     return [[sid] for sid in order]
 
 
@@ -433,7 +439,7 @@ DEFAULT_MAX_GROUP_RATIO = 0.8
 
 
 def _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
-                       latency, multiple_of: int = 1) -> None:
+                       latency, multiple_of: int = 1, max_removed: Mapping[int, int] | None = None) -> None:
     """:func:`select`'s argument checks, each with its own message."""
     if scores.numel() != len(structures):
         raise ValueError(f"select: got {scores.numel()} scores for {len(structures)} structures")
@@ -453,6 +459,14 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
         raise ValueError(f"select: min_group_width must be an int >= 1, got {min_group_width!r}")
     if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
         raise ValueError(f"select: multiple_of must be an int >= 1, got {multiple_of!r}")
+    if max_removed:
+        ids = {g.id for g in structures.groups}
+        for gid, n in max_removed.items():
+            if gid not in ids:
+                raise ValueError(f"select: max_removed names group {gid!r}, which is not one of the "
+                                 f"{len(ids)} groups of these structures")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"select: max_removed[{gid}] must be an int >= 0, got {n!r}")
     if latency is not None:
         latency.check_structures(structures)
     if "latency" in targets:
@@ -470,7 +484,8 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
 
 
 def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_group_ratio,
-                        min_group_width, multiple_of: int = 1) -> BudgetError:
+                        min_group_width, multiple_of: int = 1,
+                        max_removed: Mapping[int, int] | None = None) -> BudgetError:
     """The error naming the limit that keeps ``targets`` out of reach (the caps, or the collapse guard)."""
     reached = {k: round(v, 4) for k, v in reached_fractions.items()}
     limits = []
@@ -481,6 +496,8 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
     if multiple_of > 1:
         limits.append(f"multiple_of={multiple_of} (each group keeps all its members or a multiple of "
                       f"{multiple_of}, at least {multiple_of})")
+    if max_removed:
+        limits.append(f"max_removed on {len(max_removed)} group(s)")
     also = ""
     if limits:
         free = unlimited_fractions()
@@ -488,8 +505,9 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
             return BudgetError(
                 f"budget {targets} cannot be met with {' and '.join(limits)}: removing every structure "
                 f"these limits allow reaches {reached}; raise max_group_ratio / lower min_group_width"
-                f"{' / lower multiple_of' if multiple_of > 1 else ''}, or pass max_group_ratio=None, "
-                f"min_group_width=1{', multiple_of=1' if multiple_of > 1 else ''}")
+                f"{' / lower multiple_of' if multiple_of > 1 else ''}{' / raise max_removed' if max_removed else ''}"
+                f", or pass max_group_ratio=None, min_group_width=1{', multiple_of=1' if multiple_of > 1 else ''}"
+                f"{', max_removed=None' if max_removed else ''}")
         also = f" (with {' and '.join(limits)}: {reached})"
         reached = {k: round(v, 4) for k, v in free.items()}
     return BudgetError(f"budget {targets} cannot be met without emptying a layer: removing every admissible "
@@ -499,7 +517,8 @@ def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_gro
 def select(structures: Structures, scores, budget: Budget, normalize: str | None = None,
            method: str = "", *, group_norm: str | None = DEFAULT_GROUP_NORM,
            max_group_ratio: float | None = DEFAULT_MAX_GROUP_RATIO, min_group_width: int = 1,
-           latency: "LatencyModel | None" = None, multiple_of: int | None = None) -> PruningPlan:
+           latency: "LatencyModel | None" = None, multiple_of: int | None = None,
+           max_removed: Mapping[int, int] | None = None) -> PruningPlan:
     """Turn one score per structure into a plan that meets ``budget``.
 
     Args:
@@ -523,6 +542,10 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
         latency: a :class:`prunekit.LatencyModel` of this model (needed by
             ``Budget(latency=…)``; with any budget, ``plan.achieved["latency"]`` and
             ``plan.meta["latency"]`` then record the predicted latency).
+        max_removed: ``{group id: n}``: remove at most ``n`` members of those groups, on top of
+            the other limits (``0`` keeps a group whole; Torch-Pruning's per-layer ratios, by
+            group). :func:`prunekit.select_to_latency` uses it to hold a group at a width past
+            which the measured latency jumps.
 
     **Latency budgets** (``Budget(latency=f)``): structures are taken greedily by
     ``score / Δms`` (group-normalised score per millisecond the latency model predicts
@@ -559,7 +582,7 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     if multiple_of is None:
         multiple_of = int(getattr(latency, "multiple_of", 1) or 1)
     _check_select_args(structures, scores, targets, normalize, group_norm, max_group_ratio, min_group_width,
-                       latency, multiple_of)
+                       latency, multiple_of, max_removed)
     keys = group_normalize(structures, scores, group_norm)
     if normalize is not None:
         costs = torch.tensor([max(getattr(s, normalize), 1) for s in structures], dtype=torch.float64)
@@ -568,7 +591,8 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
         bad = torch.nonzero(keys < 0).flatten()[:5].tolist()
         raise ValueError(f"select: a latency budget needs scores >= 0 (score per ms saved), got negative "
                          f"scores for structures {bad}")
-    chunks = _removal_chunks(structures, keys, targets, latency, max_group_ratio, min_group_width, multiple_of)
+    chunks = _removal_chunks(structures, keys, targets, latency, max_group_ratio, min_group_width, multiple_of,
+                             max_removed)
     order = [sid for chunk in chunks for sid in chunk]
     ends = [0]  # ends[c]: structures in the first c chunks
     for chunk in chunks:
@@ -593,7 +617,7 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
         unlimited = (_latency_order(structures, keys, latency, None, 1) if "latency" in targets
                      else _admissible_order(structures, keys))
         raise _unmet_budget_error(targets, fractions_of(order), lambda: fractions_of(unlimited),
-                                  max_group_ratio, min_group_width, multiple_of)
+                                  max_group_ratio, min_group_width, multiple_of, max_removed)
     low, high = 0, len(chunks)  # met(ends[high]) is True; find the fewest chunks that meet it
     while low < high:
         mid = (low + high) // 2
@@ -605,6 +629,8 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
     plan.meta["selection"] = {"group_norm": group_norm, "max_group_ratio": max_group_ratio,
                               "min_group_width": min_group_width, "normalize": normalize,
                               "multiple_of": multiple_of}
+    if max_removed:
+        plan.meta["selection"]["max_removed"] = {int(g): int(n) for g, n in sorted(max_removed.items())}
     if "latency" in targets:
         plan.meta["selection"]["order"] = "score per predicted ms saved"
     if latency is not None:
