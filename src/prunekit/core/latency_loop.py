@@ -25,7 +25,10 @@ reach, and reported (``reachable: False`` and a warning naming the limit to rela
 the target below that limit, the plan at the limit (found by bisection on the request, without
 timing) is timed once more (a round marked ``limit``; not when a round timed that plan) and decides. The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
-double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``.
+double an overshoot; every round is recorded in ``plan.meta["latency_loop"]``. A bracket whose
+measured gap is far wider than its predicted one is a latency *step* (a kernel that changes with a
+layer's width): the groups it thins are held at their widths below it (``select(max_removed=…)``)
+and the search goes on with the others (:func:`_find_step`, ``avoid_steps``).
 """
 from __future__ import annotations
 
