@@ -4,7 +4,8 @@ For each model (``--models``, default ResNet-56) and batch size, a :class:`prune
 is measured (its cost recorded), L1 scores select per target one plan under
 ``Budget(latency=f)`` (open loop: the latency model's prediction), one with
 :func:`prunekit.select_to_latency` (closed loop: the plan is timed and the request
-corrected, ``--loop-rounds`` at most; ``latency-loop`` rows) and one under
+corrected, ``--loop-rounds`` at most; ``latency-loop`` rows; with ``--no-hold-ablation`` the
+same loop again with ``avoid_steps=False`` on the same tables, ``latency-loop-nohold`` rows) and one under
 ``Budget(macs=f)``; per batch size, what ``LatencyModel.measure(multiple_of="auto")`` would
 choose (:func:`prunekit.core.latency.probe_steps`, in ``latency_models[...]["steps"]``). Each
 materialized plan is then timed **pass by pass against the dense model**
@@ -41,7 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("latency", "latency-loop", "macs")
 
 
-def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax):
+def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax, nohold=False):
     """``{kind: plan}`` for one target: open loop, closed loop, MACs, the closed loop on tables sampled
     at channel multiples (``latency-loop-x<k>``), and where the closed loop reports the target out of
     reach, the closed loop again with ``max_group_ratio=relax`` (``latency-loop-relaxed``)."""
@@ -56,6 +57,10 @@ def _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax):
                 out[kind] = prunekit.select(structures, scores, prunekit.Budget(**{kind: f}), latency=lat)
         except prunekit.BudgetError as error:
             print(f"{kind}={f}: {error}", flush=True)
+    if nohold:  # the ablation: the same loop without holding a group at a latency step
+        out["latency-loop-nohold"] = prunekit.select_to_latency(model, structures, scores, f, lat, x,
+                                                                rounds=loop_rounds, check_rounds=rounds,
+                                                                avoid_steps=False)
     for k, lat_k in lats.items():
         if k > 1:
             out[f"latency-loop-x{k}"] = prunekit.select_to_latency(model, structures, scores, f, lat_k, x,
@@ -90,13 +95,13 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
     if "latency_loop" in plan.meta:
         loop = plan.meta["latency_loop"]
         row["loop_rounds"] = loop["rounds"]
-        row.update({f"loop_{k}": loop[k] for k in ("chosen", "stopped", "dense_spread", "steady")})
+        row.update({f"loop_{k}": loop[k] for k in ("chosen", "stopped", "dense_spread", "steady", "steps")})
         row["reachable"] = loop["reachable"]
     return row
 
 
 def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache_dir=False, name="resnet56",
-        loop_rounds=4, multiples=(), relax=None):
+        loop_rounds=4, multiples=(), relax=None, nohold=False):
     torch.manual_seed(0)
     model = prunekit.models.create(name, num_classes=10).eval()
     x = prunekit.models.example_inputs(name, batch=1)
@@ -127,7 +132,8 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
               f"{[round(p['excess'], 4) for p in steps['probes']]}", flush=True)
         named, plans = {"dense": model}, {}
         for f in targets:
-            for kind, plan in _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax).items():
+            for kind, plan in _plans(f, model, structures, scores, lats, x, loop_rounds, rounds, relax,
+                                     nohold).items():
                 plans[(kind, f)] = plan
                 named[f"{kind}{f}"] = prunekit.materialize(model, plan, structures).eval()
         timing = dict(rounds=rounds, repeats=lat.measured["settings_used"]["repeats_used"], warmup=2, threads=threads,
@@ -199,8 +205,9 @@ def _write(parts, args, seconds) -> dict:
               "latency_models": {k: v for p in parts for k, v in p["latency_models"].items()}}
     result["seconds"] = seconds
     result["command"] = "python benchmarks/bench_latency.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k != "out" and v not in (None, []))  # what the parser would refuse
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
+        for k, v in vars(args).items()
+        if k != "out" and v not in (None, []) and v is not False)  # what the parser would refuse
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -221,13 +228,16 @@ def main():
                         help="also tables sampled at these channel multiples, and closed-loop plans on them")
     parser.add_argument("--relax", type=float, default=None,
                         help="where the closed loop reports the target out of reach: again with this max_group_ratio")
+    parser.add_argument("--no-hold-ablation", action="store_true",
+                        help="also the closed loop with avoid_steps=False on the same tables (latency-loop-nohold)")
     parser.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = parser.parse_args()
     start = time.perf_counter()
     parts = []
     for name in args.models:  # the file is rewritten after each model: a later failure keeps the earlier ones
         parts.append(run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name,
-                         loop_rounds=args.loop_rounds, multiples=args.multiple_of, relax=args.relax))
+                         loop_rounds=args.loop_rounds, multiples=args.multiple_of, relax=args.relax,
+                         nohold=args.no_hold_ablation))
         result = _write(parts, args, time.perf_counter() - start)
     print(markdown(result))
     print(f"command: {result['command']}  ({result['seconds']:.0f} s) -> {args.out}")

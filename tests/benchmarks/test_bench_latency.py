@@ -5,8 +5,10 @@ from benchmarks.bench_latency import markdown, run, summary
 
 
 def test_rows_are_timed_in_pairs_and_beyond_the_limits_are_reported():
-    result = run(batch_sizes=(1,), targets=(0.5,), rounds=1, name="mlp", loop_rounds=2, multiples=(8,), relax=0.95)
+    result = run(batch_sizes=(1,), targets=(0.5,), rounds=1, name="mlp", loop_rounds=2, multiples=(8,), relax=0.95,
+                 nohold=True)
     rows = {r["budget"]: r for r in result["rows"]}
+    assert rows["latency-loop-nohold"]["loop_steps"] == [] and isinstance(rows["latency-loop"]["loop_steps"], list)
     # the MLP's selection limits stop below 50 % of its time: the loops say so, the relaxed loop runs
     assert {"latency-loop", "macs", "latency-loop-x8", "latency-loop-relaxed"} <= set(rows)
     assert rows["latency-loop"]["reachable"] is False and rows["latency-loop"]["max_group_ratio"] == 0.8
@@ -32,3 +34,16 @@ def test_rows_are_timed_in_pairs_and_beyond_the_limits_are_reported():
     macs = summary(result["rows"])
     assert {c["budget"]: c["out_of_reach"] for c in macs}["latency-loop"] == 1
     assert "latency-loop (out of reach)" in markdown(result)
+
+
+def test_the_recorded_command_reruns_with_flags(tmp_path):
+    from argparse import Namespace
+
+    from benchmarks.bench_latency import _write
+    part = {"model": "mlp", "rows": [], "latency_models": {}, "threads": 1, "timing": "-", "torch": "-"}
+    args = Namespace(batch_sizes=[1, 64], targets=[0.5], relax=None, multiple_of=[], no_hold_ablation=True,
+                     loop_rounds=6, out=str(tmp_path / "r.json"))
+    assert _write([part], args, 1.0)["command"] == ("python benchmarks/bench_latency.py --batch-sizes 1 64 "
+                                                     "--targets 0.5 --no-hold-ablation --loop-rounds 6")
+    args.no_hold_ablation = False
+    assert "--no-hold" not in _write([part], args, 1.0)["command"]
