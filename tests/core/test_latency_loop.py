@@ -347,3 +347,18 @@ def test_a_step_the_tables_miss_is_held_and_the_search_goes_on_with_the_other_gr
     assert widths[step_group] == 25 and sum(widths.values()) < sum(stuck.kept_widths(s).values())
     assert plan.meta["selection"]["max_removed"] == {step_group: 7}
     assert loop["rounds"][loop["chosen"]]["held_groups"] == [step_group]
+
+
+def test_a_hold_that_cannot_reach_the_target_leaves_the_plans_across_the_step(setup):
+    """Under max_group_ratio=0.3 the held group leaves too little to thin for 60 %: the rounds stop at the
+    limit *of the holds*, which is not the caller's (the target is reachable across the step), and the plan
+    kept is the one that overshoots least."""
+    model, x, s, lat, scores = setup
+    plan = prunekit.select_to_latency(model, s, scores, 0.6, lat, x, timer=_stepped, rounds=8, max_group_ratio=0.3)
+    loop = plan.meta["latency_loop"]
+    assert loop["stopped"] == "held limit" and loop["reachable"] and len(loop["steps"]) == 1
+    held = [r for r in loop["rounds"] if "held_groups" in r]
+    assert held and max(r["measured_fraction"] for r in held) < 0.6  # the holds' most falls short
+    chosen = loop["rounds"][loop["chosen"]]
+    assert "held_groups" not in chosen and chosen["measured_fraction"] == min(
+        r["measured_fraction"] for r in loop["rounds"] if r["measured_fraction"] > 0.63)

@@ -174,7 +174,8 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
                 timer, select_options, avoid_steps: bool = True
                 ) -> tuple[list[dict], list[PruningPlan], float, float, str, list[dict]]:
     """The loop's timed rounds: ``(history, plans, feasible, ceiling, stopped, steps)``, ``stopped`` why they
-    ended (``"window"``, ``"rounds"``, ``"limit"``, ``"granularity"``). A request whose plan
+    ended (``"window"``, ``"rounds"``, ``"limit"``, ``"granularity"``, ``"held limit"``: the limit of
+    the selection under the steps' holds, not the caller's). A request whose plan
     was timed already is not timed again: it steers the next request with that plan's measurement
     (so a bracket narrows to the plans between its ends) without spending a round. When a bracket is
     a step (:func:`_find_step`), the groups the step thins are held at the widths of the plan below it
@@ -188,6 +189,7 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
     steps: list[dict] = []
     timed: dict[frozenset, int] = {}
     request, feasible, ceiling, stopped = float(aim), 0.0, 0.999, "rounds"
+    free_ceiling = ceiling  # the lowest request refused without holds: the caller's limits
     for _ in range(8 * rounds + 8):  # selections are cheap, timings are not: the cap only stops a cycle
         if len(history) >= rounds:
             break
@@ -201,8 +203,10 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             if feasible <= 0.0 and request <= 1e-4:
                 raise  # not even the smallest request can be met
             ceiling = request  # the selection's limits stop below this request
+            if not held:
+                free_ceiling = request
             if request - feasible <= 1e-4:  # ... and at or above the largest one accepted: at the limit
-                stopped = "limit"
+                stopped = "held limit" if held else "limit"
                 break
             request = (feasible + request) / 2.0
             continue
@@ -241,13 +245,13 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if abs(following - request) < 1e-4:
             # no request left to try: at the selection's limit, or no other plan between two timed ones
-            stopped = "limit" if following >= ceiling - 2e-4 else "granularity"
+            stopped = ("held limit" if held else "limit") if following >= ceiling - 2e-4 else "granularity"
             if stopped == "granularity":
                 log.info("latency loop: no plan between the timed ones around %.3f (the selection's granularity)",
                          request)
             break
         request = following
-    return history, plans, feasible, ceiling, stopped, steps
+    return history, plans, feasible, free_ceiling, stopped, steps
 
 
 def select_to_latency(model: nn.Module, structures: Structures, scores, fraction: float, latency: LatencyModel,
@@ -279,8 +283,10 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
         ``dense_ms``, ``measured_ms``, ``ratio_iqr`` per round; ``timings`` when confirmed), ``chosen`` (index of
         the round returned), ``stopped`` (why the rounds ended: ``"window"``, ``"rounds"`` run
-        out, at the selection's ``"limit"``, or ``"granularity"``: no other plan between two timed
-        ones), ``reachable`` (``False`` when the selection's limits stopped
+        out, at the selection's ``"limit"``, ``"held limit"`` (the limit under the steps' holds: the
+        plan at the caller's limits is then timed and decides ``reachable``), or ``"granularity"``: no
+        other plan between two timed ones), ``steps`` (the latency steps found: ``below`` / ``above``
+        round indices, ``groups`` held, ``measured_gap``, ``predicted_gap``), ``reachable`` (``False`` when the selection's limits stopped
         below the target; a round with ``limit: True`` is the plan at those limits, timed after the
         rounds ran out short), ``dense_spread`` (the dense model's time across the rounds, max − min
         over median) and ``steady`` (``dense_spread <= UNSTEADY_SPREAD``; else a warning: the
