@@ -52,6 +52,9 @@ LIMIT_MARGIN = 0.05
 #: many times the gap the latency model predicts between its two plans
 STEP_RATIO = 4.0
 
+#: a step is held as soon as it is found when it thins at most this share of the groups
+HOLD_SHARE = 0.25
+
 
 def _next_request(history: list[dict], aim: float, lo: float, hi: float, target: float, tolerance: float) -> float:
     """The next requested fraction. Once one round fell short of the window and another overshot it,
@@ -121,18 +124,19 @@ def _find_step(history: list[dict], plans: list[PruningPlan], regime: list[int],
 
 
 def _hold_step(history, plans, regime, target, tolerance, structures, held: dict, steps: list,
-               single_group: bool) -> bool:
+               narrowed: bool) -> bool:
     """When the rounds ``regime`` bracket the window with a step (:func:`_find_step`), hold each group
     the step thins at its width in the plan below it (``held``: group id -> most members removed) and
-    record the step in ``steps``; with ``single_group``, only when the step thins one group (else the
-    bracket is narrowed first, so that no group is held that the step does not need). True if held."""
+    record the step in ``steps``. Unless the bracket is ``narrowed`` (no plan between its ends), only
+    when the step thins at most :data:`HOLD_SHARE` of the groups (one at least); else the bracket is
+    narrowed first, so that the holds leave most of the network to thin. True if held."""
     step = _find_step(history, plans, regime, target, tolerance)
     if step is None:
         return False
     below, above = step
     removed_below = set(plans[below].removed)
     groups = sorted({structures[sid].group for sid in set(plans[above].removed) - removed_below})
-    if single_group and len(groups) > 1:
+    if not narrowed and len(groups) > max(1, int(HOLD_SHARE * len(structures.groups))):
         return False
     for gid in groups:
         held[gid] = sum(1 for sid in removed_below if structures[sid].group == gid)
@@ -233,12 +237,12 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
                 stopped = "window"
                 break
             if avoid_steps and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps,
-                                          single_group=True):
+                                          narrowed=False):
                 regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]  # go on from below the step
                 feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
         following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if (abs(following - request) < 1e-4 and following < ceiling - 2e-4 and avoid_steps
-                and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps, single_group=False)):
+                and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps, narrowed=True)):
             # no plan between the two ends of a step: hold what it thins, go on from below it
             regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]
             feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
