@@ -156,6 +156,26 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
             "latency_models": {f"{name} {b}": m for b, m in models_info.items()}, "rows": rows}
 
 
+def step_bracket(row, tolerance: float = 0.03) -> bool:
+    """Whether a closed loop's rounds ever bracketed the window with a step-shaped gap (the rule of
+    ``prunekit.core.latency_loop._find_step`` on the recorded rounds: the measured gap over
+    ``2 × tolerance`` and over ``STEP_RATIO`` × the predicted one), held or not: a kernel switch
+    or, on a noisy machine, two timings of neighbouring plans that disagree."""
+    from prunekit.core.latency_loop import STEP_RATIO
+    target, history = row["requested"], row.get("loop_rounds") or []
+    for k in range(1, len(history) + 1):
+        short = [h for h in history[:k] if h["measured_fraction"] < target]
+        over = [h for h in history[:k] if h["measured_fraction"] > target + tolerance]
+        if short and over:
+            below = max(short, key=lambda h: h["requested"])
+            above = min(over, key=lambda h: h["requested"])
+            gap = above["measured_fraction"] - below["measured_fraction"]
+            if below["requested"] < above["requested"] and gap > 2 * tolerance and gap > STEP_RATIO * max(
+                    above["predicted_fraction"] - below["predicted_fraction"], 0.0):
+                return True
+    return False
+
+
 def summary(rows) -> list[dict]:
     """Per budget kind: rows, rows with measured / requested >= 0.9, within +-10 % of the request (paired
     timing; ``*_rotation``: the rotation's), mean and max |prediction error| (points)."""
@@ -169,8 +189,23 @@ def summary(rows) -> list[dict]:
                     "ratio_ge_0.9_rotation": sum(r.get("ratio_rotation", 0.0) >= 0.9 for r in part),
                     "within_10pct_rotation": sum(abs(r.get("ratio_rotation", 0.0) - 1) <= 0.1 for r in part),
                     "out_of_reach": sum(r.get("reachable") is False for r in part),
+                    "step_brackets": sum(step_bracket(r) for r in part if "loop_rounds" in r),
+                    "steps_held": sum(bool(r.get("loop_steps")) for r in part),
                     "mean_abs_error_pts": sum(errors) / len(errors), "max_abs_error_pts": max(errors)})
     return out
+
+
+def summary_table(rows) -> list[str]:
+    """The summary as markdown table lines."""
+    lines = ["| budget | rows | measured / requested >= 0.9 | within +-10 % | same, rotation timing | "
+             "out of reach (loop) | loops with a step-shaped bracket / a step held | "
+             "mean / max abs. prediction error |", "|---|---|---|---|---|---|---|---|"]
+    for c in summary(rows):
+        lines.append(f"| {c['budget']} | {c['rows']} | {c['ratio_ge_0.9']} | {c['within_10pct']} | "
+                     f"{c['ratio_ge_0.9_rotation']} / {c['within_10pct_rotation']} | "
+                     f"{c['out_of_reach']} | {c['step_brackets']} / {c['steps_held']} | "
+                     f"{c['mean_abs_error_pts']:.1f} / {c['max_abs_error_pts']:.1f} points |")
+    return lines
 
 
 def markdown(result) -> str:
@@ -182,12 +217,7 @@ def markdown(result) -> str:
         lines.append(f"| {b} | {m['dense_ms']:.2f} | {m['floor_ms']:.2f} | {m['additivity_error_at_floor']:+.2f} | "
                      f"{m['multiplicative_error_at_floor']:+.2f} | {m['classes']} | {m['timed_models']} | "
                      f"{m['measure_s']:.0f} |")
-    lines += ["", "| budget | rows | measured / requested >= 0.9 | within +-10 % | same, rotation timing | "
-              "out of reach (loop) | mean / max abs. prediction error |", "|---|---|---|---|---|---|---|"]
-    for c in summary(result["rows"]):
-        lines.append(f"| {c['budget']} | {c['rows']} | {c['ratio_ge_0.9']} | {c['within_10pct']} | "
-                     f"{c['ratio_ge_0.9_rotation']} / {c['within_10pct_rotation']} | "
-                     f"{c['out_of_reach']} | {c['mean_abs_error_pts']:.1f} / {c['max_abs_error_pts']:.1f} points |")
+    lines += ["", *summary_table(result["rows"])]
     lines += ["", "| model | batch | budget | requested | measured reduction | measured/requested | rotation | "
               "predicted | pred. error | MACs removed | min width |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -231,7 +261,11 @@ def main():
     parser.add_argument("--no-hold-ablation", action="store_true",
                         help="also the closed loop with avoid_steps=False on the same tables (latency-loop-nohold)")
     parser.add_argument("--out", default=str(RESULTS / "latency.json"))
+    parser.add_argument("--summarize", metavar="JSON", help="print the summary table of a results file, run nothing")
     args = parser.parse_args()
+    if args.summarize:
+        print("\n".join(summary_table(json.loads(Path(args.summarize).read_text())["rows"])))
+        return
     start = time.perf_counter()
     parts = []
     for name in args.models:  # the file is rewritten after each model: a later failure keeps the earlier ones

@@ -47,3 +47,15 @@ def test_the_recorded_command_reruns_with_flags(tmp_path):
                                                      "--targets 0.5 --no-hold-ablation --loop-rounds 6")
     args.no_hold_ablation = False
     assert "--no-hold" not in _write([part], args, 1.0)["command"]
+
+
+def test_a_step_shaped_bracket_is_counted_from_the_recorded_rounds():
+    from benchmarks.bench_latency import step_bracket
+
+    def rounds(*triples):  # (requested, predicted, measured)
+        return [{"requested": r, "predicted_fraction": p, "measured_fraction": m} for r, p, m in triples]
+    step = {"requested": 0.5, "loop_rounds": rounds((0.515, 0.52, 0.30), (0.56, 0.56, 0.45), (0.58, 0.58, 0.70))}
+    assert step_bracket(step)  # 25 points measured for 2 predicted
+    smooth = {"requested": 0.5, "loop_rounds": rounds((0.515, 0.52, 0.40), (0.65, 0.65, 0.60))}
+    assert not step_bracket(smooth)  # 20 measured for 13 predicted: a slope, not a step
+    assert not step_bracket({"requested": 0.5, "loop_rounds": rounds((0.5, 0.5, 0.3), (0.6, 0.6, 0.4))})  # no bracket
