@@ -133,7 +133,8 @@ def test_max_removed_holds_named_groups_and_the_budget_is_met_from_the_others(ml
     held = prunekit.select(mlp, keys, prunekit.Budget(structures=0.5), group_norm=None, max_group_ratio=None,
                            max_removed={0: 1})
     assert _widths(mlp, held.removed) == [3, 4] and len(held.removed) == 7  # the rest from group 1
-    assert held.meta["selection"]["max_removed"] == {0: 1}
+    assert held.meta["selection"]["max_removed"] == {"0": 1}
+    assert prunekit.PruningPlan.from_json(held.to_json()).meta["selection"] == held.meta["selection"]
     whole = prunekit.select(mlp, keys, prunekit.Budget(structures=0.3), group_norm=None, max_removed={0: 0})
     assert _widths(mlp, whole.removed)[0] == 4
     # on top of the other limits, whatever the order (latency chunks use the same caps)

@@ -630,7 +630,7 @@ def select(structures: Structures, scores, budget: Budget, normalize: str | None
                               "min_group_width": min_group_width, "normalize": normalize,
                               "multiple_of": multiple_of}
     if max_removed:
-        plan.meta["selection"]["max_removed"] = {int(g): int(n) for g, n in sorted(max_removed.items())}
+        plan.meta["selection"]["max_removed"] = {str(g): int(n) for g, n in sorted(max_removed.items())}  # JSON keys
     if "latency" in targets:
         plan.meta["selection"]["order"] = "score per predicted ms saved"
     if latency is not None:
