@@ -149,6 +149,20 @@ def _hold_step(history, plans, regime, target, tolerance, structures, held: dict
     return True
 
 
+def _with_holds(select_options: dict, held: dict) -> dict:
+    """``select_options`` with the steps' holds added to ``max_removed`` (within the caller's own caps)."""
+    if not held:
+        return select_options
+    mine = dict(select_options.get("max_removed") or {})
+    return dict(select_options, max_removed={**mine, **{g: min(n, mine.get(g, n)) for g, n in held.items()}})
+
+
+def _from_below(history: list[dict], steps: list[dict]) -> tuple[list[int], list[dict], float, float]:
+    """``(regime, steering, feasible, ceiling)`` to go on from the plan below the last step."""
+    below = steps[-1]["below"]
+    return [below], [history[below]], history[below]["requested"], 0.999
+
+
 def _time(latency, model, plan, inputs, structures, check_rounds, timer) -> dict:
     checked = latency.check(model, plan, inputs, structures, rounds=check_rounds, timer=timer)
     return {key: checked[key] for key in ("predicted_fraction", "measured_fraction", "dense_ms", "measured_ms",
@@ -197,12 +211,9 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
     for _ in range(8 * rounds + 8):  # selections are cheap, timings are not: the cap only stops a cycle
         if len(history) >= rounds:
             break
-        options = select_options
-        if held:  # the steps' holds, within any limit of the caller's own
-            mine = dict(select_options.get("max_removed") or {})
-            options = dict(select_options, max_removed={**mine, **{g: min(n, mine.get(g, n)) for g, n in held.items()}})
         try:
-            plan = select(structures, scores, Budget(latency=request), latency=latency, **options)
+            plan = select(structures, scores, Budget(latency=request), latency=latency,
+                          **_with_holds(select_options, held))
         except BudgetError:
             if feasible <= 0.0 and request <= 1e-4:
                 raise  # not even the smallest request can be met
@@ -238,14 +249,12 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
                 break
             if avoid_steps and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps,
                                           narrowed=False):
-                regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]  # go on from below the step
-                feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
+                regime, steering, feasible, ceiling = _from_below(history, steps)
         following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if (abs(following - request) < 1e-4 and following < ceiling - 2e-4 and avoid_steps
                 and _hold_step(history, plans, regime, fraction, tolerance, structures, held, steps, narrowed=True)):
             # no plan between the two ends of a step: hold what it thins, go on from below it
-            regime, steering = [steps[-1]["below"]], [history[steps[-1]["below"]]]
-            feasible, ceiling = history[steps[-1]["below"]]["requested"], 0.999
+            regime, steering, feasible, ceiling = _from_below(history, steps)
             following = _next_request(steering, aim, 1e-3, ceiling - 1e-4, fraction, tolerance)
         if abs(following - request) < 1e-4:
             # no request left to try: at the selection's limit, or no other plan between two timed ones

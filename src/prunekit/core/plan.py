@@ -459,14 +459,7 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
         raise ValueError(f"select: min_group_width must be an int >= 1, got {min_group_width!r}")
     if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
         raise ValueError(f"select: multiple_of must be an int >= 1, got {multiple_of!r}")
-    if max_removed:
-        ids = {g.id for g in structures.groups}
-        for gid, n in max_removed.items():
-            if gid not in ids:
-                raise ValueError(f"select: max_removed names group {gid!r}, which is not one of the "
-                                 f"{len(ids)} groups of these structures")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"select: max_removed[{gid}] must be an int >= 0, got {n!r}")
+    _check_max_removed(structures, max_removed or {})
     if latency is not None:
         latency.check_structures(structures)
     if "latency" in targets:
@@ -481,6 +474,16 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
         if group_norm == "gaussian":
             raise ValueError("select: group_norm='gaussian' makes scores negative, so score / ms saved would invert "
                              "their order; use 'mean', 'max', 'sum' or None with a latency budget")
+
+
+def _check_max_removed(structures, max_removed: Mapping[int, int]) -> None:
+    ids = {g.id for g in structures.groups}
+    for gid, n in max_removed.items():
+        if gid not in ids:
+            raise ValueError(f"select: max_removed names group {gid!r}, which is not one of the "
+                             f"{len(ids)} groups of these structures")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"select: max_removed[{gid}] must be an int >= 0, got {n!r}")
 
 
 def _unmet_budget_error(targets, reached_fractions, unlimited_fractions, max_group_ratio,
