@@ -157,23 +157,13 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
 
 
 def step_bracket(row, tolerance: float = 0.03) -> bool:
-    """Whether a closed loop's rounds ever bracketed the window with a step-shaped gap (the rule of
-    ``prunekit.core.latency_loop._find_step`` on the recorded rounds: the measured gap over
-    ``2 × tolerance`` and over ``STEP_RATIO`` × the predicted one), held or not: a kernel switch
-    or, on a noisy machine, two timings of neighbouring plans that disagree."""
-    from prunekit.core.latency_loop import STEP_RATIO
-    target, history = row["requested"], row.get("loop_rounds") or []
-    for k in range(1, len(history) + 1):
-        short = [h for h in history[:k] if h["measured_fraction"] < target]
-        over = [h for h in history[:k] if h["measured_fraction"] > target + tolerance]
-        if short and over:
-            below = max(short, key=lambda h: h["requested"])
-            above = min(over, key=lambda h: h["requested"])
-            gap = above["measured_fraction"] - below["measured_fraction"]
-            if below["requested"] < above["requested"] and gap > 2 * tolerance and gap > STEP_RATIO * max(
-                    above["predicted_fraction"] - below["predicted_fraction"], 0.0):
-                return True
-    return False
+    """Whether a closed loop's rounds ever bracketed the window with a step-shaped gap
+    (``prunekit.core.latency_loop._find_step`` on the recorded rounds, after each round), held or
+    not: a kernel switch or, on a noisy machine, two timings of neighbouring plans that disagree."""
+    from prunekit.core.latency_loop import _find_step
+    history = row.get("loop_rounds") or []
+    return any(_find_step(history, None, list(range(k)), row["requested"], tolerance) is not None
+               for k in range(1, len(history) + 1))
 
 
 def summary(rows) -> list[dict]:

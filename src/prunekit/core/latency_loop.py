@@ -100,13 +100,14 @@ def _best(history: list[dict], target: float, tolerance: float) -> dict:
     return min(history, key=miss)
 
 
-def _find_step(history: list[dict], plans: list[PruningPlan], regime: list[int], target: float,
+def _find_step(history: list[dict], plans: list[PruningPlan] | None, regime: list[int], target: float,
                tolerance: float) -> tuple[int, int] | None:
     """``(below, above)``: the tightest bracket of the window among the rounds ``regime`` (indices
     into ``history``) when it is a **step**: the plan above contains the plan below, and the measured
     saving jumps between them by more than ``2 × tolerance`` and more than :data:`STEP_RATIO` times
     the jump the latency model predicts (a kernel that changes with width, which the tables'
-    sampled widths miss). ``None`` otherwise."""
+    sampled widths miss). ``None`` otherwise. Without ``plans`` (recorded rounds only) the
+    containment is not checked."""
     short = [i for i in regime if history[i]["measured_fraction"] < target - 1e-9]
     over = [i for i in regime if history[i]["measured_fraction"] > target + tolerance + 1e-9]
     if not short or not over:
@@ -118,7 +119,7 @@ def _find_step(history: list[dict], plans: list[PruningPlan], regime: list[int],
     measured_gap = history[above]["measured_fraction"] - history[below]["measured_fraction"]
     predicted_gap = history[above]["predicted_fraction"] - history[below]["predicted_fraction"]
     if (measured_gap > 2.0 * tolerance and measured_gap > STEP_RATIO * max(predicted_gap, 0.0)
-            and set(plans[below].removed) <= set(plans[above].removed)):
+            and (plans is None or set(plans[below].removed) <= set(plans[above].removed))):
         return below, above
     return None
 
