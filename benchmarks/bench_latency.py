@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import prunekit
+from prunekit.core import allocator
 from prunekit.core.latency import probe_steps
 from prunekit.core.measure import time_in_rounds, time_paired, with_batch
 
@@ -148,7 +149,7 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
             print(f"{name} b{b} {kind}={f}: measured -{row['measured_reduction']:.1%} (ratio "
                   f"{row['ratio_measured_requested']:.2f}), predicted -{row['predicted_reduction']:.1%}, "
                   f"MACs -{plan.achieved['macs']:.1%}", flush=True)
-    return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads,
+    return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads, "allocator": allocator.regime(),
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "timing": "each plan pass by pass against the dense model, median of the pairs' time ratios "
                       f"(time_paired); the *_rotation fields: dense and all plans of a batch size timed in turn, "

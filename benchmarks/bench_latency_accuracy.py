@@ -39,6 +39,7 @@ import prunekit  # noqa: E402
 from benchmarks.bench_sosp import finetune  # noqa: E402
 from benchmarks.sosp_dense import FASHION, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
+from prunekit.core import allocator  # noqa: E402
 from prunekit.core.measure import time_paired  # noqa: E402
 from prunekit.pipeline.train import evaluate  # noqa: E402
 
@@ -182,7 +183,9 @@ def main(argv=None):
     data = {"train": (X, y), "ft": (X[ft_idx], y[ft_idx]), "test": test}  # bench_sosp's fixed subset
     protocol = {k: getattr(args, k) for k in ("width", "batch", "rounds", "loop_rounds", "match", "pairs",
                                               "ft_samples", "ft_epochs", "ft_lr", "batch_size")}
-    store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": "l1"},
+    timing = {"allocator": allocator.pin()}  # what every timing below runs under (prunekit's CPU timings pin it)
+    store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": "l1",
+                                           "timing": timing},
                   resume=True, must_match=("protocol",))
     ft_args = SimpleNamespace(**vars(args))
     for seed in args.seeds:

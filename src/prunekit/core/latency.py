@@ -61,7 +61,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .measure import _reference_batch, time_in_rounds, time_paired
+from .measure import _reference_batch, _steady_host, time_in_rounds, time_paired
 from .measure import device_name as _device_name
 from .structures import Structures
 
@@ -199,7 +199,9 @@ class LatencyModel:
             structures: the model's structures (found from ``example_inputs`` if ``None``).
             batch_size: default: the example's batch.
             threads: ``torch.set_num_threads`` while timing (default: the current count).
-            device: where to time.
+            device: where to time. On the CPU glibc's malloc is pinned first, so no pass page-faults
+                its activations in again (:mod:`prunekit.core.allocator`; ``settings["allocator"]``, and
+                a cached model timed under another regime is measured again).
             fractions: kept fractions to sample (each in (0, 1)); the removed counts are
                 ``round((1 − f)·n)`` clipped to ``[1, n − 1]``.
             rounds, repeats, warmup: ``timing="rounds"``: every model gets ``warmup`` untimed
@@ -255,7 +257,8 @@ class LatencyModel:
         settings = {"fractions": [float(f) for f in sorted(fractions, reverse=True)], "share": share,
                     "statistic": statistic, "multiple_of": multiple_of, "timing": timing,
                     "rounds": rounds, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
-                    "timer": "wall-clock" if timer is None else "custom"}
+                    "timer": "wall-clock" if timer is None else "custom",
+                    "allocator": _steady_host(dev) if timer is None else "custom timer"}
         path = None
         if cache_dir is not False:
             folder = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)

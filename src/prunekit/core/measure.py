@@ -42,6 +42,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from . import allocator
+
 __all__ = ["count", "count_params", "measure_latency", "time_in_rounds", "time_paired", "peak_memory", "compare", "with_batch",
            "MAC_FORMULAS"]
 
@@ -442,6 +444,12 @@ def _timing_device(device, model: nn.Module) -> torch.device:
     return dev
 
 
+def _steady_host(dev: torch.device) -> str:
+    """Before timing on the CPU: glibc's malloc pinned to keep freed blocks (:func:`allocator.pin`),
+    so passes do not page-fault their activations in again; the allocator regime in force."""
+    return allocator.pin() if dev.type == "cpu" else "device"
+
+
 def _timed_pass(model: nn.Module, x, dev: torch.device) -> float:
     """Seconds of one forward pass (bracketed by ``torch.cuda.synchronize`` on CUDA)."""
     _sync(dev)
@@ -540,7 +548,8 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
             model's device.
 
     Returns:
-        ``{"device", "threads", "torch", "warmup", "repeats", "batches": {b: {"batch_size",
+        ``{"device", "threads", "torch", "warmup", "repeats", "allocator" (on the CPU, glibc's
+        malloc is pinned first: :func:`prunekit.core.allocator.pin`), "batches": {b: {"batch_size",
         "median_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p10_ms", "p25_ms",
         "p75_ms", "p90_ms", "iqr_ms", "throughput", "times_ms"}}}``.
 
@@ -556,7 +565,7 @@ def measure_latency(model: nn.Module, example_inputs, batch_sizes: Iterable[int]
     sizes = [_reference_batch(inputs)] if batch_sizes is None else [int(b) for b in batch_sizes]
     old_threads = torch.get_num_threads()
     result: dict[str, Any] = {"device": str(dev), "torch": torch.__version__, "warmup": warmup, "repeats": repeats,
-                              "batches": {}}
+                              "allocator": _steady_host(dev), "batches": {}}
     try:
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -629,7 +638,10 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
     Returns ``{"ratio", "reference_ms", "candidate_ms" (medians), "reference_min_ms",
     "candidate_min_ms" (fastest passes), "fastest_ratio" (``candidate_min_ms / reference_min_ms``:
     the fastest passes, both from the same stretch of time), "ratio_iqr" (spread of the pairs'
-    ratios, p75 − p25), "pairs", "ratios" (sorted)}``; ``1 - ratio`` is the saving.
+    ratios, p75 − p25), "pairs", "ratios" (sorted), "faults_per_pass" (minor page faults per
+    pass, reference and candidate: 0 once the allocator is steady), "allocator" (the regime,
+    :mod:`prunekit.core.allocator`)}``; ``1 - ratio`` is the saving. On the CPU, glibc's malloc
+    is pinned first (:func:`prunekit.core.allocator.pin`).
 
     Example:
         >>> r = time_paired(nn.Linear(64, 64), nn.Linear(64, 8), torch.randn(1, 64), pairs=3)
@@ -642,7 +654,9 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
     inputs = _map_tensors(example_inputs, lambda t: t.to(dev))
     x = with_batch(inputs, _reference_batch(inputs) if batch_size is None else int(batch_size))
     old_threads = torch.get_num_threads()
+    regime = _steady_host(dev)
     times: dict[int, list[float]] = {0: [], 1: []}
+    faults = [0, 0]
     try:
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -653,14 +667,17 @@ def time_paired(reference: nn.Module, candidate: nn.Module, example_inputs, batc
                     call_model(model, x)
             for i in range(pairs):
                 for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    before = allocator.minor_faults()
                     times[k].append(1e3 * _timed_pass(models[k], x, dev))
+                    faults[k] += allocator.minor_faults() - before
     finally:
         torch.set_num_threads(old_threads)
     ratios = sorted(c / r for r, c in zip(times[0], times[1]))
     return {"ratio": statistics.median(ratios), "reference_ms": statistics.median(times[0]),
             "candidate_ms": statistics.median(times[1]), "reference_min_ms": min(times[0]),
             "candidate_min_ms": min(times[1]), "fastest_ratio": min(times[1]) / min(times[0]), "pairs": pairs,
-            "ratio_iqr": _percentile(ratios, 75) - _percentile(ratios, 25), "ratios": ratios}
+            "ratio_iqr": _percentile(ratios, 75) - _percentile(ratios, 25), "ratios": ratios,
+            "faults_per_pass": [f / pairs for f in faults], "allocator": regime}
 
 
 # --------------------------------------------------------------------------------------
