@@ -49,7 +49,7 @@ _state = {"regime": None}
 
 
 def _libc():
-    """glibc's ``mallopt``, or ``None`` where the C library is not glibc."""
+    """The C library when it is glibc (for ``mallopt``), else ``None``."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         version = libc.gnu_get_libc_version
