@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
-from benchmarks.store import command, machine, write_json  # noqa: E402
+from benchmarks.store import command, machine, write_result  # noqa: E402
 from prunekit.core.measure import time_paired  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,10 +123,7 @@ def main():
     start = time.perf_counter()
     result = run(args)
     result["meta"]["seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    write_json(out, result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(Path(args.out), result, markdown)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
-from benchmarks.store import machine, write_json  # noqa: E402
+from benchmarks.store import machine, write_result  # noqa: E402
 from prunekit.core.latency import _repeats_for  # noqa: E402
 from prunekit.core.measure import time_in_rounds, time_paired  # noqa: E402
 
@@ -153,10 +153,7 @@ def main():
                + (f" --out {args.out}" if Path(args.out) != RESULTS / "timing_noise.json" else ""))
     result = {"benchmark": "timing_noise", "machine": machine(args.threads), "command": command, "rows": rows,
               "tables": tables}
-    out = Path(args.out)
-    write_json(out, result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(Path(args.out), result, markdown)
 
 
 if __name__ == "__main__":

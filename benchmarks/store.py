@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 from prunekit.core._atomic import atomic_write_bytes
 
-__all__ = ["Store", "merge", "stats", "paired", "machine", "command", "markdown_table", "write_json"]
+__all__ = ["Store", "merge", "stats", "paired", "machine", "command", "markdown_table", "write_json",
+           "write_result"]
 
 
 def command() -> str:
@@ -50,6 +51,15 @@ def write_json(path: Path, result: dict) -> None:
     """Write ``result`` as JSON atomically (:func:`prunekit.core._atomic.atomic_write_bytes`): a reader,
     or a kill, never sees half a file."""
     atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
+
+
+def write_result(path: Path, result: dict, markdown: Callable[[dict], str]) -> None:
+    """``result`` as JSON at ``path`` (:func:`write_json`), its ``markdown(result)`` next to it (``.md``), and printed."""
+    path = Path(path)
+    write_json(path, result)
+    text = markdown(result)
+    path.with_suffix(".md").write_text(text)
+    print(text)
 
 
 class Store:

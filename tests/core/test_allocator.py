@@ -60,7 +60,12 @@ def test_cpu_timings_pin_and_report_the_regime_and_faults():
         assert paired["allocator"] == "pinned"
     assert len(paired["faults_per_pass"]) == 2 and all(f >= 0 for f in paired["faults_per_pass"])
     assert measure_latency(a, torch.randn(4, 64), repeats=2)["allocator"] == allocator.regime()
-    assert allocator.pin() == allocator.regime()  # once per process: the same answer again
+
+
+def test_pin_sets_the_allocator_once_per_process(monkeypatch):
+    first = allocator.pin()
+    monkeypatch.setattr(allocator, "_libc", lambda: pytest.fail("mallopt called again"))
+    assert allocator.pin() == first == allocator.regime()
 
 
 def test_time_paired_counts_each_models_faults_per_pass(monkeypatch):

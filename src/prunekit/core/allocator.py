@@ -25,11 +25,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
-
-try:
-    import resource
-except ImportError:  # not Unix
-    resource = None
+import resource
 
 log = logging.getLogger(__name__)
 
@@ -98,4 +94,4 @@ def minor_faults() -> int:
         >>> minor_faults() >= 0
         True
     """
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
