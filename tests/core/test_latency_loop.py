@@ -106,6 +106,45 @@ def test_a_plan_in_the_window_is_timed_again_and_kept_on_the_mean(setup):
     assert chosen["measured_fraction"] == pytest.approx(sum(chosen["timings"]) / 2)
     assert chosen["measured_fraction"] == pytest.approx(_measured(model, x, s, plan), abs=0.01)
 
+class _Scripted:
+    """The stub device whose k-th timing of one plan (the pruned model's shapes) saves ``offsets[k]``
+    more of the dense time than the plan does (the last offset repeats)."""
+
+    def __init__(self, offsets):
+        self.offsets, self.seen = offsets, {}
+
+    def __call__(self, named, inputs):
+        ms = _device(named, inputs)
+        key = tuple(tuple(p.shape) for p in named["pruned"].parameters())
+        k = self.seen[key] = self.seen.get(key, -1) + 1
+        return {**ms, "pruned": ms["pruned"] - self.offsets[min(k, len(self.offsets) - 1)] * ms["dense"]}
+
+
+@pytest.mark.parametrize("third", [0.0, 0.04])
+def test_a_second_timing_outside_the_window_calls_a_third_and_the_median_decides(setup, third):
+    """The second timing of a plan in the window [0.4, 0.43] saves 4 points more and leaves it. A third
+    timing that agrees with the first keeps the plan on the first (the median); one that agrees with the
+    second moves the plan out of the window, although the mean of the first two lies in it."""
+    model, x, s, lat, scores = setup
+    plan = prunekit.select_to_latency(model, s, scores, 0.4, lat, x, timer=_Scripted([0.0, 0.04, third]), rounds=6)
+    loop = plan.meta["latency_loop"]
+    confirmed = [r for r in loop["rounds"] if "timings" in r]
+    assert confirmed and all(len(r["timings"]) == 3 for r in confirmed)  # every second timing overshot
+    for r in confirmed:
+        assert r["timings"][1] == pytest.approx(r["timings"][0] + 0.04)
+        assert r["timings"][2] == pytest.approx(r["timings"][0] + third)
+        assert r["measured_fraction"] == sorted(r["timings"])[1]
+    chosen = loop["rounds"][loop["chosen"]]
+    if third == 0.0:
+        assert loop["stopped"] == "window" and len(confirmed) == 1
+        assert chosen["measured_fraction"] == pytest.approx(_measured(model, x, s, plan))
+    else:  # every confirmed plan is kept on first + 4 points: over the window, never returned as in it
+        assert loop["stopped"] != "window"
+        assert all(r["measured_fraction"] > 0.43 for r in confirmed)
+        assert any(0.4 <= sum(r["timings"][:2]) / 2 <= 0.43 for r in confirmed)  # the mean of two would keep it
+        assert not 0.4 <= chosen["measured_fraction"] <= 0.43
+
+
 def test_bad_arguments(setup):
     model, x, s, lat, scores = setup
     for bad in (0.0, 1.0, -0.1, "0.5"):

@@ -17,11 +17,11 @@ the next request interpolates inside that bracket instead (measured savings are 
 the request at the resolution of one timing); a request whose plan was timed already narrows
 the bracket without being timed again, and the loop stops when no other plan lies between. A
 plan that lands in the window is timed once more (``confirm``) and kept only if the mean of its
-two timings is still in it: at batch 1 two timings of one plan differ by several points on a
-shared CPU. A request the selection cannot meet (group limits) is halved back towards the last
-one that could; a target still missed after a request within ``LIMIT_MARGIN`` of the lowest
-request the selection refused (an upper bound of its limit, reached by the halving) is out of
-reach, and reported (``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
+two timings is still in it; when the second timing falls outside the window, a third decides (the
+median of the three): at batch 1 two timings of one plan differ by several points on a shared CPU.
+A request the selection cannot meet (group limits) is halved back towards the last one that could;
+a target still missed after a request within ``LIMIT_MARGIN`` of the lowest request the selection
+refused (an upper bound of its limit, reached by the halving) is out of reach, and reported (``reachable: False`` and a warning naming the limit to relax). When the rounds run out short of
 the target below that limit, the plan at the limit (found by bisection on the request, without
 timing) is timed once more (a round marked ``limit``; not when a round timed that plan) and decides. The plan returned is the
 first confirmed in the window, else the one with the smallest miss, a shortfall counting
@@ -84,6 +84,22 @@ def _next_request(history: list[dict], aim: float, lo: float, hi: float, target:
 
 def _in_window(measured: float, target: float, tolerance: float) -> bool:
     return target - 1e-9 <= measured <= target + tolerance + 1e-9
+
+
+def _confirm(first: float, target: float, tolerance: float, again: Callable[[], float]) -> list[float]:
+    """The timings of a plan whose first timing landed in the window: a second one, and a third when
+    the second falls outside the window (two timings that disagree about the window: the third decides)."""
+    timings = [first, again()]
+    if not _in_window(timings[1], target, tolerance):
+        timings.append(again())
+    return timings
+
+
+def _settle(timings: list[float]) -> float:
+    """The saving a confirmed plan is kept on: the mean of two timings, the median of three."""
+    if len(timings) == 3:
+        return sorted(timings)[1]
+    return sum(timings) / len(timings)
 
 
 def _best(history: list[dict], target: float, tolerance: float) -> dict:
@@ -235,9 +251,10 @@ def _run_rounds(model, structures, scores, fraction, latency, inputs, rounds, to
             if held:
                 row["held_groups"] = sorted(held)
             if confirm and _in_window(row["measured_fraction"], fraction, tolerance):
-                again = _time(latency, model, plan, inputs, structures, check_rounds, timer)
-                row["timings"] = [row["measured_fraction"], again["measured_fraction"]]
-                row["measured_fraction"] = sum(row["timings"]) / 2.0
+                row["timings"] = _confirm(row["measured_fraction"], fraction, tolerance,
+                                          lambda: _time(latency, model, plan, inputs, structures, check_rounds,
+                                                        timer)["measured_fraction"])
+                row["measured_fraction"] = _settle(row["timings"])
             history.append(row)
             plans.append(plan)
             timed[key] = len(history) - 1
@@ -285,7 +302,8 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
         tolerance: width of the acceptance window above ``fraction``.
         check_rounds: sets the pairs of passes timed per plan, ``max(15, check_rounds × repeats)``
             (:meth:`LatencyModel.check`; ``repeats``: the latency model's passes per round).
-        confirm: time a plan that lands in the window a second time and keep the mean.
+        confirm: time a plan that lands in the window a second time and keep the mean; when the
+            second timing is outside the window, time it a third time and keep the median.
         timer: replaces the wall-clock timer (tests), as in :meth:`LatencyModel.measure`.
         avoid_steps: when the window lies inside a jump of the measured saving between two plans
             that the latency model predicts to be close (a step: :func:`_find_step`), hold the
@@ -295,7 +313,7 @@ def select_to_latency(model: nn.Module, structures: Structures, scores, fraction
     Returns:
         The chosen :class:`PruningPlan`; ``plan.meta["latency_loop"]`` holds ``target``,
         ``tolerance``, ``rounds`` (``requested``, ``predicted_fraction``, ``measured_fraction``,
-        ``dense_ms``, ``measured_ms``, ``ratio_iqr`` per round; ``timings`` when confirmed), ``chosen`` (index of
+        ``dense_ms``, ``measured_ms``, ``ratio_iqr`` per round; ``timings`` when confirmed: two or three), ``chosen`` (index of
         the round returned), ``stopped`` (why the rounds ended: ``"window"``, ``"rounds"`` run
         out, at the selection's ``"limit"``, ``"held limit"`` (the limit under the steps' holds: the
         plan at the caller's limits is then timed and decides ``reachable``), or ``"granularity"``: no
