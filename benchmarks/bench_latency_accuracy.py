@@ -3,7 +3,9 @@
 ResNet-20 (width 0.5) trained to a plateau on full Fashion-MNIST (the checkpoints of
 ``benchmarks/sosp_dense.py``), one thread, CPU. Per seed (= the dense network's seed):
 
-1. A :class:`prunekit.LatencyModel` at ``--batch`` (default 64) and L1 scores (data-free).
+1. A :class:`prunekit.LatencyModel` at ``--batch`` (default 64) and the scores of ``--criterion``
+   (default ``l1``, data-free; a loss-based criterion scores ``--prune-samples`` fixed training samples),
+   ranked under ``--group-norm`` (default ``mean``; ``none``: the raw scores) by both plans.
 2. Per target ``f``: the **latency plan**, :func:`prunekit.select_to_latency` (closed loop: the
    plan timed, the request corrected); its measured saving ``m``.
 3. The **MAC plan of the same measured speed**: ``Budget(macs=g)`` with ``g`` found by bisection
@@ -36,25 +38,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunekit  # noqa: E402
-from benchmarks.bench_sosp import finetune  # noqa: E402
+from benchmarks.bench_sosp import finetune, score  # noqa: E402
 from benchmarks.sosp_dense import FASHION, dense_path, load as load_dataset  # noqa: E402
 from benchmarks.store import Store, machine, markdown_table, paired, stats  # noqa: E402
 from prunekit.core import allocator  # noqa: E402
 from prunekit.core.measure import time_paired  # noqa: E402
+from prunekit.pipeline.dataspec import batches as make_batches  # noqa: E402
 from prunekit.pipeline.train import evaluate  # noqa: E402
 
 KEY = ("seed", "target", "plan")
 
 
-def matched_mac_plan(model, structures, scores, rival, x, goal: float, args) -> tuple:
+def matched_mac_plan(model, structures, scores, rival, x, goal: float, args, options: dict) -> tuple:
     """``(plan, tried, ratio)``: the ``Budget(macs=g)`` plan whose pruned model runs as fast as ``rival`` (the
     latency plan's model), timed **against it** pass by pass (:func:`time_paired`, ``args.pairs`` pairs), by
     bisection on g from ``goal`` (the rival's measured saving) until the median time ratio MAC / rival is
-    within ``args.match`` of 1; every budget tried with its ratio, and the kept plan's ratio."""
+    within ``args.match`` of 1; every budget tried with its ratio, and the kept plan's ratio. ``options``:
+    :func:`prunekit.select`'s, as for the rival."""
     lo, hi, tried = 0.0, 0.95, []
     g = min(max(goal, lo), hi)  # a rival measured slower than dense (goal < 0) starts from no MAC cut
     for _ in range(args.match_steps):
-        plan = prunekit.select(structures, scores, prunekit.Budget(macs=g))
+        plan = prunekit.select(structures, scores, prunekit.Budget(macs=g), **options)
         pruned = prunekit.materialize(model, plan, structures).eval()
         ratio = time_paired(rival, pruned, x, args.batch, pairs=args.pairs, warmup=2, threads=1)["ratio"]
         tried.append({"macs": g, "ratio_to_latency_plan": ratio})
@@ -63,7 +67,7 @@ def matched_mac_plan(model, structures, scores, rival, x, goal: float, args) -> 
         lo, hi = (g, hi) if ratio > 1 else (lo, g)  # slower than the rival: cut more MACs
         g = (lo + hi) / 2
     best = min(tried, key=lambda t: abs(t["ratio_to_latency_plan"] - 1))
-    return (prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"])), tried,
+    return (prunekit.select(structures, scores, prunekit.Budget(macs=best["macs"]), **options), tried,
             best["ratio_to_latency_plan"])
 
 
@@ -71,7 +75,8 @@ def run_seed(seed, data, store, args):
     dense = prunekit.load(dense_path(args.cache, "resnet20", args.width, seed)).eval()
     x = data["train"][0][:1]
     structures = prunekit.find_structures(dense, x)
-    scores = prunekit.saliency(dense, structures, None, method="l1")
+    scores = score(dense, structures, data["prune"], args.criterion, seed)
+    options = {"group_norm": None if args.group_norm == "none" else args.group_norm}
     lat = prunekit.LatencyModel.measure(dense, x, structures, batch_size=args.batch, threads=1, rounds=args.rounds,
                                         cache_dir=False)
     dense_acc = evaluate(dense, data["test"])["accuracy"]
@@ -80,11 +85,12 @@ def run_seed(seed, data, store, args):
             continue
         t0 = time.perf_counter()
         plan_lat = prunekit.select_to_latency(dense, structures, scores, f, lat, x, rounds=args.loop_rounds,
-                                              check_rounds=args.rounds)
+                                              check_rounds=args.rounds, **options)
         loop = plan_lat.meta["latency_loop"]
         goal = loop["rounds"][loop["chosen"]]["measured_fraction"]
         lat_model = prunekit.materialize(dense, plan_lat, structures).eval()
-        plan_mac, tried, search_ratio = matched_mac_plan(dense, structures, scores, lat_model, x, goal, args)
+        plan_mac, tried, search_ratio = matched_mac_plan(dense, structures, scores, lat_model, x, goal, args,
+                                                       options)
         named = {"latency": lat_model, "macs": prunekit.materialize(dense, plan_mac, structures).eval()}
         timed = {kind: time_paired(dense, pruned, x, args.batch, pairs=args.pairs, warmup=2, threads=1)
                  for kind, pruned in named.items()}
@@ -103,7 +109,7 @@ def run_seed(seed, data, store, args):
                        "search_ratio": search_ratio, "macs_over_latency_ms": head_to_head["ratio"],
                        "head_to_head_iqr": head_to_head["ratio_iqr"],
                        "macs": counted["macs"], "params": counted["params"], "macs_removed": plan.achieved["macs"],
-                       "widths": list(plan.kept_widths(structures).values()),
+                       "widths": list(plan.kept_widths(structures).values()), "selection": plan.meta["selection"],
                        "search": loop["rounds"] if kind == "latency" else tried,
                        "loop_steady": loop.get("steady") if kind == "latency" else None,
                        "seconds": time.perf_counter() - t0})
@@ -151,7 +157,9 @@ def markdown(result) -> str:
         rows.append([f"{float(f):.0%}", "latency − macs", d(c["latency_minus_macs_measured_saving"]),
                      "" if h2h is None else f"MAC / latency plan time {h2h['mean']:.3f} ± {h2h['std']:.3f}", "",
                      d(c["latency_minus_macs_acc_oneshot"]), d(c["latency_minus_macs_accuracy"])])
-    return ("# Accuracy at equal measured latency: ResNet-20 (w 0.5), Fashion-MNIST, CPU 1 thread\n\n"
+    meta = result["meta"]
+    ranked = f"{meta.get('scores', 'l1')} scores, group_norm {meta['protocol'].get('group_norm', 'mean')}"
+    return (f"# Accuracy at equal measured latency: ResNet-20 (w 0.5), Fashion-MNIST, CPU 1 thread, {ranked}\n\n"
             + markdown_table(["target", "plan", "measured saving %", "measured / requested (per seed)",
                               "MACs removed %", "one-shot acc %", "acc after FT %"], rows)
             + f"\n\nCommand: `{result['meta']['command']}`\n")
@@ -161,6 +169,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--criterion", default="l1", help="saliency method of both plans (prunekit.saliency)")
+    p.add_argument("--group-norm", default="mean", choices=["mean", "max", "sum", "none"],
+                   help="prunekit.select's group_norm for both plans ('none': the raw scores)")
+    p.add_argument("--prune-samples", type=int, default=1024, help="training samples a loss-based criterion scores")
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
@@ -179,12 +191,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     (X, y), test, _ = load_dataset("resnet20", args.data)
-    ft_idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(1234))[:args.ft_samples]
-    data = {"train": (X, y), "ft": (X[ft_idx], y[ft_idx]), "test": test}  # bench_sosp's fixed subset
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1234))  # bench_sosp's fixed subsets
+    ft_idx, prune_idx = perm[:args.ft_samples], perm[:args.prune_samples]
+    data = {"train": (X, y), "ft": (X[ft_idx], y[ft_idx]), "test": test,
+            "prune": make_batches(X[prune_idx], y[prune_idx], 128)}
     protocol = {k: getattr(args, k) for k in ("width", "batch", "rounds", "loop_rounds", "match", "pairs",
                                               "ft_samples", "ft_epochs", "ft_lr", "batch_size")}
     timing = {"allocator": allocator.pin()}  # what every timing below runs under (prunekit's CPU timings pin it)
-    store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": "l1",
+    if (args.criterion, args.group_norm) != ("l1", "mean"):  # the earlier files' protocol stays as it was
+        protocol.update(criterion=args.criterion, group_norm=args.group_norm, prune_samples=args.prune_samples)
+    store = Store(args.out, key=KEY, meta={"protocol": protocol, "machine": machine(1), "scores": args.criterion,
                                            "timing": timing},
                   resume=True, must_match=("protocol",))
     ft_args = SimpleNamespace(**vars(args))

@@ -47,6 +47,21 @@ def test_both_plans_are_timed_pass_by_pass_tuned_and_paired(tiny_setup):
     assert (tiny_setup / "acc.md").exists()
 
 
+def test_the_criterion_and_group_norm_reach_both_plans(tiny_setup):
+    out = tiny_setup / "acc_taylor.json"
+    bench.main(["--seeds", "0", "--targets", "0.3", "--width", "0.25", "--batch", "2", "--rounds", "1",
+                "--loop-rounds", "2", "--match-steps", "2", "--pairs", "5", "--ft-samples", "64", "--ft-epochs", "0",
+                "--criterion", "taylor", "--group-norm", "none", "--prune-samples", "64",
+                "--cache", str(tiny_setup / "cache"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["meta"]["scores"] == "taylor"
+    assert result["meta"]["protocol"]["group_norm"] == "none" and result["meta"]["protocol"]["prune_samples"] == 64
+    rows = {r["plan"]: r for r in result["rows"]}
+    assert rows["latency"]["selection"]["group_norm"] is None and rows["macs"]["selection"]["group_norm"] is None
+    assert rows["latency"]["selection"]["order"] == "score per predicted ms saved"
+    assert "taylor scores, group_norm none" in (tiny_setup / "acc_taylor.md").read_text()
+
+
 def test_the_mac_plan_is_matched_to_the_latency_plan_timed_against_it(monkeypatch):
     """On a fake clock (time proportional to MACs) the bisection lands the MAC plan's time within
     ``match`` of the rival's, and moves g the right way on each side."""
@@ -62,7 +77,7 @@ def test_the_mac_plan_is_matched_to_the_latency_plan_timed_against_it(monkeypatc
     monkeypatch.setattr(bench, "time_paired", fake_paired)
     args = SimpleNamespace(match=0.03, match_steps=10, batch=2, pairs=3)
     for goal in (0.1, 0.4, 0.8):  # the bisection starts below, at and above the rival's cut
-        plan, tried, ratio = bench.matched_mac_plan(model, s, scores, rival, x, goal, args)
+        plan, tried, ratio = bench.matched_mac_plan(model, s, scores, rival, x, goal, args, {})
         assert abs(ratio - 1) <= 0.03 and len(tried) <= 10
         assert prunekit.count(prunekit.materialize(model, plan, s), x)["macs"] == pytest.approx(
             ratio * prunekit.count(rival, x)["macs"])
