@@ -2,9 +2,10 @@
 
 ``--merge`` of a benchmark refuses files whose protocols differ (rightly: their rows are not one
 experiment). A diagnostic sometimes pairs across them all the same — the same dense checkpoints and
-seeds, another schedule. This prints ``value`` of ``--method`` in the files ``A`` minus ``value`` of
-each ``--reference`` method in the files ``--against``, on rows equal in every ``--match`` field,
-as mean ± s.e. and wins/ties/losses. It reads only the ``rows`` of the files.
+seeds, another schedule; or the same command run twice (reproducibility). This prints ``value`` of
+``--method`` in the files ``A`` minus ``value`` of each ``--reference`` method in the files
+``--against``, on rows equal in every ``--match`` field, as mean ± s.e., mean absolute difference
+and wins/ties/losses (``--by``: the field that names the method). It reads only the ``rows``.
 
     python benchmarks/pair_files.py benchmarks/results/ctf_fpha_p80_rewind12_s0to3.json benchmarks/results/ctf_fpha_p80_rewind12_s4to7.json --against benchmarks/results/ctf_fpha_p80_v4.json --method ctf-rewind --reference ctf ctf-rewind --match seed target_rate
 """
@@ -23,11 +24,12 @@ def rows_of(paths) -> list[dict]:
     return [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
 
 
-def pair(a_rows, b_rows, method: str, references, match, value: str) -> dict:
-    """``{reference: {mean, sem, n, wins, ties, losses}}`` of ``method`` (in ``a_rows``) − ``reference``
-    (in ``b_rows``); the A rows are tagged so that a method present in both files is told apart."""
-    tagged = [{**r, "_pair": "A"} for r in a_rows if r.get("method") == method]
-    tagged += [{**r, "_pair": r["method"]} for r in b_rows if r.get("method") in references]
+def pair(a_rows, b_rows, method: str, references, match, value: str, by: str = "method") -> dict:
+    """``{reference: {mean, sem, n, wins, ties, losses, abs_mean}}`` of ``method`` (in ``a_rows``) −
+    ``reference`` (in ``b_rows``), methods named by the field ``by``; the A rows are tagged so that a
+    method present in both files is told apart."""
+    tagged = [{**r, "_pair": "A"} for r in a_rows if r.get(by) == method]
+    tagged += [{**r, "_pair": r[by]} for r in b_rows if r.get(by) in references]
     out = paired(tagged, value, "_pair", "A", match)
     return {ref: out[ref] for ref in references if ref in out}
 
@@ -40,14 +42,17 @@ def main(argv=None) -> None:
     p.add_argument("--reference", nargs="+", required=True)
     p.add_argument("--match", nargs="+", default=["seed"], help="fields a pair must share")
     p.add_argument("--value", default="accuracy")
+    p.add_argument("--by", default="method", help="the field that names a row's method (bench_latency: budget)")
     args = p.parse_args(argv)
-    result = pair(rows_of(args.files), rows_of(args.against), args.method, args.reference, args.match, args.value)
+    result = pair(rows_of(args.files), rows_of(args.against), args.method, args.reference, args.match, args.value,
+                  args.by)
     if not result:
         sys.exit(f"no pairs: no row of {args.method!r} in {args.files} shares {args.match} with a row of "
                  f"{args.reference} in {args.against}")
-    print(markdown_table(["A − B", "mean ± s.e. (points)", "n", "W/T/L"],
-                         [[f"{args.method} (A) − {ref} (B)", f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}", d["n"],
-                           f"{d['wins']}/{d['ties']}/{d['losses']}"] for ref, d in result.items()]))
+    print(markdown_table(["A − B", "mean ± s.e. (points)", "mean abs. (points)", "n", "W/T/L"],
+                         [[f"{args.method} (A) − {ref} (B)", f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
+                           f"{100 * d['abs_mean']:.2f}", d["n"], f"{d['wins']}/{d['ties']}/{d['losses']}"]
+                          for ref, d in result.items()]))
 
 
 if __name__ == "__main__":
