@@ -61,6 +61,31 @@ def test_prune_with_a_temperature_scores_on_the_softened_loss():
         prune_model(model, x[:1], "l1", {"macs": 0.5}, temperature=4.0)
 
 
+def test_group_norm_reaches_the_selection(tmp_path, capsys):
+    """``--group-norm none`` selects on the raw scores (``select(..., group_norm=None)``), a plan other
+    than the default per-group mean's; CTF, which does not select, refuses it."""
+    from prunekit.pipeline.commands import prune_model
+    model = prunekit.models.create("resnet20", width=0.25)
+    prunekit.save(model, tmp_path / "dense")
+    x = torch.randn(1, 3, 32, 32)
+    structures = prunekit.find_structures(model, x)
+    scores = prunekit.saliency(model, structures, None, "l1")
+    removed = {}
+    for norm in ("none", "mean"):
+        assert main(["prune", str(tmp_path / "dense"), "--method", "l1", "--budget-macs", "0.4", "--group-norm", norm,
+                     "--out", str(tmp_path / norm)]) == 0
+        plan = prunekit.load(tmp_path / norm).prunekit_plan
+        assert plan.meta["selection"]["group_norm"] == (None if norm == "none" else norm)
+        want = prunekit.select(structures, scores, prunekit.Budget(macs=0.4), group_norm=plan.meta["selection"]["group_norm"])
+        removed[norm] = sorted(plan.removed)
+        assert removed[norm] == sorted(want.removed)
+    assert removed["none"] != removed["mean"]
+    with pytest.raises(ValueError, match="--group-norm applies to the criteria"):
+        prune_model(model, x, "ctf", {}, rate=0.5, group_norm=None)
+    assert main(["prune", str(tmp_path / "dense"), "--method", "l1", "--budget-macs", "0.4", "--group-norm", "raw"]) == 2
+    assert "--group-norm: invalid choice: 'raw'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0

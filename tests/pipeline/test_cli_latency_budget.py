@@ -131,6 +131,27 @@ def test_budget_latency_closed_loop_by_default(net, tmp_path, capsys):
     assert report["predicted_fraction"] == pytest.approx(chosen["predicted_fraction"])
 
 
+def test_group_norm_reaches_the_closed_loop(net, tmp_path, monkeypatch, capsys):
+    """``--budget-latency F --group-norm none`` hands ``group_norm=None`` to the closed loop (a spy that
+    records the call and selects once, open loop, so nothing else is timed)."""
+    from prunekit.pipeline import commands
+    calls = []
+
+    def spy(model, structures, scores, fraction, lat, example, **options):
+        calls.append(options)
+        keep = {k: options[k] for k in ("method", "multiple_of", "group_norm")}
+        return prunekit.select(structures, scores, prunekit.Budget(latency=fraction), latency=lat, **keep)
+
+    monkeypatch.setattr(commands, "select_to_latency", spy)
+    out = tmp_path / "small"
+    assert main(["prune", f"{net}:build", "--input-shape", "4,3,32,32", "--method", "l1", "--latency-threads", "1",
+                 "--budget-latency", "0.3", "--group-norm", "none", "--out", str(out)]) == 0
+    assert len(calls) == 1 and calls[0]["group_norm"] is None
+    plan = prunekit.load(out, model=_build(net)).prunekit_plan
+    assert plan.meta["selection"]["group_norm"] is None and plan.achieved["latency"] >= 0.3
+    capsys.readouterr()
+
+
 def test_latency_reported_with_another_budget_on_a_saved_registered_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     model = prunekit.models.create("mlp", in_channels=1, num_classes=10, hidden=[64, 64], input_shape=[8, 8])

@@ -442,6 +442,11 @@ def _latency_options(args) -> dict:
             "latency_rounds": args.latency_rounds}
 
 
+def _group_norm(args) -> str | None:
+    """``--group-norm``: ``none`` is select's ``group_norm=None`` (the raw scores)."""
+    return None if args.group_norm == "none" else args.group_norm
+
+
 def _registered_folder(args) -> bool:
     """A saved folder prunekit rebuilds by itself (registered architecture, no model options given)."""
     folder = Path(args.checkpoint)
@@ -462,7 +467,8 @@ def cmd_prune(args) -> int:
                                    data_config=args.config, num_samples=args.num_samples, rate=args.rate,
                                    epochs=args.epochs, finetune_epochs=args.finetune, cost=args.cost,
                                    device=args.device, multiple_of=args.multiple_of,
-                                   temperature=args.temperature, **_latency_options(args))
+                                   temperature=args.temperature, group_norm=_group_norm(args),
+                                   **_latency_options(args))
         if _main_rank():
             print(json.dumps(summary, indent=1))
         return 0
@@ -493,7 +499,7 @@ def _prune_model(model, example, label: str, args) -> dict:
                                             num_samples=args.num_samples, rate=args.rate, epochs=args.epochs,
                                             finetune_epochs=args.finetune, cost=args.cost, device=args.device,
                                             multiple_of=args.multiple_of, temperature=args.temperature,
-                                            **_latency_options(args), **options)
+                                            group_norm=_group_norm(args), **_latency_options(args), **options)
     except ValueError as error:
         raise CliError(str(error)) from None
     built = args.rebuild or (label if _split_reference(label) else None)
@@ -637,6 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--multiple-of", type=_multiple, default=1, metavar="K",
                        help="keep every group whole or a multiple of K channels/neurons/heads (default 1); "
                             "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
+    prune.add_argument("--group-norm", choices=["mean", "max", "sum", "gaussian", "none"], default="mean",
+                       help="rescale the scores within each group before the global ranking (default mean); "
+                            "none ranks the raw scores, which with a loss-based criterion and --budget-latency "
+                            "trades loss per millisecond (docs/selection.md)")
     prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
     prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")

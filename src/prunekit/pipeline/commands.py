@@ -9,7 +9,7 @@ from .. import models
 from ..core.io import load, save
 from ..core.materialize import materialize
 from ..core.latency_loop import select_to_latency
-from ..core.plan import Budget, broadcast_plan, select
+from ..core.plan import DEFAULT_GROUP_NORM, Budget, broadcast_plan, select
 from ..core.structures import find_structures
 from ..criteria import CRITERIA, CrossEntropy, needs_data, saliency
 from ..ctf.protocol import run as run_ctf
@@ -52,7 +52,7 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
                 rate: float | None = None, epochs: int | None = None, finetune_epochs: int = 2, lr: float = 0.05,
                 cost: str = "params", batch_size: int = 32, seed: int = 0, device: str | None = None,
                 multiple_of: int | str = 1, latency_batch: int | None = None, latency_threads: int | None = None,
-                latency_rounds: int = 6, temperature: float = 1.0):
+                latency_rounds: int = 6, temperature: float = 1.0, group_norm: str | None = DEFAULT_GROUP_NORM):
     """Prune ``model`` with a criterion under ``budget`` or with CTF at ``rate``: ``(plan, pruned, summary)``.
 
     Criteria (``l1 … sosp-i``) score on ``num_samples`` training samples (the data-free ones
@@ -65,6 +65,7 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     (:func:`~prunekit.pipeline.train.rank_shard`; the criteria reduce the sums) or trains CTF with DDP.
     ``multiple_of`` goes to :func:`select` (criteria only); ``"auto"`` lets the latency model's step
     probe choose it (:func:`prunekit.core.latency.probe_steps`; needs a latency budget or batch).
+    ``group_norm`` goes to :func:`select` too (``None``: the raw scores, ranked across groups).
 
     **Latency.** ``budget={"latency": f}`` (``--budget-latency``), or ``latency_batch`` /
     ``latency_threads`` with any budget, first measures a :class:`prunekit.LatencyModel` of the
@@ -86,11 +87,7 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         loss_based = ", ".join(sorted(name for name, c in CRITERIA.items() if c.needs_data))
         raise ValueError(f"--temperature applies to the loss-based criteria ({loss_based}), not to --method {method}")
     if method == "ctf":
-        if multiple_of != 1:
-            raise ValueError("--multiple-of applies to the criteria (select), not to --method ctf")
-        if "latency" in budget or latency_batch is not None or latency_threads is not None:
-            raise ValueError("--budget-latency, --latency-batch and --latency-threads apply to the criteria "
-                             "(select), not to --method ctf")
+        _refuse_selection_options(budget, multiple_of, group_norm, latency_batch, latency_threads)
         if rate is None:
             raise ValueError("--method ctf needs --rate (fraction of the prunable weights to remove)")
         if train is None:
@@ -116,9 +113,10 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
         plan = None
     elif set(budget) == {"latency"} and latency_rounds > 1:  # closed loop: the plan is timed and corrected
         plan = select_to_latency(model, structures, scores, budget["latency"], lat, example, rounds=latency_rounds,
-                                 method=method, multiple_of=chunk)
+                                 method=method, multiple_of=chunk, group_norm=group_norm)
     else:
-        plan = select(structures, scores, Budget(**budget), method=method, multiple_of=chunk, latency=lat)
+        plan = select(structures, scores, Budget(**budget), method=method, multiple_of=chunk, latency=lat,
+                      group_norm=group_norm)
     if timed:  # the latency model is rank 0's own measurement: its plan goes to every rank
         plan = broadcast_plan(plan, src=0, structures=structures)
     pruned = materialize(model, plan, structures)
@@ -129,6 +127,17 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if test is not None:
         summary["accuracy"] = evaluate(pruned, test)["accuracy"]
     return plan, pruned, summary
+
+
+def _refuse_selection_options(budget: dict, multiple_of, group_norm, latency_batch, latency_threads) -> None:
+    """CTF learns its masks: the options of :func:`select` are errors with ``--method ctf``."""
+    if multiple_of != 1:
+        raise ValueError("--multiple-of applies to the criteria (select), not to --method ctf")
+    if group_norm != DEFAULT_GROUP_NORM:
+        raise ValueError("--group-norm applies to the criteria (select), not to --method ctf")
+    if "latency" in budget or latency_batch is not None or latency_threads is not None:
+        raise ValueError("--budget-latency, --latency-batch and --latency-threads apply to the criteria "
+                         "(select), not to --method ctf")
 
 
 def _selection_multiple(multiple_of: int | str, timed: bool) -> int | None:
@@ -210,7 +219,8 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                      epochs: int | None = None, finetune_epochs: int = 2, lr: float | None = None,
                      cost: str = "params", device: str | None = None, multiple_of: int | str = 1,
                      latency_batch: int | None = None, latency_threads: int | None = None,
-                     latency_rounds: int = 6, temperature: float = 1.0) -> dict:
+                     latency_rounds: int = 6, temperature: float = 1.0,
+                     group_norm: str | None = DEFAULT_GROUP_NORM) -> dict:
     """``prunekit prune``: prune a saved model (or, with ``--method ctf``, a YAML config's model) and save it.
 
     ``checkpoint`` is a saved model folder, or (``method="ctf"`` only) a YAML training config
@@ -241,7 +251,7 @@ def prune_checkpoint(checkpoint: str | Path, method: str, out: str | Path | None
                                         finetune_epochs=finetune_epochs, cost=cost, device=device,
                                         multiple_of=multiple_of, latency_batch=latency_batch,
                                         latency_threads=latency_threads, latency_rounds=latency_rounds,
-                                        temperature=temperature, **options)
+                                        temperature=temperature, group_norm=group_norm, **options)
     out = Path(out) if out is not None else Path("runs") / f"{source.stem}_{method}"
     save(pruned, out, plan=plan)
     summary["saved"] = str(out)
