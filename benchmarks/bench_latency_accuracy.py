@@ -189,6 +189,12 @@ def main(argv=None):
     p.add_argument("--cache", default="runs/sosp")
     p.add_argument("--out", default="benchmarks/results/latency_accuracy.json")
     args = p.parse_args(argv)
+    missing = [seed for seed in args.seeds if not (dense_path(args.cache, "resnet20", args.width, seed) /
+                                                   "prunekit.json").exists()]
+    if missing:  # before the data are read: training one takes ~46 min on one thread
+        p.error(f"no trained dense network under {args.cache} for seed(s) {missing}: train them first with "
+                f"python benchmarks/sosp_dense.py --models resnet20 --width {args.width:g} --epochs 15 --seeds "
+                + " ".join(map(str, missing)))
     torch.set_num_threads(1)
     (X, y), test, _ = load_dataset("resnet20", args.data)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1234))  # bench_sosp's fixed subsets

@@ -62,6 +62,15 @@ def test_the_criterion_and_group_norm_reach_both_plans(tiny_setup):
     assert "taylor scores, group_norm none" in (tiny_setup / "acc_taylor.md").read_text()
 
 
+def test_a_seed_without_a_trained_network_is_refused_before_any_work(tiny_setup, capsys):
+    out = tiny_setup / "acc.json"
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--seeds", "0", "3", "--width", "0.25", "--cache", str(tiny_setup / "cache"), "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    assert "seed(s) [3]: train them first with python benchmarks/sosp_dense.py --models resnet20 --width 0.25" \
+        in capsys.readouterr().err
+
+
 def test_the_mac_plan_is_matched_to_the_latency_plan_timed_against_it(monkeypatch):
     """On a fake clock (time proportional to MACs) the bisection lands the MAC plan's time within
     ``match`` of the rival's, and moves g the right way on each side."""

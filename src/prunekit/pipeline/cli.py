@@ -645,8 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
     prune.add_argument("--group-norm", choices=["mean", "max", "sum", "gaussian", "none"], default="mean",
                        help="rescale the scores within each group before the global ranking (default mean); "
-                            "none ranks the raw scores, which with a loss-based criterion and --budget-latency "
-                            "trades loss per millisecond (docs/selection.md)")
+                            "none ranks the raw scores (recommended with --budget-latency: docs/selection.md)")
     prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
     prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")
