@@ -1,4 +1,4 @@
-"""Latency budgets (CPU, one thread): requested vs measured latency reduction.
+"""Latency budgets (CPU, one thread; or ``--device cuda``): requested vs measured latency reduction.
 
 For each model (``--models``, default ResNet-56) and batch size, a :class:`prunekit.LatencyModel`
 is measured (its cost recorded), L1 scores select per target one plan under
@@ -21,6 +21,7 @@ error (predicted − measured, and predicted ms / measured ms − 1).
 Command:
     python benchmarks/bench_latency.py            # JSON + markdown in benchmarks/results/latency.*
     python benchmarks/bench_latency.py --models resnet56 vgg16 mobilenetv2 attention_gcn --out F.json
+    python benchmarks/bench_latency.py --device cuda --batch-sizes 64 512 --out F.json   # GPU: every timing synchronized
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import torch
 import prunekit
 from prunekit.core import allocator
 from prunekit.core.latency import probe_steps
-from prunekit.core.measure import time_in_rounds, time_paired, with_batch
+from prunekit.core.measure import device_name, time_in_rounds, time_paired, with_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -102,10 +103,10 @@ def _row(name, b, kind, f, plan, lat, ms, pair, pruned, structures, x) -> dict:
 
 
 def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache_dir=False, name="resnet56",
-        loop_rounds=4, multiples=(), relax=None, nohold=False):
+        loop_rounds=4, multiples=(), relax=None, nohold=False, device="cpu"):
     torch.manual_seed(0)
-    model = prunekit.models.create(name, num_classes=10).eval()
-    x = prunekit.models.example_inputs(name, batch=1)
+    model = prunekit.models.create(name, num_classes=10).eval().to(device)
+    x = prunekit.models.example_inputs(name, batch=1).to(device)
     structures = prunekit.find_structures(model, x)
     scores = prunekit.saliency(model, structures, None, method="l1")
     rows, models_info = [], {}
@@ -114,7 +115,7 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
         for k in (1, *multiples):
             start = time.perf_counter()
             lats[k] = prunekit.LatencyModel.measure(model, x, structures, batch_size=b, threads=threads,
-                                                    rounds=rounds, cache_dir=cache_dir, verbose=True, multiple_of=k)
+                                                    device=device, rounds=rounds, cache_dir=cache_dir, verbose=True, multiple_of=k)
             lat = lats[k]
             models_info[f"b{b}" if k == 1 else f"b{b} x{k}"] = {
                 "dense_ms": lat.dense_ms, "floor_ms": lat.floor_ms, "constant_ms": lat.constant_ms,
@@ -127,7 +128,7 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                 "measure_s": time.perf_counter() - start, "multiple_of": k}
         lat = lats[1]
         start = time.perf_counter()
-        steps = probe_steps(model, structures, with_batch(x, b), b, threads=threads, rounds=rounds)
+        steps = probe_steps(model, structures, with_batch(x, b), b, threads=threads, device=device, rounds=rounds)
         models_info[f"b{b}"]["steps"] = {**steps, "seconds": time.perf_counter() - start}
         print(f"{name} b{b} step probe: multiple_of {steps['multiple_of']}, excess "
               f"{[round(p['excess'], 4) for p in steps['probes']]}", flush=True)
@@ -150,10 +151,12 @@ def run(batch_sizes=(1, 64), targets=(0.3, 0.5, 0.7), rounds=3, threads=1, cache
                   f"{row['ratio_measured_requested']:.2f}), predicted -{row['predicted_reduction']:.1%}, "
                   f"MACs -{plan.achieved['macs']:.1%}", flush=True)
     return {"benchmark": "latency", "model": name, "scores": "l1", "threads": threads, "allocator": allocator.regime(),
+            "device": str(device), "device_name": device_name(device),
             "machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
             "timing": "each plan pass by pass against the dense model, median of the pairs' time ratios "
                       f"(time_paired); the *_rotation fields: dense and all plans of a batch size timed in turn, "
-                      f"fastest pass per round, best of {rounds} rounds; 2-core machine",
+                      f"fastest pass per round, best of {rounds} rounds; "
+                      + ("2-core machine" if str(device) == "cpu" else "each pass synchronized"),
             "latency_models": {f"{name} {b}": m for b, m in models_info.items()}, "rows": rows}
 
 
@@ -200,7 +203,9 @@ def summary_table(rows) -> list[str]:
 
 
 def markdown(result) -> str:
-    lines = [f"# Latency budgets: {result['model']}, CPU, {result['threads']} thread, L1 scores", "",
+    on_cpu = result.get("device", "cpu") == "cpu"  # files before --device: CPU
+    where = f"CPU, {result['threads']} thread" if on_cpu else result["device_name"]
+    lines = [f"# Latency budgets: {result['model']}, {where}, L1 scores", "",
              f"Timing: {result['timing']}. torch {result['torch']}.", "",
              "| model, batch | dense ms | floor ms (measured) | additive err. at floor | mult. err. at floor | classes "
              "| models timed | measure s |", "|---|---|---|---|---|---|---|---|"]
@@ -243,6 +248,7 @@ def main():
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--models", nargs="+", default=["resnet56"], choices=prunekit.models.names())
     parser.add_argument("--loop-rounds", type=int, default=6, help="closed loop: at most this many plans timed")
     parser.add_argument("--multiple-of", type=int, nargs="*", default=[],
@@ -262,7 +268,7 @@ def main():
     for name in args.models:  # the file is rewritten after each model: a later failure keeps the earlier ones
         parts.append(run(args.batch_sizes, args.targets, args.rounds, args.threads, name=name,
                          loop_rounds=args.loop_rounds, multiples=args.multiple_of, relax=args.relax,
-                         nohold=args.no_hold_ablation))
+                         nohold=args.no_hold_ablation, device=args.device))
         result = _write(parts, args, time.perf_counter() - start)
     print(markdown(result))
     print(f"command: {result['command']}  ({result['seconds']:.0f} s) -> {args.out}")
