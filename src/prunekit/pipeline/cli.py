@@ -569,6 +569,16 @@ def _budget_options(prune: argparse.ArgumentParser) -> None:
                             "--latency-batch, also reports latency with another budget")
 
 
+def _selection_options(prune: argparse.ArgumentParser) -> None:
+    """How ``prune`` turns scores into a plan (``select``'s ``multiple_of`` and ``group_norm``)."""
+    prune.add_argument("--multiple-of", type=_multiple, default=1, metavar="K",
+                       help="keep every group whole or a multiple of K channels/neurons/heads (default 1); "
+                            "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
+    prune.add_argument("--group-norm", choices=["mean", "max", "sum", "gaussian", "none"], default="mean",
+                       help="rescale the scores within each group before the global ranking (default mean); "
+                            "none ranks the raw scores (recommended with --budget-latency: docs/selection.md)")
+
+
 def _add_export(sub) -> None:
     """The ``export`` subcommand."""
     export = sub.add_parser("export", help="write a (pruned) model as an ONNX file or a torch.export program",
@@ -640,12 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["sosp-h", "sosp-i", "taylor", "obd", "l1", "l2", "random", "ctf"],
                        help="criterion (default sosp-h; l1, l2 and random need no data) or ctf (learned masks)")
     _budget_options(prune)
-    prune.add_argument("--multiple-of", type=_multiple, default=1, metavar="K",
-                       help="keep every group whole or a multiple of K channels/neurons/heads (default 1); "
-                            "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
-    prune.add_argument("--group-norm", choices=["mean", "max", "sum", "gaussian", "none"], default="mean",
-                       help="rescale the scores within each group before the global ranking (default mean); "
-                            "none ranks the raw scores (recommended with --budget-latency: docs/selection.md)")
+    _selection_options(prune)
     prune.add_argument("--rate", type=_fraction, help="ctf: fraction of the prunable weights to remove")
     prune.add_argument("--cost", choices=["params", "macs"], default="params", help="ctf: what the rate counts")
     prune.add_argument("--epochs", type=_int_at_least(1), help="ctf: epochs with masks (default: the config's, or 10)")
