@@ -4,8 +4,9 @@
 experiment). A diagnostic sometimes pairs across them all the same — the same dense checkpoints and
 seeds, another schedule; or the same command run twice (reproducibility). This prints ``value`` of
 ``--method`` in the files ``A`` minus ``value`` of each ``--reference`` method in the files
-``--against``, on rows equal in every ``--match`` field, as mean ± s.e., mean absolute difference
-and wins/ties/losses (``--by``: the field that names the method). It reads only the ``rows``.
+``--against``, on rows equal in every ``--match`` field, as mean ± s.e., mean and largest absolute
+difference and wins/ties/losses (``--by``: the field that names the method; ``--where FIELD=VALUE``
+keeps only the rows of both sides with that value, e.g. one target). It reads only the ``rows``.
 
     python benchmarks/pair_files.py benchmarks/results/ctf_fpha_p80_rewind12_s0to3.json benchmarks/results/ctf_fpha_p80_rewind12_s4to7.json --against benchmarks/results/ctf_fpha_p80_v4.json --method ctf-rewind --reference ctf ctf-rewind --match seed target_rate
 """
@@ -20,8 +21,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.store import markdown_table, paired  # noqa: E402
 
 
-def rows_of(paths) -> list[dict]:
-    return [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+def rows_of(paths, where=()) -> list[dict]:
+    """The ``rows`` of the files, those equal to every ``(field, value)`` of ``where``."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    return [r for r in rows if all(r.get(field) == value for field, value in where)]
+
+
+def condition(text: str) -> tuple:
+    """``--where FIELD=VALUE``: the value read as JSON (``target=0.5`` is a number), else as text."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
 
 
 def pair(a_rows, b_rows, method: str, references, match, value: str, by: str = "method") -> dict:
@@ -43,15 +57,18 @@ def main(argv=None) -> None:
     p.add_argument("--match", nargs="+", default=["seed"], help="fields a pair must share")
     p.add_argument("--value", default="accuracy")
     p.add_argument("--by", default="method", help="the field that names a row's method (bench_latency: budget)")
+    p.add_argument("--where", type=condition, action="append", default=[], metavar="FIELD=VALUE",
+                   help="only rows (of both sides) with this value, e.g. target=0.5; repeatable")
     args = p.parse_args(argv)
-    result = pair(rows_of(args.files), rows_of(args.against), args.method, args.reference, args.match, args.value,
-                  args.by)
+    result = pair(rows_of(args.files, args.where), rows_of(args.against, args.where), args.method, args.reference,
+                  args.match, args.value, args.by)
     if not result:
         sys.exit(f"no pairs: no row of {args.method!r} in {args.files} shares {args.match} with a row of "
                  f"{args.reference} in {args.against}")
-    print(markdown_table(["A − B", "mean ± s.e. (points)", "mean abs. (points)", "n", "W/T/L"],
+    print(markdown_table(["A − B", "mean ± s.e. (points)", "mean / max abs. (points)", "n", "W/T/L"],
                          [[f"{args.method} (A) − {ref} (B)", f"{100 * d['mean']:+.2f} ± {100 * d['sem']:.2f}",
-                           f"{100 * d['abs_mean']:.2f}", d["n"], f"{d['wins']}/{d['ties']}/{d['losses']}"]
+                           f"{100 * d['abs_mean']:.2f} / {100 * d['abs_max']:.2f}", d["n"],
+                           f"{d['wins']}/{d['ties']}/{d['losses']}"]
                           for ref, d in result.items()]))
 
 

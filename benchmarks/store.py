@@ -136,10 +136,10 @@ def stats(values: Iterable[float]) -> dict:
 
 
 def paired(rows: Sequence[dict], value: str, by: str, reference, match: Sequence[str], tie: float = 1e-9) -> dict:
-    """``{other: {mean, sem, n, wins, ties, losses, abs_mean}}``: ``value`` of the ``reference`` row minus
+    """``{other: {mean, sem, n, wins, ties, losses, abs_mean, abs_max}}``: ``value`` of the ``reference`` row minus
     that of each other ``by`` value, on rows equal in every ``match`` field (same seed, fold, budget…),
     so the spread the two share cancels. Wins count the reference ahead by more than ``tie``;
-    ``abs_mean`` is the mean absolute difference (how far a row moves, whatever the sign)."""
+    ``abs_mean`` / ``abs_max`` are the mean / largest absolute difference (how far a row moves, whatever the sign)."""
     def cell(row):
         return tuple(json.dumps(row[m], sort_keys=True) for m in match)
 
@@ -150,7 +150,8 @@ def paired(rows: Sequence[dict], value: str, by: str, reference, match: Sequence
             diffs.setdefault(r[by], []).append(ref[cell(r)] - r[value])
     return {other: {**{k: v for k, v in stats(d).items() if k != "std"},
                     "wins": sum(x > tie for x in d), "ties": sum(abs(x) <= tie for x in d),
-                    "losses": sum(x < -tie for x in d), "abs_mean": sum(abs(x) for x in d) / len(d)}
+                    "losses": sum(x < -tie for x in d), "abs_mean": sum(abs(x) for x in d) / len(d),
+                    "abs_max": max(abs(x) for x in d)}
             for other, d in diffs.items()}
 
 

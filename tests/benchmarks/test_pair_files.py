@@ -18,7 +18,14 @@ def test_pairs_a_method_with_its_namesake_in_the_other_file(tmp_path, capsys):
     (tmp_path / "b.json").write_text(json.dumps({"rows": b}))
     main([str(tmp_path / "a.json"), "--against", str(tmp_path / "b.json"), "--method", "x", "--reference", "y",
           "--match", "seed", "rate"])
-    assert "| x (A) − y (B) | -1.50 ± 0.50 | 1.50 | 2 | 0/0/2 |" in capsys.readouterr().out
+    assert "| x (A) − y (B) | -1.50 ± 0.50 | 1.50 / 2.00 | 2 | 0/0/2 |" in capsys.readouterr().out
+    # --where keeps one rate on both sides: the rate-0.5 row of y is then the only reference, and no A row has it
+    with pytest.raises(SystemExit, match="no pairs"):
+        main([str(tmp_path / "a.json"), "--against", str(tmp_path / "b.json"), "--method", "x", "--reference", "y",
+              "--match", "seed", "--where", "rate=0.5"])
+    main([str(tmp_path / "a.json"), "--against", str(tmp_path / "b.json"), "--method", "x", "--reference", "x",
+          "--match", "seed", "--where", "rate=0.9"])
+    assert "| x (A) − x (B) | +1.00 ± 0.58 | 1.00 / 2.00 | 3 | 2/1/0 |" in capsys.readouterr().out
     mixed = pair(a, [{**r, "accuracy": 0.51} for r in b if r["method"] == "x"], "x", ["x"], ["seed"], "accuracy")
     assert mixed["x"]["mean"] == pytest.approx(0) and mixed["x"]["abs_mean"] == pytest.approx(0.02 / 3)  # |-1|, 0, |+1|
     renamed = [{**{k: v for k, v in r.items() if k != "method"}, "budget": r["method"]} for r in a]

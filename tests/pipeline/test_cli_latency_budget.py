@@ -180,7 +180,7 @@ def test_latency_reported_with_another_budget_on_a_saved_registered_model(tmp_pa
     (["--method", "ctf", "--rate", "0.5", "--budget-latency", "0.5"],
      "--budget-latency, --latency-batch and --latency-threads apply to the criteria"),
     (["--method", "ctf", "--rate", "0.5", "--latency-batch", "8"], "not to --method ctf"),
-    (["--budget-latency", "0.5", "--group-norm", "gaussian"], "--group-norm gaussian makes scores negative"),
+    (["--budget-latency", "0.5", "--group-norm", "gaussian"], "group_norm='gaussian' makes scores negative"),
 ])
 def test_bad_latency_options_are_one_line_errors(net, tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.chdir(tmp_path)

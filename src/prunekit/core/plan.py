@@ -471,9 +471,17 @@ def _check_select_args(structures, scores, targets, normalize, group_norm, max_g
         if normalize is not None:
             raise ValueError(f"select: normalize={normalize!r} cannot be combined with a latency budget, which "
                              "already ranks by score per predicted millisecond saved")
-        if group_norm == "gaussian":
-            raise ValueError("select: group_norm='gaussian' makes scores negative, so score / ms saved would invert "
-                             "their order; use 'mean', 'max', 'sum' or None with a latency budget")
+        check_latency_group_norm(group_norm)
+
+
+def check_latency_group_norm(group_norm: str | None) -> None:
+    """Refuse ``group_norm="gaussian"`` with a latency budget (callers that time first check it up front).
+
+        >>> check_latency_group_norm(None)
+    """
+    if group_norm == "gaussian":
+        raise ValueError("select: group_norm='gaussian' makes scores negative, so score / ms saved would invert "
+                         "their order; use 'mean', 'max', 'sum' or None with a latency budget")
 
 
 def _check_max_removed(structures, max_removed: Mapping[int, int]) -> None:

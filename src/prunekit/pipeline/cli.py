@@ -30,6 +30,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..core.plan import DEFAULT_GROUP_NORM, GROUP_NORMS
+
 __all__ = ["main", "build_parser", "CliError"]
 
 
@@ -574,7 +576,7 @@ def _selection_options(prune: argparse.ArgumentParser) -> None:
     prune.add_argument("--multiple-of", type=_multiple, default=1, metavar="K",
                        help="keep every group whole or a multiple of K channels/neurons/heads (default 1); "
                             "'auto' (with a latency model): 8 where the step probe finds odd widths slow, else 1")
-    prune.add_argument("--group-norm", choices=["mean", "max", "sum", "gaussian", "none"], default="mean",
+    prune.add_argument("--group-norm", choices=[norm or "none" for norm in GROUP_NORMS], default=DEFAULT_GROUP_NORM,
                        help="rescale the scores within each group before the global ranking (default mean); "
                             "none ranks the raw scores (recommended with --budget-latency: docs/selection.md)")
 

@@ -9,7 +9,7 @@ from .. import models
 from ..core.io import load, save
 from ..core.materialize import materialize
 from ..core.latency_loop import select_to_latency
-from ..core.plan import DEFAULT_GROUP_NORM, Budget, broadcast_plan, select
+from ..core.plan import DEFAULT_GROUP_NORM, Budget, broadcast_plan, check_latency_group_norm, select
 from ..core.structures import find_structures
 from ..criteria import CRITERIA, CrossEntropy, needs_data, saliency
 from ..ctf.protocol import run as run_ctf
@@ -86,9 +86,8 @@ def prune_model(model, example, method: str, budget: dict, *, train=None, test=N
     if temperature != 1.0 and not needs_data(method):
         loss_based = ", ".join(sorted(name for name, c in CRITERIA.items() if c.needs_data))
         raise ValueError(f"--temperature applies to the loss-based criteria ({loss_based}), not to --method {method}")
-    if group_norm == "gaussian" and "latency" in budget:  # select refuses it too, but only after the timing
-        raise ValueError("--group-norm gaussian makes scores negative, so score / ms saved would invert their "
-                         "order: use none, mean, max or sum with --budget-latency")
+    if "latency" in budget:  # select's own check, before the latency model is measured
+        check_latency_group_norm(group_norm)
     if method == "ctf":
         _refuse_selection_options(budget, multiple_of, group_norm, latency_batch, latency_threads)
         if rate is None:
